@@ -1,1 +1,4 @@
+from .base import ImageEncoder, VisionLanguageModel, ZeroShotClassifier, check_pixels
+from .factory import BACKENDS, create_model
 
+__all__ = ["BACKENDS", "ImageEncoder", "VisionLanguageModel", "ZeroShotClassifier", "check_pixels", "create_model"]

@@ -1,0 +1,69 @@
+"""`create_model(name)`: one short dispatcher over registered backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..registry import Registry
+from .base import VisionLanguageModel
+
+#: prefix -> loader(spec: str, **kwargs) -> VisionLanguageModel. Later backends (`llava:`, `qwen_vl:`) register here.
+BACKENDS: Registry[Callable[..., VisionLanguageModel]] = Registry("model backend")
+
+
+@BACKENDS.register("open_clip")
+def _open_clip(spec: str, **kw) -> VisionLanguageModel:
+    from .open_clip_backend import load_open_clip
+
+    arch, _, pretrained = spec.partition("/")
+    if not arch:
+        raise ValueError("'open_clip:' needs an architecture, e.g. 'open_clip:ViT-B-32/openai'.")
+    return load_open_clip(arch, pretrained or None, **kw)
+
+
+@BACKENDS.register("hf-hub")
+def _hf_hub(spec: str, **kw) -> VisionLanguageModel:
+    from .open_clip_backend import load_open_clip
+
+    return load_open_clip(f"hf-hub:{spec}", **kw)
+
+
+@BACKENDS.register("local-dir")
+def _local_dir(spec: str, **kw) -> VisionLanguageModel:
+    from pathlib import Path
+
+    from .open_clip_backend import load_open_clip
+
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"'local-dir:{spec}': folder not found. Give the path of a saved checkpoint.")
+    if (path / "config.json").is_file() and not (path / "open_clip_config.json").is_file():
+        raise ValueError(f"'{path}' is in transformers' layout, not open_clip's: load it with 'hf-clip:{spec}'.")
+    return load_open_clip(f"local-dir:{spec}", **kw)
+
+
+@BACKENDS.register("hf-clip")
+def _hf_clip(spec: str, **kw) -> VisionLanguageModel:
+    from .hf_clip_backend import load_hf_clip
+
+    return load_hf_clip(spec, **kw)
+
+
+def create_model(name: str, **kwargs) -> VisionLanguageModel:
+    """Create a model from an id with a backend prefix.
+
+    Args:
+        name (`str`): one of `open_clip:<arch>/<pretrained>` (e.g. `open_clip:ViT-B-32/openai`; no `/<pretrained>`
+            gives random weights), `hf-hub:<org>/<repo>` (open_clip layout on the Hub), `local-dir:<path>`
+            (open_clip layout on disk), `hf-clip:<id or path>` (transformers CLIP); further backends register in
+            `BACKENDS`.
+        kwargs: passed to the backend loader (`device`, `precision`, ...).
+    """
+    prefix, sep, spec = name.partition(":")
+    if not sep or prefix not in BACKENDS:
+        known = ", ".join(f"'{p}:'" for p in BACKENDS.names())
+        raise ValueError(
+            f"Unknown model '{name}'. A model id starts with a backend prefix ({known}), "
+            "e.g. 'open_clip:ViT-B-32/openai', 'hf-clip:openai/clip-vit-base-patch32' or 'local-dir:./outputs/fare'."
+        )
+    return BACKENDS.get(prefix)(spec, **kwargs)
