@@ -67,8 +67,7 @@ _SHAPES = (
     "hexagon pentagon cross heart line dot shape shapes object objects thing things"
 )
 _NUMBERS = (
-    "zero one two three four five six seven eight nine ten eleven twelve first second third last "
-    "0 1 2 3 4 5 6 7 8 9"
+    "zero one two three four five six seven eight nine ten eleven twelve first second third last 0 1 2 3 4 5 6 7 8 9"
 )
 _POSITIONS = (
     "left right top bottom above below center centre middle corner corners upper lower side next to near far "
@@ -146,7 +145,8 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 # Qwen2-VL geometry: 14 px patches merged 2x2, so one merged token covers 28x28 px. Pinning min = max pixels to
-# 56x56 makes every image 4x4 patches -> 4 placeholder tokens, whatever its input size.
+# 56x56 resizes every square image to 4x4 patches -> 4 placeholder tokens; other aspect ratios keep their shape
+# (a 40x30 image becomes 84x56 px -> 6 tokens).
 _QWEN_PATCH = 14
 _QWEN_MERGE = 2
 _QWEN_TEMPORAL_PATCH = 2
@@ -159,6 +159,7 @@ def make_tokenizer(
     unk_token: str,
     bos_token: str | None = None,
     chat_template: str | None = None,
+    padding_side: str = "left",
     **special_token_kwargs: str,
 ) -> PreTrainedTokenizerFast:
     """
@@ -175,6 +176,8 @@ def make_tokenizer(
             When given, prepended to every encoded sequence (as Llama's tokenizer does).
         chat_template (`str`, *optional*):
             Jinja chat template stored on the tokenizer.
+        padding_side (`str`, *optional*, defaults to `"left"`):
+            Side padded in batches; left suits batched generation with decoder-only language models.
         **special_token_kwargs (`str`):
             Further named special tokens (``eos_token``, ``pad_token``, ...).
     """
@@ -197,10 +200,13 @@ def make_tokenizer(
         bos_token=bos_token,
         chat_template=chat_template,
         model_max_length=512,
+        padding_side=padding_side,
         **special_token_kwargs,
     )
-    # Without this, `add_special_tokens` would append them after the vocabulary instead of reusing their ids.
-    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in special_tokens if t not in (unk_token,)]})
+    # Registering them as special keeps their vocabulary ids, matches them before lower-casing and pre-splitting
+    # (so "<|im_start|>" is not cut at "|"), and lets `skip_special_tokens` drop them. transformers 5 saves them as
+    # `extra_special_tokens`.
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in special_tokens if t != unk_token]})
     return tokenizer
 
 
@@ -274,7 +280,6 @@ def make_tiny_llava(
         pad_token="<pad>",
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    tokenizer.padding_side = "left"  # batched generation with a decoder-only LM
     num_image_tokens = (image_size // patch_size) ** 2
     vision_config = CLIPVisionConfig(
         hidden_size=vision_hidden,

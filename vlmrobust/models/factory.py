@@ -49,14 +49,28 @@ def _hf_clip(spec: str, **kw) -> VisionLanguageModel:
     return load_hf_clip(spec, **kw)
 
 
+@BACKENDS.register("vlmrobust")
+def _builtin(spec: str, **kw) -> VisionLanguageModel:
+    from .open_clip_backend import load_open_clip
+    from .tiny_digits import TINY_DIGITS_NAME, get_tiny_digits_clip
+
+    if spec != TINY_DIGITS_NAME:
+        raise ValueError(f"Unknown built-in model 'vlmrobust:{spec}'. Built-ins: 'vlmrobust:{TINY_DIGITS_NAME}'.")
+    progress = kw.pop("progress", True)
+    path = get_tiny_digits_clip(progress=progress)
+    model = load_open_clip(f"local-dir:{path}", **kw)
+    model.name_or_path = f"vlmrobust:{spec}"
+    return model
+
+
 def create_model(name: str, **kwargs) -> VisionLanguageModel:
     """Create a model from an id with a backend prefix.
 
     Args:
         name (`str`): one of `open_clip:<arch>/<pretrained>` (e.g. `open_clip:ViT-B-32/openai`; no `/<pretrained>`
             gives random weights), `hf-hub:<org>/<repo>` (open_clip layout on the Hub), `local-dir:<path>`
-            (open_clip layout on disk), `hf-clip:<id or path>` (transformers CLIP); further backends register in
-            `BACKENDS`.
+            (open_clip layout on disk), `hf-clip:<id or path>` (transformers CLIP), `vlmrobust:tiny-digits-clip`
+            (the offline stand-in, pre-trained on first use and cached); further backends register in `BACKENDS`.
         kwargs: passed to the backend loader (`device`, `precision`, ...).
     """
     prefix, sep, spec = name.partition(":")

@@ -1,0 +1,334 @@
+"""Behavioural tests of vlmrobust.attacks on tiny in-memory classifiers and encoders (CPU, no network)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmrobust.attacks import (
+    APGD,
+    APGDT,
+    ATTACKS,
+    PGD,
+    STANDARD_ATTACKS,
+    Attack,
+    AutoAttack,
+    apgd_checkpoints,
+    build_attack,
+    ce_loss,
+    check_budget,
+    dlr_loss,
+    dlr_targeted_loss,
+)
+
+N_CLASSES = 10
+EPS_LINF = 6 / 255
+EPS_L2 = 0.5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny models are launch-bound: on a shared 2-core runner intra-op threads only add contention (100x slower).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Normalize(nn.Module):
+    """Normalisation lives inside the model, as the attacks require."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) / 0.1
+
+
+class ModeSpy(nn.Module):
+    """Records the training flag seen on every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.training)
+        return x
+
+
+def _synthetic(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    prototypes = (0.5 + 0.04 * torch.randn(N_CLASSES, 3, 16, 16, generator=torch.Generator().manual_seed(123))).clamp(0, 1)
+    y = torch.randint(0, N_CLASSES, (n,), generator=generator)
+    x = (prototypes[y] + 0.1 * torch.randn(n, 3, 16, 16, generator=generator)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def classifier() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(Normalize(), nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        x, y = _synthetic(128, gen)
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in net.parameters():
+        p.grad = None
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def batch(classifier) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _synthetic(32, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (classifier(x).argmax(1) == y).float().mean() > 0.9, "the tiny classifier should be accurate"
+    return x, y
+
+
+def _reduced_autoattack(model, seed=0):
+    return AutoAttack(
+        model, eps=EPS_LINF, n_classes=N_CLASSES, seed=seed, attacks_to_run=list(STANDARD_ATTACKS),
+        steps=10, n_target_classes=3, square_queries=100,
+    )
+
+
+ATTACK_FACTORIES = {
+    "pgd-linf": (lambda m, seed=0: PGD(m, eps=EPS_LINF, steps=10, seed=seed), "Linf", EPS_LINF),
+    "pgd-l2": (lambda m, seed=0: PGD(m, norm="L2", eps=EPS_L2, steps=10, seed=seed), "L2", EPS_L2),
+    "pgd-momentum": (lambda m, seed=0: PGD(m, eps=EPS_LINF, steps=10, momentum=0.9, seed=seed), "Linf", EPS_LINF),
+    "apgd-ce-linf": (lambda m, seed=0: APGD(m, eps=EPS_LINF, steps=20, seed=seed), "Linf", EPS_LINF),
+    "apgd-ce-l2": (lambda m, seed=0: APGD(m, norm="l2", eps=EPS_L2, steps=20, seed=seed), "L2", EPS_L2),
+    "apgd-dlr": (lambda m, seed=0: APGD(m, eps=EPS_LINF, steps=20, loss="dlr", seed=seed), "Linf", EPS_LINF),
+    "apgd-t": (lambda m, seed=0: APGDT(m, eps=EPS_LINF, steps=10, n_target_classes=3, seed=seed), "Linf", EPS_LINF),
+    "autoattack-reduced": (_reduced_autoattack, "Linf", EPS_LINF),
+}
+
+
+def _norms(delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat = delta.flatten(1)
+    return {"Linf": flat.abs().amax(1), "L2": flat.norm(dim=1)}
+
+
+@pytest.mark.parametrize("name", list(ATTACK_FACTORIES))
+def test_attack_stays_in_ball_and_box_and_raises_loss(name, classifier, batch):
+    factory, norm, eps = ATTACK_FACTORIES[name]
+    x, y = batch
+    result = factory(classifier).perturb(x, y)
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
+    for point in (result.x_adv, result.x_max_loss):
+        assert point.min() >= 0 and point.max() <= 1
+        assert (_norms(point - x)[norm] <= eps + 1e-6).all()
+    with torch.no_grad():
+        clean_loss = ce_loss(classifier(x), y)
+        adv_out = classifier(result.x_adv)
+    assert ce_loss(adv_out, y).mean() > clean_loss.mean()
+    # success is exactly "misclassified at x_adv", and the attack broke something.
+    assert torch.equal(result.success, adv_out.argmax(1) != y)
+    assert result.success.any()
+    assert result.loss.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("name", list(ATTACK_FACTORIES))
+def test_seeded_and_leaves_rng_grads_and_modes_alone(name, classifier, batch):
+    factory, _, _ = ATTACK_FACTORIES[name]
+    x, y = batch
+    spy = ModeSpy()
+    model = nn.Sequential(spy, copy.deepcopy(classifier))
+    model.train()
+    model[1][2].eval()  # a partly frozen model must come back exactly as it was
+    modes_before = [m.training for m in model.modules()]
+    first, last = model[1][2], model[1][4]
+    first.weight.grad = torch.full_like(first.weight, 0.5)
+    preset = first.weight.grad.clone()
+    rng_before = torch.get_rng_state()
+
+    a = factory(model, seed=0)(x, y)
+    b = factory(model, seed=0)(x, y)
+    c = factory(model, seed=1)(x, y)
+
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert torch.equal(a, b), "same seed must give the same result"
+    assert not torch.equal(a, c), "different seeds must give different random starts"
+    assert torch.equal(first.weight.grad, preset)
+    assert first.bias.grad is None and last.weight.grad is None and last.bias.grad is None
+    assert [m.training for m in model.modules()] == modes_before
+    assert spy.seen and not any(spy.seen), "the model must run in eval mode during the attack"
+
+
+def test_apgd_at_least_as_strong_as_pgd(classifier, batch):
+    x, y = batch
+    eps, steps = 8 / 255, 20
+    pgd = PGD(classifier, eps=eps, steps=steps).perturb(x, y)
+    apgd = APGD(classifier, eps=eps, steps=steps).perturb(x, y)
+    with torch.no_grad():
+        clean_acc = (classifier(x).argmax(1) == y).float().mean()
+    pgd_acc = 1 - pgd.success.float().mean()
+    apgd_acc = 1 - apgd.success.float().mean()
+    assert pgd_acc < clean_acc
+    assert apgd_acc <= pgd_acc
+
+
+def test_apgd_restarts_only_add_successes(classifier, batch):
+    x, y = batch
+    one = APGD(classifier, eps=8 / 255, steps=10).perturb(x, y)
+    three = APGD(classifier, eps=8 / 255, steps=10, n_restarts=3).perturb(x, y)
+    # The first restart is the same run, later ones only attack what is still robust.
+    assert (three.success | ~one.success).all()
+    assert three.success.sum() > one.success.sum()
+    kept = one.success
+    assert torch.equal(three.x_adv[kept], one.x_adv[kept])
+
+
+def test_autoattack_standard_at_most_apgd_ce(classifier, batch, monkeypatch):
+    x, y = batch[0][:16], batch[1][:16]
+    aa = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES)
+    assert aa.is_standard and aa.steps == 100 and aa.square_queries == 5000 and aa.n_target_classes == 9
+    assert aa.attacks_to_run == ("apgd-ce", "apgd-t", "fab-t", "square")
+    ran: list[str] = []
+    component = AutoAttack._component
+
+    def record(self, name, wrapped):
+        ran.append(name)
+        return component(self, name, wrapped)
+
+    monkeypatch.setattr(AutoAttack, "_component", record)
+    aa_result = aa.perturb(x, y)
+    apgd_result = APGD(classifier, eps=EPS_LINF, loss="ce", steps=100).perturb(x, y)
+    aa_acc = 1 - aa_result.success.float().mean()
+    apgd_acc = 1 - apgd_result.success.float().mean()
+    assert aa_acc <= apgd_acc
+    assert ran == list(STANDARD_ATTACKS), "every standard component should have had robust points left to attack"
+    assert ((aa_result.x_adv - x).abs().flatten(1).amax(1) <= EPS_LINF + 1e-6).all()
+    assert not AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, steps=10).is_standard
+
+
+def test_apgd_checkpoint_schedule():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_embedding_distance_loss_with_plain_function_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(Normalize(), nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.Tanh(), nn.Linear(32, 16))
+
+    def encoder(images):  # a plain function, not an nn.Module
+        return net(images)
+
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        clean = encoder(x)
+
+    def distance(out, tgt):
+        return ((out - tgt) ** 2).sum(-1)
+
+    noise = (torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1) * EPS_LINF
+    with torch.no_grad():
+        random_distance = distance(encoder((x + noise).clamp(0, 1)), clean).mean()
+    for attack in (
+        PGD(encoder, eps=EPS_LINF, steps=10, loss_fn=distance),
+        APGD(encoder, eps=EPS_LINF, steps=20, loss=distance),
+    ):
+        result = attack.perturb(x, clean)
+        assert result.success is None
+        assert ((result.x_adv - x).abs().flatten(1).amax(1) <= EPS_LINF + 1e-6).all()
+        with torch.no_grad():
+            attacked = distance(encoder(result.x_adv), clean)
+        assert attacked.mean() > 10 * random_distance
+        assert torch.allclose(result.loss, distance(encoder(result.x_max_loss), clean).detach(), rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_bf16_model_keeps_fp32_perturbation(classifier, batch):
+    x, y = batch
+    x = x.bfloat16().float()  # on the bf16 grid, so only an fp32 perturbation can move x_adv off it
+    model = copy.deepcopy(classifier).to(torch.bfloat16)
+    seen_dtypes: list[torch.dtype] = []
+    model.register_forward_pre_hook(lambda module, args: seen_dtypes.append(args[0].dtype))
+    eps = 2 / 255
+    for attack in (PGD(model, eps=eps, steps=10), APGD(model, eps=eps, steps=20)):
+        result = attack.perturb(x, y)
+        assert result.x_adv.dtype == torch.float32
+        assert ((result.x_adv - x).abs().flatten(1).amax(1) <= eps + 1e-6).all()
+        # Strictly inside the ball (away from the final clamp to x ± eps), an fp32 perturbation leaves the bf16 grid;
+        # one held in bf16 could not.
+        inside = (result.x_adv - x).abs() < eps - 1e-4
+        assert (result.x_adv != result.x_adv.bfloat16().float())[inside].float().mean() > 0.5
+        with torch.no_grad():
+            assert ce_loss(model(result.x_adv.bfloat16()), y).mean() > ce_loss(model(x.bfloat16()), y).mean()
+    assert set(seen_dtypes) == {torch.bfloat16}
+
+    # bf16 images come back in bf16, rounded toward the clean image so the ball survives the cast.
+    xb = x.bfloat16()
+    result = PGD(model, eps=eps, steps=5).perturb(xb, y)
+    assert result.x_adv.dtype == torch.bfloat16
+    assert ((result.x_adv.float() - xb.float()).abs().flatten(1).amax(1) <= eps + 1e-6).all()
+
+
+def test_attack_inside_inference_mode(classifier, batch):
+    x, y = batch
+    with torch.inference_mode():
+        x_adv = PGD(classifier, eps=EPS_LINF, steps=3)(x, y)
+    assert ((x_adv - x).abs().max() <= EPS_LINF + 1e-6) and not torch.equal(x_adv, x)
+
+
+def test_check_budget():
+    with pytest.raises(ValueError, match=r"4/255 \(=0\.0157\)"):
+        check_budget("Linf", 4)
+    with pytest.raises(ValueError, match="4/255"):
+        PGD(nn.Identity(), eps=4)
+    with pytest.raises(ValueError, match=">= 0"):
+        check_budget("L2", -0.1)
+    with pytest.raises(ValueError, match="Linf.*L2.*L1"):
+        check_budget("L3", 0.1)
+    for norm in ("linf", "L2", "l1", "LINF"):
+        check_budget(norm, 0.5)
+    check_budget("L2", 4.0)  # an L2 radius above 1 is legitimate
+
+
+def test_bad_inputs(classifier, batch):
+    x, y = batch
+    for bad in (x * 255, (x - 0.5) / 0.25):
+        with pytest.raises(ValueError, match=r"\[0, ?1\]"):
+            PGD(classifier, eps=EPS_LINF, steps=1)(bad, y)
+    with pytest.raises(ValueError, match="per-sample"):
+        PGD(classifier, eps=EPS_LINF, steps=1, loss_fn=lambda out, tgt: F.cross_entropy(out, tgt))(x, y)
+    with pytest.raises(ValueError, match="labels"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES)(x, torch.zeros(x.shape[0], 4))
+    with pytest.raises(ValueError, match="supports"):
+        PGD(classifier, norm="L1", eps=1.0)
+
+
+def test_registry_and_build_attack(classifier):
+    assert {"pgd", "apgd-ce", "apgd-dlr", "apgd-t", "autoattack"} <= set(ATTACKS.names())
+    ce = build_attack("apgd-ce", classifier, eps=EPS_LINF)
+    dlr = build_attack("apgd-dlr", classifier, eps=EPS_LINF, steps=5)
+    assert isinstance(ce, APGD) and ce.loss == "ce" and ce.steps == 100
+    assert isinstance(dlr, APGD) and dlr.loss == "dlr" and dlr.steps == 5
+    assert isinstance(build_attack("apgd-t", classifier, eps=EPS_LINF), APGDT)
+    assert isinstance(build_attack("pgd", classifier, eps=EPS_LINF), PGD)
+    assert isinstance(build_attack("autoattack", classifier, eps=EPS_LINF, n_classes=N_CLASSES), AutoAttack)
+    for name in ATTACKS.names():
+        extra = {"n_classes": N_CLASSES} if name == "autoattack" else {}
+        assert isinstance(build_attack(name, classifier, eps=0.01, **extra), Attack)
+    with pytest.raises(KeyError, match="apgd-ce.*autoattack.*pgd"):
+        build_attack("fgsm", classifier, eps=EPS_LINF)
+    with pytest.raises(TypeError):
+        build_attack("apgd-ce", classifier, eps=EPS_LINF, loss="dlr")
+
+
+def test_losses_match_their_definitions():
+    logits = torch.tensor([[4.0, 1.0, 3.0, 0.0, -1.0], [0.0, 2.0, 1.0, 5.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    # sample 0: z_y=4, best other 3, top-3 = 4,3,1 -> -(4-3)/(4-1); sample 1: z_y=2, other 5, top 5,3,2
+    assert torch.allclose(dlr_loss(logits, labels), torch.tensor([-1 / 3, 3 / 3]))
+    targets = torch.tensor([2, 3])
+    # targeted: -(z_y - z_t) / (z_π1 - (z_π3 + z_π4)/2)
+    expected = torch.tensor([-(4 - 3) / (4 - (1 + 0) / 2), -(2 - 5) / (5 - (2 + 1) / 2)])
+    assert torch.allclose(dlr_targeted_loss(logits, labels, targets), expected)
+    assert torch.allclose(ce_loss(logits, labels), F.cross_entropy(logits, labels, reduction="none"))
+    with pytest.raises(ValueError, match="labels"):
+        ce_loss(logits, torch.rand(2, 5))

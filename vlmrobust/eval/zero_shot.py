@@ -1,0 +1,187 @@
+"""Zero-shot clean and robust accuracy of CLIP-like models."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from ..attacks import build_attack, check_budget
+
+
+@dataclass
+class RobustAccuracy:
+    """Per-ε results of one attack on one dataset.
+
+    Attributes:
+        clean_accuracy (`float`): accuracy on unperturbed images.
+        robust_accuracy (`dict[float, float]`): ε -> accuracy under the attack (ε = 0 is clean accuracy).
+        n_samples (`int`): number of evaluated images.
+        attack (`str`), norm (`str`), steps (`int`), seed (`int`): the attack's settings.
+        robust_mask (`dict[float, torch.Tensor]`): ε -> per-sample bool (correct and not broken).
+        margins (`torch.Tensor`): clean logit margins (top-1 minus top-2), per sample.
+    """
+
+    clean_accuracy: float
+    robust_accuracy: dict[float, float]
+    n_samples: int
+    attack: str
+    norm: str
+    steps: int
+    seed: int
+    robust_mask: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)
+    margins: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def expected_robustness(self) -> float:
+        """Mean accuracy over the evaluated ε grid, ε = 0 (clean) included (arXiv 2509.23325)."""
+        return expected_robustness({0.0: self.clean_accuracy, **self.robust_accuracy})
+
+    def to_dict(self) -> dict:
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": {f"{e:.6g}": a for e, a in sorted(self.robust_accuracy.items())},
+            "expected_robustness": self.expected_robustness,
+            "n_samples": self.n_samples, "attack": self.attack, "norm": self.norm, "steps": self.steps,
+            "seed": self.seed,
+        }
+
+
+def expected_robustness(accuracy_by_eps: dict[float, float], weights: dict[float, float] | None = None) -> float:
+    """Weighted mean of accuracy over a grid of budgets (uniform weights by default; ε = 0 is clean accuracy).
+
+    The grid and weighting are a reconstruction (methods.md, [recon]); both are the caller's choice.
+    """
+    if not accuracy_by_eps:
+        raise ValueError("expected_robustness needs at least one (epsilon, accuracy) pair.")
+    w = weights or {e: 1.0 for e in accuracy_by_eps}
+    missing = set(accuracy_by_eps) - set(w)
+    if missing:
+        raise ValueError(f"No weight for epsilon(s) {sorted(missing)}.")
+    total = sum(w[e] for e in accuracy_by_eps)
+    return sum(w[e] * a for e, a in accuracy_by_eps.items()) / total
+
+
+def _subset(dataset: Dataset, n_samples: int | None, seed: int) -> Dataset:
+    if n_samples is None or n_samples >= len(dataset):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[:n_samples].sort().values.tolist()
+    return Subset(dataset, idx)
+
+
+def _collate(batch):
+    return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor(
+        [int(b["labels"]) for b in batch], dtype=torch.long)
+
+
+@torch.no_grad()
+def _margins(logits: torch.Tensor) -> torch.Tensor:
+    top2 = logits.float().topk(2, dim=-1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def evaluate_robust_accuracy(
+    classifier: nn.Module,
+    dataset: Dataset,
+    epsilons: Sequence[float],
+    *,
+    attack: str = "apgd-ce",
+    norm: str = "Linf",
+    steps: int = 100,
+    batch_size: int = 128,
+    n_samples: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    bf16: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+    attack_kwargs: dict | None = None,
+) -> RobustAccuracy:
+    """Clean and robust accuracy of `classifier` (pixels in [0,1] -> logits) for each ε.
+
+    Points misclassified when clean are not attacked (they count as non-robust), and a point found
+    misclassified at a smaller ε is not attacked at a larger one (it would break there too), so the attacks
+    spend their gradient evaluations only where they can change the result.
+
+    Args:
+        classifier (`nn.Module`): e.g. `model.zero_shot_classifier(classnames, templates)`.
+        dataset (`Dataset`): items with `pixel_values` in [0, 1] and integer `labels`.
+        epsilons (`Sequence[float]`): budgets in pixel units (4/255, not 4); 0 entries are skipped.
+        attack (`str`, *optional*, defaults to `"apgd-ce"`): a name in `vlmrobust.attacks.ATTACKS`.
+        norm (`str`, *optional*, defaults to `"Linf"`): threat model.
+        steps (`int`, *optional*, defaults to 100): attack iterations.
+        n_samples (`int`, *optional*): evaluate a seeded random subset of this size.
+        seed (`int`, *optional*, defaults to 0): attack and subset seed.
+        bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast for the model (perturbation stays fp32).
+    """
+    for e in epsilons:
+        check_budget(norm, e)
+    eps_sorted = sorted({float(e) for e in epsilons if e > 0})
+    data = _subset(dataset, n_samples, seed)
+    if len(data) == 0:
+        raise ValueError("The evaluation dataset is empty.")
+    if device is None:
+        device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+    correct_all, margins_all = [], []
+    robust_all: dict[float, list[torch.Tensor]] = {e: [] for e in eps_sorted}
+    bar = tqdm(total=len(data) * (1 + len(eps_sorted)), desc=desc, unit="img", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for b, (x, y) in enumerate(loader):
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad(), autocast:
+                logits = classifier(x)
+            correct = logits.argmax(-1) == y
+            correct_all.append(correct.cpu())
+            margins_all.append(_margins(logits).cpu())
+            bar.update(len(x))
+            alive = correct.clone()
+            for e in eps_sorted:
+                idx = alive.nonzero().flatten()
+                if len(idx):
+                    atk = build_attack(attack, classifier, norm=norm, eps=e, steps=steps, seed=seed + b,
+                                       **(attack_kwargs or {}))
+                    with autocast:
+                        res = atk.perturb(x[idx], y[idx])
+                    with torch.no_grad(), autocast:
+                        still = classifier(res.x_adv).argmax(-1) == y[idx]
+                    alive[idx] = still
+                robust_all[e].append(alive.cpu().clone())
+                bar.update(len(x))
+    finally:
+        bar.close()
+        classifier.train(was_training)
+    correct = torch.cat(correct_all)
+    masks = {e: torch.cat(v) for e, v in robust_all.items()}
+    return RobustAccuracy(
+        clean_accuracy=correct.float().mean().item(),
+        robust_accuracy={e: m.float().mean().item() for e, m in masks.items()},
+        n_samples=len(correct), attack=attack, norm=norm, steps=steps, seed=seed, robust_mask=masks,
+        margins=torch.cat(margins_all),
+    )
+
+
+def evaluate_zero_shot(model, dataset, epsilons: Sequence[float], *, classnames: Sequence[str] | None = None,
+                       templates: Sequence[str] | None = None, **kwargs) -> RobustAccuracy:
+    """Zero-shot robust accuracy of a `VisionLanguageModel` on a classification dataset.
+
+    `classnames` / `templates` default to the dataset's `.classnames` / `.templates`; other arguments as in
+    :func:`evaluate_robust_accuracy`.
+    """
+    classnames = classnames or getattr(dataset, "classnames", None)
+    templates = templates or getattr(dataset, "templates", None)
+    if not classnames or not templates:
+        raise ValueError("Zero-shot evaluation needs classnames and templates (from the dataset or as arguments).")
+    clf = model.zero_shot_classifier(list(classnames), list(templates))
+    return evaluate_robust_accuracy(clf, dataset, epsilons, **kwargs)

@@ -1,0 +1,108 @@
+"""`vlmrobust:tiny-digits-clip` — the offline stand-in for a downloaded CLIP checkpoint.
+
+Nothing can be downloaded here, so the quickstart needs a CLIP with a *real* zero-shot ability that can be made
+locally: a tiny open_clip ViT (16 px input, patch 4, width 64, 2 vision + 2 text layers, embedding 64) trained
+contrastively for a minute on scikit-learn's handwritten digits with captions such as "a photo of the digit seven."
+It is saved in open_clip's layout and cached, so `create_model("vlmrobust:tiny-digits-clip")` builds it once.
+It is a *stand-in*: the same recipes take `open_clip:ViT-B-32/openai` (or any other id) on real data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+TINY_DIGITS_NAME = "tiny-digits-clip"
+TINY_DIGITS_VERSION = "v1"
+TINY_DIGITS_DEFAULTS = dict(image_size=16, patch_size=4, width=64, layers=2, embed_dim=64, context_length=16,
+                            steps=1500, batch_size=128, lr=1e-3, seed=0)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VLMROBUST_CACHE", Path.home() / ".cache" / "vlmrobust"))
+
+
+def pretrain_tiny_digits_clip(output_dir: str | os.PathLike, *, steps: int = 1500, batch_size: int = 128,
+                              lr: float = 1e-3, seed: int = 0, image_size: int = 16, patch_size: int = 4,
+                              width: int = 64, layers: int = 2, embed_dim: int = 64, context_length: int = 16,
+                              progress: bool = True) -> Path:
+    """Contrastively pre-train a tiny open_clip CLIP on the digits train split and save it (open_clip layout).
+
+    Symmetric InfoNCE on (image, caption) pairs, captions drawn from the digits templates; AdamW with a cosine
+    schedule. The test split is never seen, so zero-shot accuracy measured on it is honest.
+    """
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from ..data import DIGITS_TEMPLATES, digits_captions, load_digits_splits
+    from ..data.fixtures import OPENAI_MEAN, OPENAI_STD, tiny_open_clip_config
+    from ..hub.open_clip_io import save_open_clip
+
+    cfg = tiny_open_clip_config(image_size, patch_size, width, layers, embed_dim, context_length, heads=4)
+    train, _ = load_digits_splits(image_size=image_size)
+    tok = SimpleTokenizer(context_length=context_length)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(**cfg)
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05,
+                                                    anneal_strategy="cos")
+        model.train()
+        t0 = time.time()
+        bar = tqdm(range(steps), desc="pre-training the tiny digits CLIP (stand-in checkpoint)", disable=not progress,
+                   dynamic_ncols=True)
+        for _ in bar:
+            idx = torch.randint(len(train), (batch_size,), generator=g)
+            x = (train.images[idx] - mean) / std
+            text = tok(digits_captions(train.labels[idx], DIGITS_TEMPLATES, generator=g))
+            img_f, txt_f, scale = model(x, text)
+            logits = scale * img_f @ txt_f.T
+            # captions of the same digit are positives too: soft targets avoid punishing them as negatives
+            same = (train.labels[idx][:, None] == train.labels[idx][None, :]).float()
+            target = same / same.sum(1, keepdim=True)
+            loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                          + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, 4.6052)
+            if progress and _ % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval()
+    preprocess_cfg = {"size": image_size, "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+                      "interpolation": "bilinear", "resize_mode": "shortest"}
+    meta = {"note": "vlmrobust offline stand-in for a pretrained CLIP: tiny ViT contrastively trained on sklearn "
+                    "digits (train split)", "pretrain": dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
+            "pretrain_seconds": round(time.time() - t0, 1)}
+    return save_open_clip(model, output_dir, cfg, preprocess_cfg, extra_config=meta)
+
+
+def get_tiny_digits_clip(progress: bool = True, **overrides) -> Path:
+    """Path of the cached stand-in checkpoint, pre-training it first when absent (atomic: built aside, renamed)."""
+    target = cache_dir() / f"{TINY_DIGITS_NAME}-{TINY_DIGITS_VERSION}"
+    if (target / "open_clip_model.safetensors").is_file() and (target / "open_clip_config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        pretrain_tiny_digits_clip(tmp, progress=progress, **overrides)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "open_clip_model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

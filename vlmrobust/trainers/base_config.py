@@ -1,0 +1,108 @@
+"""Shared configuration of every robust fine-tuning method: `TrainingArguments` + the threat model + ε schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from .. import __version__
+from ..attacks import check_budget
+from .schedules import EpsilonSchedule
+
+
+@dataclass
+class RobustTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the inner attack and its budget schedule.
+
+    Args:
+        method (`str`): name of the method in the `METHODS` registry (set by each subclass).
+        attack (`str`, *optional*, defaults to `"pgd"`): training attack, `"pgd"` or `"apgd"` (APGD on the method's
+            loss, max-loss point, as in arXiv 2404.xxxx's AT study).
+        attack_norm (`str`, *optional*, defaults to `"Linf"`): `"Linf"` or `"L2"`.
+        epsilon (`float`, *optional*, defaults to 4/255): budget in [0, 1] pixel units (4/255, not 4).
+        attack_steps (`int`, *optional*, defaults to 10): inner iterations.
+        attack_step_size (`float`, *optional*, defaults to 1/255): PGD step α (FARE's reference value).
+        attack_random_start (`bool`, *optional*, defaults to `True`): uniform start in the ε-ball.
+        attack_momentum (`float`, *optional*, defaults to 0.0): momentum of the PGD sign step (FARE's reference
+            offers 0.9).
+        attack_seed (`int`, *optional*): base seed of the attack's own generator; defaults to `seed`. The attack at
+            optimizer step t, micro-batch k uses a seed derived from (attack_seed, t, k), so resumed runs repeat it.
+        epsilon_schedule (`str`, *optional*, defaults to `"constant"`): `"constant"` or `"linear"`
+            (Epsilon-Scheduling, arXiv 2509.23325: 0 until T1, linear ramp to ε at T2, then constant).
+        epsilon_schedule_start (`float`, *optional*, defaults to 0): T1.
+        epsilon_schedule_end (`float`, *optional*, defaults to 0): T2.
+        epsilon_schedule_unit (`str`, *optional*, defaults to `"steps"`): unit of T1 / T2, `"steps"` or `"epochs"`.
+    """
+
+    method: str = field(default="base", metadata={"help": "Method name in the METHODS registry."})
+    attack: str = field(default="pgd", metadata={"help": "Training attack: 'pgd' or 'apgd'."})
+    attack_norm: str = field(default="Linf", metadata={"help": "Threat model: 'Linf' or 'L2'."})
+    epsilon: float = field(default=4 / 255, metadata={"help": "Budget in [0,1] pixel units, e.g. 0.0157 = 4/255."})
+    attack_steps: int = field(default=10, metadata={"help": "Inner attack iterations."})
+    attack_step_size: float | None = field(default=1 / 255, metadata={"help": "PGD step size (pixel units)."})
+    attack_random_start: bool = field(default=True, metadata={"help": "Random uniform start in the eps-ball."})
+    attack_momentum: float = field(default=0.0, metadata={"help": "Momentum on the PGD step (FARE ref.: 0.9)."})
+    attack_seed: int | None = field(default=None, metadata={"help": "Attack seed (defaults to --seed)."})
+    epsilon_schedule: str = field(default="constant", metadata={"help": "'constant' or 'linear' (Eps-Scheduling)."})
+    epsilon_schedule_start: float = field(default=0.0, metadata={"help": "T1: eps is 0 before it."})
+    epsilon_schedule_end: float = field(default=0.0, metadata={"help": "T2: eps reaches its target here."})
+    epsilon_schedule_unit: str = field(default="steps", metadata={"help": "'steps' or 'epochs'."})
+
+    # Trainer defaults that suit image-only robust training
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Loggers; no telemetry by default."})
+
+    def __post_init__(self):
+        if self.attack not in ("pgd", "apgd"):
+            raise ValueError(f"attack must be 'pgd' or 'apgd', got '{self.attack}'.")
+        self.attack_norm = {"linf": "Linf", "l2": "L2"}.get(str(self.attack_norm).lower(), self.attack_norm)
+        check_budget(self.attack_norm, self.epsilon)
+        if self.attack_steps < 1:
+            raise ValueError(f"attack_steps must be >= 1, got {self.attack_steps}.")
+        if self.attack_step_size is not None:
+            if self.attack_step_size <= 0:
+                raise ValueError(f"attack_step_size must be > 0, got {self.attack_step_size}.")
+            if self.attack_norm == "Linf" and self.attack_step_size > 1:
+                raise ValueError(
+                    f"attack_step_size={self.attack_step_size} is larger than the [0,1] pixel range: "
+                    f"did you mean {self.attack_step_size:g}/255?"
+                )
+        if self.attack_seed is None:
+            self.attack_seed = self.seed
+        self.epsilon_scheduler  # validates the schedule fields
+        super().__post_init__()
+
+    @property
+    def epsilon_scheduler(self) -> EpsilonSchedule:
+        return EpsilonSchedule(self.epsilon, self.epsilon_schedule, self.epsilon_schedule_start,
+                               self.epsilon_schedule_end, self.epsilon_schedule_unit)
+
+    # -- JSON round trip ------------------------------------------------------------------------------------------
+    def to_vlmrobust_dict(self) -> dict:
+        """The config as saved next to checkpoints: `method`, `vlmrobust_version` and every argument."""
+        return {"method": self.method, "vlmrobust_version": __version__, "config": _jsonable(self.to_dict())}
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        from ..utils.io import atomic_write_json
+
+        return atomic_write_json(path, self.to_vlmrobust_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RobustTrainingArguments:
+        names = {f.name for f in fields(cls) if f.init}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            out[k] = str(v)
+    return out

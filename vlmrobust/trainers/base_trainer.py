@@ -1,0 +1,256 @@
+"""`RobustTrainer`: the machinery every robust fine-tuning method shares, written once.
+
+It owns the inner attack loop (always on the *unwrapped* module, in eval mode, gradients for δ only), the ε
+schedule, an optional frozen reference model (built before the Trainer / DeepSpeed sees the model, so ZeRO-3 never
+partitions it), logging of extra losses, one gradient hook between the full backward and the optimizer step
+(DeepSpeed-safe), and saving in the backend's native layout (open_clip / transformers) so checkpoints load without
+vlmrobust and resume with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: F401  (re-exported for recipes)
+
+from ..attacks import APGD, PGD
+from ..models.base import VisionLanguageModel
+from ..utils.io import atomic_save_safetensors
+from .base_config import RobustTrainingArguments
+
+EXTRA_WEIGHTS_NAME = "vlmrobust_extra.safetensors"
+
+
+def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack `pixel_values` (and `labels` when present) of dataset items."""
+    batch = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
+    if "labels" in features[0]:
+        batch["labels"] = torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long)
+    return batch
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with every parameter frozen, in eval mode (for reference / teacher models)."""
+    ref = copy.deepcopy(module)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+class RobustTrainer(Trainer):
+    """Base class of vlmrobust's trainers (FARE, TeCoA, Classic AT / TRADES, ...).
+
+    Subclasses implement :meth:`trainable_module` (what the HF `Trainer` / DeepSpeed optimises) and
+    `compute_loss`; they call :meth:`adversarial_examples` for the inner maximisation and may override
+    :meth:`on_full_backward` for gradient surgery.
+
+    Args:
+        model (`VisionLanguageModel`): the full model (e.g. from `create_model`). Only the module returned by
+            `trainable_module` is handed to the Trainer, which keeps 0-dim parameters such as open_clip's
+            `logit_scale` away from DeepSpeed.
+        args (`RobustTrainingArguments`): method config.
+        train_dataset (`torch.utils.data.Dataset`): items with `pixel_values` in [0, 1] (and `labels`).
+        kwargs: passed to `transformers.Trainer` (callbacks, eval_dataset, ...).
+    """
+
+    # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: VisionLanguageModel, args: RobustTrainingArguments, train_dataset=None,
+                 data_collator: Callable | None = None, **kwargs):
+        if not isinstance(model, VisionLanguageModel):
+            raise TypeError(
+                f"{type(self).__name__} takes a vlmrobust model (from vlmrobust.create_model), got "
+                f"{type(model).__name__}."
+            )
+        self.vlm = model
+        self.vlm.requires_grad_(False)
+        trainable = self.trainable_module(model, args)
+        self._native_keys = self._map_to_native(trainable)
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._micro_step = (-1, 0)  # (global_step, micro-batch index within it)
+        super().__init__(model=trainable, args=args, train_dataset=train_dataset,
+                         data_collator=data_collator or image_collator, **kwargs)
+
+    # -- what is trained -------------------------------------------------------------------------------------------
+    def trainable_module(self, model: VisionLanguageModel, args: RobustTrainingArguments) -> nn.Module:
+        """The module handed to the Trainer; set `requires_grad` on what should train. Default: image encoder."""
+        model.image_encoder.requires_grad_(True)
+        return model.image_encoder
+
+    def _map_to_native(self, trainable: nn.Module) -> dict[str, str]:
+        """trainable-module key -> key in the backend's native state dict (by tensor identity)."""
+        native = getattr(self.vlm, "model", self.vlm)
+        by_id = {id(t): k for k, t in native.state_dict(keep_vars=True).items()}
+        return {k: by_id[id(t)] for k, t in trainable.state_dict(keep_vars=True).items() if id(t) in by_id}
+
+    # -- attack ----------------------------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> float:
+        world = max(self.args.world_size, 1)
+        per_step = self.args.per_device_train_batch_size * world * self.args.gradient_accumulation_steps
+        n = len(self.train_dataset) if self.train_dataset is not None else per_step
+        return max(math.ceil(n / per_step), 1)
+
+    @property
+    def current_epsilon(self) -> float:
+        """ε at the current optimizer step under the configured schedule."""
+        return self.args.epsilon_scheduler(self.state.global_step, self.steps_per_epoch)
+
+    def _next_attack_seed(self) -> int:
+        step = self.state.global_step
+        k = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
+        self._micro_step = (step, k)
+        # a fixed function of (seed, optimizer step, micro-batch): a resumed run repeats the same attacks
+        return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k) % (2**63 - 1)
+
+    def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                             target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,
+                             module: nn.Module | None = None) -> torch.Tensor:
+        """Maximise `loss_fn(forward(x + δ), target)` over the ε-ball with the configured attack.
+
+        `forward` must be the unwrapped module (or a function of it), never a DeepSpeed engine / DDP wrapper:
+        the attack takes gradients w.r.t. δ only, so parameter gradients and optimizer buffers stay untouched.
+        `module` is the network inside `forward` when `forward` is a plain function: it is put in eval mode for the
+        attack and restored afterwards. Returns detached adversarial images (the clean ones when ε is 0).
+        """
+        eps = self.current_epsilon if epsilon is None else epsilon
+        self._metrics["epsilon"].append(torch.tensor(float(eps)))
+        seed = self._next_attack_seed()
+        if eps <= 0:
+            return images.detach()
+        a = self.args
+        was_training = module.training if module is not None else None
+        if module is not None:
+            module.eval()
+        try:
+            if a.attack == "pgd":
+                atk = PGD(forward, norm=a.attack_norm, eps=eps, alpha=a.attack_step_size, steps=a.attack_steps,
+                          random_start=a.attack_random_start, momentum=a.attack_momentum, loss_fn=loss_fn, seed=seed)
+                return atk(images, target).detach()
+            atk = APGD(forward, norm=a.attack_norm, eps=eps, steps=a.attack_steps, loss=loss_fn, seed=seed,
+                       random_start=a.attack_random_start, early_stop=False)
+            return atk.perturb(images, target).x_max_loss.detach()
+        finally:
+            if module is not None:
+                module.train(was_training)
+
+    def unwrapped(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    # -- logging ---------------------------------------------------------------------------------------------------
+    def log_metric(self, name: str, value: torch.Tensor) -> None:
+        """Record a scalar (kept on device, averaged and synced only when the Trainer logs)."""
+        self._metrics[name].append(value.detach().float().mean())
+
+    def wants_extra_logging(self) -> bool:
+        """True on optimizer steps the Trainer will log: the place for optional extra forward passes."""
+        steps = self.args.logging_steps
+        if not steps or self.args.logging_strategy == "no":
+            return False
+        steps = max(int(steps if steps >= 1 else steps * max(self.state.max_steps, 1)), 1)
+        return (self.state.global_step + 1) % steps == 0 or self.state.global_step == 0
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:
+            for k, vals in self._metrics.items():
+                logs[k] = round(torch.stack([v.to("cpu") for v in vals]).mean().item(), 6)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # -- the one hook between the full backward and the optimizer step ------------------------------------------
+    def on_full_backward(self, model: nn.Module) -> None:
+        """Called once per optimizer step, after the last micro-batch's backward, before the optimizer step.
+
+        Override for gradient surgery; read / write gradients with :meth:`get_full_grad` / :meth:`set_full_grad`,
+        which work with and without DeepSpeed ZeRO.
+        """
+
+    def get_full_grad(self, param: nn.Parameter) -> torch.Tensor | None:
+        if self.is_deepspeed_enabled:
+            from deepspeed.utils import safe_get_full_grad
+
+            return safe_get_full_grad(param)
+        return param.grad
+
+    def set_full_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        if self.is_deepspeed_enabled:
+            from deepspeed.utils import safe_set_full_grad
+
+            safe_set_full_grad(param, grad)
+        else:
+            param.grad = grad
+
+    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        del inputs
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        loss = loss / self.current_gradient_accumulation_steps
+        sync = self.accelerator.sync_gradients
+        if self.is_deepspeed_enabled:
+            # DeepSpeed steps the optimizer inside accelerator.backward(); split it to place the hook in between.
+            engine = self.model_wrapped
+            engine.set_gradient_accumulation_boundary(is_boundary=sync)
+            engine.backward(loss, scale_wrt_gas=False)
+            if sync:
+                self.on_full_backward(model)
+                engine.step()
+        else:
+            self.accelerator.backward(loss)
+            if sync:
+                self.on_full_backward(model)
+        return loss.detach()
+
+    # -- saving / loading ------------------------------------------------------------------------------------------
+    def _native_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        native = getattr(self.vlm, "model", self.vlm)
+        full = {k: v.detach().cpu() for k, v in native.state_dict().items()}
+        extra = {}
+        for k, v in state_dict.items():
+            if k in self._native_keys:
+                full[self._native_keys[k]] = v.detach().cpu()
+            else:
+                extra[k] = v.detach().cpu()
+        return full, extra
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        full, extra = self._native_state_dict(state_dict)
+        if extra:
+            atomic_save_safetensors(Path(output_dir) / EXTRA_WEIGHTS_NAME, extra, metadata={"format": "pt"})
+        self.vlm.save_pretrained(output_dir, state_dict=full, **self.args.to_vlmrobust_dict())
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        from safetensors.torch import load_file
+
+        model = model if model is not None else self.model
+        ckpt = Path(resume_from_checkpoint)
+        weights = [ckpt / n for n in ("open_clip_model.safetensors", "model.safetensors") if (ckpt / n).is_file()]
+        if not weights:
+            raise FileNotFoundError(f"No vlmrobust checkpoint weights in {ckpt} (open_clip_model.safetensors / "
+                                    "model.safetensors): is this a checkpoint folder written by a vlmrobust trainer?")
+        full = load_file(weights[0], device="cpu")
+        sd = {k: full[n] for k, n in self._native_keys.items() if n in full}
+        missing = [k for k, n in self._native_keys.items() if n not in full]
+        if (ckpt / EXTRA_WEIGHTS_NAME).is_file():
+            sd.update(load_file(ckpt / EXTRA_WEIGHTS_NAME, device="cpu"))
+        if missing:
+            raise ValueError(f"Checkpoint {ckpt} lacks {len(missing)} trained tensors, e.g. {missing[:3]}.")
+        model.load_state_dict(sd, strict=False)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import torch
+
+from .base_trainer import RobustTrainer, frozen_copy
+from .fare_config import FAREConfig
+
+
+def fare_distance(emb: torch.Tensor, target: torch.Tensor, kind: str = "l2sq") -> torch.Tensor:
+    """Per-sample ‖emb − target‖²₂ (or ‖·‖₂), computed in fp32."""
+    d = ((emb.float() - target.float()) ** 2).sum(-1)
+    return d if kind == "l2sq" else d.clamp_min(1e-12).sqrt()
+
+
+class FARETrainer(RobustTrainer):
+    """FARE: unsupervised adversarial fine-tuning of CLIP's vision encoder (arXiv 2402.12336).
+
+    `min_θ E_x max_{‖δ‖≤ε} ‖φ_θ(x+δ) − φ_orig(x)‖²₂`, with φ_orig a frozen copy of the original encoder applied to the
+    clean image. Only the vision tower trains; no labels, no text tower.
+    """
+
+    def __init__(self, model, args: FAREConfig, **kwargs):
+        # built before the Trainer (and DeepSpeed ZeRO-3) sees the model, and never registered inside it
+        self.reference_encoder = frozen_copy(model.image_encoder)
+        super().__init__(model, args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        x = inputs["pixel_values"]
+        ref = self.reference_encoder.to(x.device)
+        with torch.no_grad():
+            target = ref(x).float()
+        kind = self.args.fare_loss
+        x_adv = self.adversarial_examples(self.unwrapped(model), x, target, lambda e, t: fare_distance(e, t, kind))
+        loss = fare_distance(model(x_adv), target, kind).mean()
+        self.log_metric("adv_loss", loss)
+        if self.args.log_clean_loss and self.wants_extra_logging():
+            with torch.no_grad():
+                self.log_metric("clean_loss", fare_distance(self.unwrapped(model)(x), target, kind).mean())
+        return (loss, {"embeddings": None}) if return_outputs else loss
