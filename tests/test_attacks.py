@@ -153,6 +153,7 @@ def test_seeded_and_leaves_rng_grads_and_modes_alone(name, classifier, batch):
 
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert torch.equal(a, b), "same seed must give the same result"
+    assert torch.equal(a, factory(model, seed=0).perturb(x, y).x_adv)
     assert not torch.equal(a, c), "different seeds must give different random starts"
     assert torch.equal(first.weight.grad, preset)
     assert first.bias.grad is None and last.weight.grad is None and last.bias.grad is None

@@ -207,13 +207,15 @@ class Attack:
         self.loss_fn: LossFn = loss_fn if loss_fn is not None else ce_loss
         self.seed = int(seed)
         self.input_dtype = input_dtype
+        self._model_dtype: torch.dtype = input_dtype or torch.float32
+        self._full_result = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:.6g}, steps={self.steps}, seed={self.seed})"
 
     def __call__(self, images: Tensor, target: Tensor) -> Tensor:
         """Return the adversarial images (same dtype and device as `images`, detached)."""
-        return self.perturb(images, target).x_adv
+        return self._attack(images, target, full_result=False).x_adv
 
     def perturb(self, images: Tensor, target: Tensor) -> AttackResult:
         """Attack a batch.
@@ -228,6 +230,12 @@ class Attack:
         Returns:
             `AttackResult` with tensors in the dtype and on the device of `images`.
         """
+        return self._attack(images, target, full_result=True)
+
+    def _attack(self, images: Tensor, target: Tensor, *, full_result: bool) -> AttackResult:
+        # Subclasses may skip work that only the AttackResult fields besides x_adv need (PGD's final scoring
+        # forward) when called as `attack(images, target)`.
+        self._full_result = full_result
         self._model_dtype = self.input_dtype or _infer_input_dtype(self.model, images)
         devices, device_type = [], "cuda"
         if images.device.type != "cpu":

@@ -44,7 +44,8 @@ class PGD(Attack):
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed; defaults to the model's parameter dtype. The perturbation stays fp32.
 
-    Every call costs `steps` forward+input-backward passes plus one forward to score the last iterate.
+    `perturb` costs `steps` forward+input-backward passes plus one forward to score the last iterate; calling the
+    attack directly (`attack(images, target)`, the training path) skips that forward when it is not needed.
     """
 
     def __init__(
@@ -104,10 +105,13 @@ class PGD(Attack):
                 grad = velocity
             delta = self._project(x, delta + self.alpha * self._step_direction(grad))
 
-        # The last iterate has not been scored yet; one forward without graph does it.
-        loss, _, out = self._loss_and_grad(x, delta, target, self.loss_fn, need_grad=False)
-        last_pred = out.argmax(dim=1) if is_logits(out, batch) else None
-        keep_best(loss, delta, out)
+        last_pred = None
+        # The last iterate has not been scored yet; one forward without graph does it, unless the caller only
+        # wants the last iterate (training: `attack(images, target)`), where it would be wasted.
+        if self._full_result or self.return_max_loss:
+            loss, _, out = self._loss_and_grad(x, delta, target, self.loss_fn, need_grad=False)
+            last_pred = out.argmax(dim=1) if is_logits(out, batch) else None
+            keep_best(loss, delta, out)
 
         x_adv = x + (best_delta if self.return_max_loss else delta)
         success = None

@@ -42,6 +42,9 @@ class AdversarialTrainer(RobustTrainer):
             embeddings, i.e. from the zero-shot classifier).
     """
 
+    #: the trained artefact is a classifier (encoder + head): recipes evaluate it rather than zero-shot
+    trains_classifier = True
+
     def __init__(self, model, args: AdversarialConfig, classnames: Sequence[str], **kwargs):
         if not classnames:
             raise ValueError("AdversarialTrainer needs the training classnames to initialise the head.")

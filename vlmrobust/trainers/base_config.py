@@ -54,7 +54,7 @@ class RobustTrainingArguments(TrainingArguments):
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Loggers; no telemetry by default."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers; no telemetry by default."})
 
     def __post_init__(self):
         if self.attack not in ("pgd", "apgd"):
@@ -73,7 +73,7 @@ class RobustTrainingArguments(TrainingArguments):
                 )
         if self.attack_seed is None:
             self.attack_seed = self.seed
-        self.epsilon_scheduler  # validates the schedule fields
+        _ = self.epsilon_scheduler  # validates the schedule fields
         super().__post_init__()
 
     @property

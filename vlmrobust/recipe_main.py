@@ -1,0 +1,84 @@
+"""The body of the CLIP recipes (`recipes/{fare,tecoa,adv}_clip.py`): evaluate, train, save, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets, reload_spec
+
+
+def _resolve_resume(args) -> str | None:
+    r = args.resume_from_checkpoint
+    if r in (None, "", "false", "False", False):
+        return None
+    if r in ("true", "True", True):
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if last is None:
+            print(f"[vlmrobust] no checkpoint in {args.output_dir} to resume from: starting fresh.")
+        return last
+    if not Path(r).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {r}: no such checkpoint folder.")
+    return r
+
+
+def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bool = False) -> dict:
+    """Parse `(ScriptArguments, config_class)`, then evaluate → train → save → reload → evaluate → report."""
+    from .eval.report import accuracy_table, write_report
+    from .eval.zero_shot import evaluate_robust_accuracy
+    from .models import create_model
+
+    parser = RecipeParser((ScriptArguments, config_class))
+    script, args = parser.parse_args_and_config(argv)
+    state = PartialState()
+    set_seed(args.seed)
+    t_start = time.time()
+    with state.main_process_first():  # the stand-in checkpoint is pre-trained once, by the main process
+        model = create_model(script.model_name_or_path)
+    train_ds, eval_ds = load_datasets(script, model, seed=args.seed)
+    results, timings = {}, {}
+    if script.eval_before and state.is_main_process:
+        results["before"] = evaluate(model, eval_ds, script, "eval before", seed=args.seed, bf16=args.bf16)
+        timings["eval_before_s"] = results["before"].seconds
+    state.wait_for_everyone()
+
+    kwargs = {"classnames": train_ds.classnames} if needs_classnames else {}
+    trainer = trainer_class(model, args, train_dataset=train_ds, **kwargs)
+    t0 = time.time()
+    train_out = trainer.train(resume_from_checkpoint=_resolve_resume(args))
+    timings["train_s"] = round(time.time() - t0, 1)
+    trainer.save_model(args.output_dir)
+    state.wait_for_everyone()
+
+    summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
+               "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics}
+    if script.eval_after and state.is_main_process:
+        if getattr(trainer, "trains_classifier", False):  # AT / TRADES: evaluate the trained classifier itself
+            clf = trainer.accelerator.unwrap_model(trainer.model).eval()
+            results["after"] = evaluate_robust_accuracy(
+                clf, eval_ds, script.eval_epsilons, attack=script.eval_attack, steps=script.eval_attack_steps,
+                batch_size=script.eval_batch_size, seed=args.seed, desc="eval after", bf16=args.bf16)
+        else:  # reload the saved checkpoint through the backend's loader: what users will get
+            trained = create_model(reload_spec(model, args.output_dir))
+            results["after"] = evaluate(trained, eval_ds, script, "eval after", seed=args.seed, bf16=args.bf16)
+    if state.is_main_process and results:
+        timings["total_s"] = round(time.time() - t_start, 1)
+        title = f"{args.method.upper()} on {script.dataset_name}: {script.model_name_or_path}"
+        intro = (f"Trained with ε = {args.epsilon * 255:.3g}/255 ({args.attack_norm}), {args.attack}-"
+                 f"{args.attack_steps}, {trainer.state.global_step} steps.")
+        if script.model_name_or_path.startswith("vlmrobust:"):
+            intro += (" The starting model is vlmrobust's offline stand-in: a tiny CLIP contrastively pre-trained "
+                      "on the digits train split in place of a downloaded checkpoint.")
+        write_report(args.output_dir, {k: v for k, v in results.items()}, title=title, intro=intro,
+                     extra={**summary, "timings": timings})
+        print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
+        print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png and the checkpoint "
+              f"({json.dumps(timings)})")
+    state.wait_for_everyone()
+    return {k: v.to_dict() for k, v in results.items()}

@@ -1,0 +1,119 @@
+"""What the recipes share: a TRL-style parser (YAML `--config`, flags override) and the data / eval plumbing."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+def _fraction(v):
+    """'4/255' -> 0.01568...; anything else unchanged (lets configs and flags write budgets as fractions)."""
+    if isinstance(v, str):
+        m = _FRACTION.match(v)
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+    if isinstance(v, list):
+        return [_fraction(x) for x in v]
+    return v
+
+
+class RecipeParser(HfArgumentParser):
+    """`HfArgumentParser` that reads defaults from `--config file.yaml`; command-line flags override them.
+
+    Budgets may be written as fractions (`epsilon: 4/255`, `--epsilon 4/255`).
+    """
+
+    def parse_args_and_config(self, args: Sequence[str] | None = None):
+        args = list(sys.argv[1:] if args is None else args)
+        if "--config" in args:
+            i = args.index("--config")
+            if i + 1 >= len(args):
+                raise ValueError("--config needs a YAML file path.")
+            path = Path(args[i + 1])
+            del args[i : i + 2]
+            if not path.is_file():
+                raise FileNotFoundError(f"Config file not found: {path}")
+            cfg = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{path} must be a YAML mapping of argument names to values.")
+            known = {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc)}
+            unknown = sorted(set(cfg) - known)
+            if unknown:
+                raise ValueError(f"Unknown key(s) in {path}: {', '.join(unknown)}. Run the recipe with --help to "
+                                 "list the valid arguments.")
+            self.set_defaults(**{k: _fraction(v) for k, v in cfg.items()})
+            # required fields given in the YAML are not required on the command line any more
+            for action in self._actions:
+                if action.dest in cfg:
+                    action.required = False
+        args = [str(_fraction(a)) if _FRACTION.match(a) else a for a in args]
+        return self.parse_args_into_dataclasses(args=args)
+
+
+@dataclass
+class ScriptArguments:
+    """Model, data and evaluation settings shared by the CLIP recipes.
+
+    Args:
+        model_name_or_path (`str`): a `create_model` id: `open_clip:ViT-L-14/openai`, `hf-clip:<id>`,
+            `local-dir:<path>`, or the offline stand-in `vlmrobust:tiny-digits-clip`.
+        dataset_name (`str`): `digits`, a Hub id (`imagenet-1k`), `imagefolder:<dir>` or `parquet:<files>`.
+    """
+
+    model_name_or_path: str = field(default="vlmrobust:tiny-digits-clip", metadata={"help": "create_model id."})
+    dataset_name: str = field(default="digits", metadata={"help": "digits | hub id | imagefolder:<dir> | parquet:.."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    dataset_eval_split: str = field(default="test", metadata={"help": "Evaluation split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Subsample the training set."})
+    templates: str = field(default="", metadata={"help": "Prompt templates for zero-shot eval (name); "
+                                                          "default: the dataset's."})
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the model before training."})
+    eval_after: bool = field(default=True, metadata={"help": "Evaluate the trained model."})
+    eval_max_samples: int | None = field(default=500, metadata={"help": "Images used for robust evaluation."})
+    eval_epsilons: list[float] = field(default_factory=lambda: [2 / 255, 4 / 255],
+                                       metadata={"help": "Budgets for robust evaluation (e.g. 2/255 4/255)."})
+    eval_attack: str = field(default="apgd-ce", metadata={"help": "Evaluation attack (ATTACKS registry)."})
+    eval_attack_steps: int = field(default=100, metadata={"help": "Evaluation attack iterations."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size."})
+
+
+def load_datasets(script: ScriptArguments, model, seed: int = 0):
+    """(train, eval) datasets at the model's resolution, with pixels in [0, 1] and class names / templates."""
+    from .data import get_templates, load_classification_dataset
+
+    kw = dict(image_size=model.image_size, seed=seed)
+    if script.dataset_name != "digits":
+        kw["transform"] = model.preprocess
+    if script.templates:
+        kw["templates"] = get_templates(script.templates)
+    train = load_classification_dataset(script.dataset_name, script.dataset_train_split,
+                                        max_samples=script.max_train_samples, **kw)
+    evald = load_classification_dataset(script.dataset_name, script.dataset_eval_split,
+                                        max_samples=script.eval_max_samples, **kw)
+    return train, evald
+
+
+def evaluate(model, dataset, script: ScriptArguments, desc: str, seed: int = 0, bf16: bool = False):
+    from .eval.zero_shot import evaluate_zero_shot
+
+    t0 = time.time()
+    res = evaluate_zero_shot(model, dataset, script.eval_epsilons, attack=script.eval_attack,
+                             steps=script.eval_attack_steps, batch_size=script.eval_batch_size, seed=seed,
+                             desc=desc, bf16=bf16)
+    res.seconds = round(time.time() - t0, 1)
+    return res
+
+
+def reload_spec(model, path: str | Path) -> str:
+    """The `create_model` id that reloads a checkpoint saved from `model` at `path`."""
+    return f"hf-clip:{path}" if model.backend == "hf-clip" else f"local-dir:{path}"
