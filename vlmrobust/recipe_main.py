@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint

@@ -33,8 +33,11 @@ def accuracy_table(results: Mapping[str, RobustAccuracy], fmt: str = "markdown")
         lines += ["| " + " | ".join(c) + " |" for c in rows]
         return "\n".join(lines)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt_row = "  ".join("{:<%d}" % w for w in widths).format
-    return "\n".join([fmt_row(*header), fmt_row(*["-" * w for w in widths])] + [fmt_row(*c) for c in rows])
+
+    def fmt_row(cells):
+        return "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths))
+
+    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(c) for c in rows])
 
 
 def plot_accuracy_vs_eps(results: Mapping[str, RobustAccuracy], path: str | os.PathLike, title: str = "") -> Path:
