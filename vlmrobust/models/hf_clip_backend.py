@@ -50,8 +50,8 @@ class HFCLIP(VisionLanguageModel):
         self.model = model
         self.processor = processor
         ip = processor.image_processor
-        crop = getattr(ip, "crop_size", None) or {}
-        size = crop.get("height") if isinstance(crop, dict) else None
+        crop = getattr(ip, "crop_size", None)
+        size = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
         self.image_size = int(size or model.config.vision_config.image_size)
         if self.image_size != model.config.vision_config.image_size:
             raise ValueError(

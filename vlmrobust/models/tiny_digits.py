@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 TINY_DIGITS_NAME = "tiny-digits-clip"
 TINY_DIGITS_VERSION = "v1"
 TINY_DIGITS_DEFAULTS = dict(image_size=16, patch_size=4, width=64, layers=2, embed_dim=64, context_length=16,
-                            steps=1500, batch_size=128, lr=1e-3, seed=0)
+                            steps=800, batch_size=128, lr=1e-3, seed=0)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("VLMROBUST_CACHE", Path.home() / ".cache" / "vlmrobust"))
 
 
-def pretrain_tiny_digits_clip(output_dir: str | os.PathLike, *, steps: int = 1500, batch_size: int = 128,
+def pretrain_tiny_digits_clip(output_dir: str | os.PathLike, *, steps: int = 800, batch_size: int = 128,
                               lr: float = 1e-3, seed: int = 0, image_size: int = 16, patch_size: int = 4,
                               width: int = 64, layers: int = 2, embed_dim: int = 64, context_length: int = 16,
                               progress: bool = True) -> Path:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..attacks import ce_loss
 from .adversarial_config import AdversarialConfig
-from .base_trainer import RobustTrainer
+from .base_trainer import RobustTrainer, require_vlm
 
 
 class CosineClassifier(nn.Module):
@@ -46,6 +46,7 @@ class AdversarialTrainer(RobustTrainer):
     trains_classifier = True
 
     def __init__(self, model, args: AdversarialConfig, classnames: Sequence[str], **kwargs):
+        require_vlm(model, type(self).__name__)
         if not classnames:
             raise ValueError("AdversarialTrainer needs the training classnames to initialise the head.")
         self._class_embeddings = model.class_embeddings(list(classnames), list(args.templates)).detach()

@@ -37,6 +37,13 @@ def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def require_vlm(model, trainer_name: str) -> None:
+    if not isinstance(model, VisionLanguageModel):
+        raise TypeError(
+            f"{trainer_name} takes a vlmrobust model (from vlmrobust.create_model), got {type(model).__name__}."
+        )
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with every parameter frozen, in eval mode (for reference / teacher models)."""
     ref = copy.deepcopy(module)
@@ -65,11 +72,7 @@ class RobustTrainer(Trainer):
 
     def __init__(self, model: VisionLanguageModel, args: RobustTrainingArguments, train_dataset=None,
                  data_collator: Callable | None = None, **kwargs):
-        if not isinstance(model, VisionLanguageModel):
-            raise TypeError(
-                f"{type(self).__name__} takes a vlmrobust model (from vlmrobust.create_model), got "
-                f"{type(model).__name__}."
-            )
+        require_vlm(model, type(self).__name__)
         self.vlm = model
         self.vlm.requires_grad_(False)
         trainable = self.trainable_module(model, args)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from .base_trainer import RobustTrainer, frozen_copy
+from .base_trainer import RobustTrainer, frozen_copy, require_vlm
 from .fare_config import FAREConfig
 
 
@@ -21,6 +21,7 @@ class FARETrainer(RobustTrainer):
 
     def __init__(self, model, args: FAREConfig, **kwargs):
         # built before the Trainer (and DeepSpeed ZeRO-3) sees the model, and never registered inside it
+        require_vlm(model, type(self).__name__)
         self.reference_encoder = frozen_copy(model.image_encoder)
         super().__init__(model, args, **kwargs)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import ce_loss
-from .base_trainer import RobustTrainer
+from .base_trainer import RobustTrainer, require_vlm
 from .tecoa_config import TeCoAConfig
 
 
@@ -19,6 +19,7 @@ class TeCoATrainer(RobustTrainer):
     """
 
     def __init__(self, model, args: TeCoAConfig, classnames: Sequence[str], **kwargs):
+        require_vlm(model, type(self).__name__)
         if not classnames:
             raise ValueError("TeCoATrainer needs the training classnames (label order) to build text embeddings.")
         self.class_embeddings = model.class_embeddings(list(classnames), list(args.templates)).detach()
