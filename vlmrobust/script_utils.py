@@ -75,8 +75,10 @@ class ScriptArguments:
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
     dataset_eval_split: str = field(default="test", metadata={"help": "Evaluation split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Subsample the training set."})
-    templates: str = field(default="", metadata={"help": "Prompt templates for zero-shot eval (name); "
+    templates: str = field(default="", metadata={"help": "Prompt templates (openai_imagenet | simple | digits); "
                                                           "default: the dataset's."})
+    classnames: str = field(default="", metadata={"help": "Class names: 'imagenet' (OpenAI's 1,000 names) or a "
+                                                           "text file with one name per line; default: the dataset's."})
     eval_before: bool = field(default=True, metadata={"help": "Evaluate the model before training."})
     eval_after: bool = field(default=True, metadata={"help": "Evaluate the trained model."})
     eval_max_samples: int | None = field(default=500, metadata={"help": "Images used for robust evaluation."})
@@ -96,11 +98,25 @@ def load_datasets(script: ScriptArguments, model, seed: int = 0):
         kw["transform"] = model.preprocess
     if script.templates:
         kw["templates"] = get_templates(script.templates)
+    if script.classnames:
+        kw["classnames"] = resolve_classnames(script.classnames)
     train = load_classification_dataset(script.dataset_name, script.dataset_train_split,
                                         max_samples=script.max_train_samples, **kw)
     evald = load_classification_dataset(script.dataset_name, script.dataset_eval_split,
                                         max_samples=script.eval_max_samples, **kw)
     return train, evald
+
+
+def resolve_classnames(spec: str) -> list[str]:
+    """'imagenet' -> OpenAI's curated ImageNet class names (as shipped by open_clip); else a file, one per line."""
+    if spec == "imagenet":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"classnames '{spec}': use 'imagenet' or the path of a text file, one name per line.")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def evaluate(model, dataset, script: ScriptArguments, desc: str, seed: int = 0, bf16: bool = False):

@@ -185,3 +185,140 @@ def evaluate_zero_shot(model, dataset, epsilons: Sequence[float], *, classnames:
         raise ValueError("Zero-shot evaluation needs classnames and templates (from the dataset or as arguments).")
     clf = model.zero_shot_classifier(list(classnames), list(templates))
     return evaluate_robust_accuracy(clf, dataset, epsilons, **kwargs)
+
+
+def _autocast(device: str | torch.device, bf16: bool):
+    return (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16
+            else contextlib.nullcontext())
+
+
+@torch.no_grad()
+def predict(
+    classifier: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+    bf16: bool = False,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "clean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean predictions of `classifier` on `dataset`: `(correct [n] bool, logit margins [n] float)` on the CPU."""
+    device = device or next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=num_workers)
+    correct, margins = [], []
+    try:
+        with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True,
+                  leave=False) as bar:
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                with _autocast(device, bf16):
+                    logits = classifier(x)
+                correct.append((logits.argmax(-1) == y).cpu())
+                margins.append(_margins(logits).cpu())
+                bar.update(len(x))
+    finally:
+        classifier.train(was_training)
+    return torch.cat(correct), torch.cat(margins)
+
+
+def attack_survivors(
+    classifier: nn.Module,
+    dataset: Dataset,
+    indices: Sequence[int],
+    eps: float,
+    *,
+    attacks: Sequence[str] = ("apgd-ce",),
+    norm: str = "Linf",
+    steps: int = 100,
+    seed: int = 0,
+    batch_size: int = 128,
+    n_classes: int | None = None,
+    attack_kwargs: dict[str, dict] | None = None,
+    device: str | torch.device | None = None,
+    bf16: bool = False,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "attack",
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """Attack the points `indices` of `dataset` at one budget; return which survive every attack.
+
+    Several attacks are a worst case per sample: each runs only on the points all earlier ones failed to break
+    (AutoAttack's scheme), so a point counts as robust only if it survives all of them. The verdict is always a fresh
+    forward pass on the returned adversarial images after checking they lie in the ε-ball and the [0, 1] box, so an
+    attack's own bookkeeping cannot over- or under-report. Pass only points that are still robust (clean-correct, or
+    robust at a smaller ε): a point broken at a smaller budget is broken at a larger one too.
+
+    Args:
+        classifier (`nn.Module`): [0, 1] pixels -> logits.
+        dataset (`Dataset`): items with `pixel_values` and `labels`.
+        indices (`Sequence[int]`): positions of `dataset` to attack.
+        eps (`float`): budget in pixel units.
+        attacks (`Sequence[str]`, *optional*, defaults to `("apgd-ce",)`): registered attack names, run in order.
+        norm (`str`), steps (`int`), seed (`int`): as in `build_attack`; batch `b` uses seed `seed + b`.
+        n_classes (`int`, *optional*): number of classes; needed by "autoattack", and components that need more
+            classes than there are ("apgd-t" needs 4, "apgd-dlr" 3) are skipped and reported.
+        attack_kwargs (`dict[str, dict]`, *optional*): extra constructor arguments per attack name.
+        bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast for the model; perturbations stay fp32.
+
+    Returns:
+        `(survived, broken_by)`: bool `[len(indices)]` on the CPU, and `{attack: number of points it broke}` (a
+        skipped attack maps to -1).
+    """
+    from ..attacks.base import canonical_norm, per_sample_norm
+    from .suite import MIN_CLASSES
+
+    check_budget(norm, eps)
+    canon = canonical_norm(norm)
+    device = device or next(classifier.parameters()).device
+    indices = [int(i) for i in indices]
+    broken_by = {a: 0 for a in attacks}
+    runnable = []
+    for a in attacks:
+        if n_classes is not None and n_classes < MIN_CLASSES.get(a, 2):
+            broken_by[a] = -1
+        else:
+            runnable.append(a)
+    survived = torch.ones(len(indices), dtype=torch.bool)
+    if not indices or not runnable:
+        return survived, broken_by
+    was_training = classifier.training
+    classifier.eval()
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=_collate,
+                        num_workers=num_workers)
+    autocast = _autocast(device, bf16)
+    out = []
+    try:
+        with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress, dynamic_ncols=True,
+                  leave=False) as bar:
+            for b, (x, y) in enumerate(loader):
+                x, y = x.to(device), y.to(device)
+                alive = torch.ones(len(x), dtype=torch.bool, device=device)
+                for name in runnable:
+                    # One host sync per batch and attack, none inside the attack's iterations.
+                    idx = alive.nonzero().flatten()
+                    if idx.numel() == 0:
+                        break
+                    kwargs = dict((attack_kwargs or {}).get(name, {}))
+                    if name == "autoattack":
+                        kwargs.setdefault("n_classes", n_classes)
+                    atk = build_attack(name, classifier, norm=norm, eps=eps, steps=steps, seed=seed + b, **kwargs)
+                    with autocast:
+                        res = atk.perturb(x[idx], y[idx])
+                    dist = per_sample_norm((res.x_adv.float() - x[idx].float()), canon)
+                    if bool((dist > eps * (1 + 1e-4) + 1e-6).any()) or bool(
+                            (res.x_adv < 0).any() | (res.x_adv > 1).any()):
+                        raise RuntimeError(f"{name} returned points outside the {canon} ball of radius {eps:.6g} or "
+                                           "the [0, 1] box; refusing to count them.")
+                    with torch.no_grad(), autocast:
+                        still = classifier(res.x_adv).argmax(-1) == y[idx]
+                    broken_by[name] += int((~still).sum())
+                    alive[idx] = still
+                out.append(alive.cpu())
+                bar.update(len(x))
+    finally:
+        classifier.train(was_training)
+    return torch.cat(out), broken_by

@@ -20,7 +20,7 @@ class AdversarialConfig(RobustTrainingArguments):
             (the TRADES paper) or `"ce"`.
         protocol (`str`, *optional*, defaults to `"full"`): `"full"` fine-tunes encoder and head; `"lp"` (linear
             probing) trains the head only.
-        templates (`list[str]`, *optional*): prompt templates for the head's initialisation.
+        prompt_templates (`list[str]`, *optional*): prompt templates for the head's initialisation.
         head_logit_scale (`float`, *optional*, defaults to 100.0): fixed temperature of the cosine head.
     """
 
@@ -29,7 +29,7 @@ class AdversarialConfig(RobustTrainingArguments):
     trades_beta: float = field(default=1.0, metadata={"help": "TRADES beta."})
     trades_attack_loss: str = field(default="kl", metadata={"help": "TRADES inner loss: 'kl' or 'ce'."})
     protocol: str = field(default="full", metadata={"help": "'full' fine-tuning or 'lp' linear probing."})
-    templates: list[str] = field(default_factory=lambda: ["This is a photo of a {}"],
+    prompt_templates: list[str] = field(default_factory=lambda: ["This is a photo of a {}"],
                                  metadata={"help": "Prompt templates for the head initialisation."})
     head_logit_scale: float = field(default=100.0, metadata={"help": "Cosine head temperature."})
     attack: str = field(default="apgd", metadata={"help": "Training attack: 'apgd' (study) or 'pgd'."})

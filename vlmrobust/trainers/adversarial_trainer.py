@@ -49,7 +49,7 @@ class AdversarialTrainer(RobustTrainer):
         require_vlm(model, type(self).__name__)
         if not classnames:
             raise ValueError("AdversarialTrainer needs the training classnames to initialise the head.")
-        self._class_embeddings = model.class_embeddings(list(classnames), list(args.templates)).detach()
+        self._class_embeddings = model.class_embeddings(list(classnames), list(args.prompt_templates)).detach()
         super().__init__(model, args, **kwargs)
 
     def trainable_module(self, model, args: AdversarialConfig) -> nn.Module:

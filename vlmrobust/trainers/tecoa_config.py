@@ -10,13 +10,13 @@ class TeCoAConfig(RobustTrainingArguments):
     """Configuration of TeCoA (Mao et al., ICLR 2023, arXiv 2212.07016), as re-implemented by the FARE authors.
 
     Args:
-        templates (`list[str]`, *optional*): prompt templates for the frozen class embeddings; defaults to TeCoA's
+        prompt_templates (`list[str]`, *optional*): prompt templates for the frozen class embeddings; defaults to TeCoA's
             single `"This is a photo of a {}"`.
         tecoa_logit_scale (`float`, *optional*, defaults to 100.0): temperature of `scale · cos(φ(x+δ), t_c)`.
     """
 
     method: str = field(default="tecoa", metadata={"help": "Method name."})
-    templates: list[str] = field(default_factory=lambda: ["This is a photo of a {}"],
+    prompt_templates: list[str] = field(default_factory=lambda: ["This is a photo of a {}"],
                                  metadata={"help": "Prompt templates for the class embeddings."})
     tecoa_logit_scale: float = field(default=100.0, metadata={"help": "Logit scale of the zero-shot head."})
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate."})

@@ -22,7 +22,7 @@ class TeCoATrainer(RobustTrainer):
         require_vlm(model, type(self).__name__)
         if not classnames:
             raise ValueError("TeCoATrainer needs the training classnames (label order) to build text embeddings.")
-        self.class_embeddings = model.class_embeddings(list(classnames), list(args.templates)).detach()
+        self.class_embeddings = model.class_embeddings(list(classnames), list(args.prompt_templates)).detach()
         super().__init__(model, args, **kwargs)
 
     def logits(self, encoder, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,554 @@
+"""Evaluation suites: declarative YAML files (datasets, attacks, budgets, corruptions, margins), validated here.
+
+A suite file is a mapping::
+
+    name: digits                         # defaults to the file name
+    description: ...
+    include: [_common/templates.yaml]    # other YAML files merged underneath this one (paths relative to it)
+    template_sets: {cars: ["a photo of a {}."]}   # named prompt lists, referred to by datasets
+    classname_sets: {stl10: [airplane, bird, ...]}
+    defaults: {split: test, n_samples: 1000, attacks: [...]}    # applied to every dataset that does not say
+    expected_robustness: {weights: null}
+    datasets:
+      - name: cifar10
+        source: uoft-cs/cifar10          # anything `load_classification_dataset` takes
+        split: test
+        n_samples: 1000
+        classnames: null                 # list | set name | {file: classnames.txt} | {builtin: imagenet}
+        templates: openai_imagenet       # set name | list | {file: ...}
+        download: "..."                  # shown when the data is missing
+        attacks:
+          - attack: [apgd-ce, apgd-t]    # one registered attack, or several: worst case per sample
+            norm: Linf
+            eps: [2/255, 4/255]
+            steps: 100
+            seed: 0
+            options: {apgd-t: {n_target_classes: 9}}
+        corruptions: {types: common, severities: [1, 2, 3, 4, 5], n_samples: 1000, reference: alexnet}
+        margin: {attack: apgd-ce+apgd-t, subset: 500}
+
+Every error names the suite and the path of the offending field (``suite 'x': datasets[2].attacks[0].eps: ...``).
+No Python is imported from YAML: sets of class names and templates are data, attacks are registry names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..attacks import ATTACKS, check_budget
+from ..attacks.base import canonical_norm
+from ..registry import Registry
+
+#: suite name -> path of its YAML file. The files in `eval_suites/` register themselves; users add their own.
+SUITES: Registry[Path] = Registry("eval suite")
+
+#: Components that need a minimum number of classes (DLR losses use the 3rd / 4th largest logit).
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
+
+_TOP_KEYS = {"name", "description", "include", "template_sets", "classname_sets", "defaults", "datasets",
+             "expected_robustness", "notes"}
+_DATASET_KEYS = {"name", "source", "split", "n_samples", "seed", "batch_size", "classnames", "templates",
+                 "image_column", "label_column", "data_dir", "download", "attacks", "corruptions", "margin"}
+_DEFAULT_KEYS = _DATASET_KEYS - {"name", "source", "download"}
+_ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "options"}
+_CORRUPTION_KEYS = {"types", "severities", "n_samples", "seed", "reference", "min_size", "batch_size"}
+_MARGIN_KEYS = {"attack", "subset", "seed", "steps", "n_target_classes", "max_norm"}
+
+
+class SuiteError(ValueError):
+    """A suite file is malformed; the message names the suite and the field path."""
+
+
+def suites_dir() -> Path:
+    """Folder of the shipped suites: `$VLMROBUST_SUITES_DIR`, else `eval_suites/` beside the package."""
+    env = os.environ.get("VLMROBUST_SUITES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "eval_suites"
+
+
+def _register_shipped() -> None:
+    folder = suites_dir()
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.yaml")):
+        if path.stem not in SUITES:
+            SUITES.register(path.stem, path)
+
+
+_register_shipped()
+
+
+# -- schema ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One threat model of a dataset: attack(s), norm, ε grid, iterations, seed.
+
+    Args:
+        components (`tuple[str, ...]`): registered attack names; with several a point is robust only if it survives
+            all of them (they run one after the other on the survivors, like AutoAttack).
+        label (`str`): name of the cell column (defaults to the components joined by "+").
+        norm (`str`): "Linf" or "L2".
+        eps (`tuple[float, ...]`): budgets in [0, 1] pixel units, ascending, ε > 0.
+        steps (`int`): iterations of each component.
+        seed (`int`): attack seed.
+        options (`dict[str, dict]`): extra constructor arguments per component.
+    """
+
+    components: tuple[str, ...]
+    label: str
+    norm: str = "Linf"
+    eps: tuple[float, ...] = ()
+    steps: int = 100
+    seed: int = 0
+    options: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CorruptionSpec:
+    """Common corruptions (Hendrycks & Dietterich 2019, arXiv 1903.12261) of a dataset's images.
+
+    Args:
+        types (`tuple[str, ...]`): imagecorruptions names ("common" = the 15 ImageNet-C ones, "all" = 19).
+        severities (`tuple[int, ...]`): subset of 1..5.
+        n_samples (`int`, *optional*): images per (type, severity), a seeded subset of the evaluated images.
+        seed (`int`): seed of the subset and of the corruption noise.
+        reference (`str`): "alexnet" (published ImageNet-C errors), "none", or a path to a results JSON whose
+            first model is the reference.
+        min_size (`int`): images smaller than this are upsampled before corrupting (imagecorruptions needs ≥ 32 px)
+            and downsampled back.
+    """
+
+    types: tuple[str, ...]
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    n_samples: int | None = None
+    seed: int = 0
+    reference: str = "none"
+    min_size: int = 32
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class MarginSpec:
+    """Margin consistency (arXiv 2406.18451) on a subset, and the margin-based robust-accuracy estimate.
+
+    Args:
+        attack (`str`): label of the dataset attack whose robust masks the estimate is checked against.
+        subset (`int`): number of points whose input-space margin is measured (FAB-T) and whose attacked robustness
+            fixes the logit-margin threshold.
+        seed (`int`): seed of the subset and of FAB.
+        steps (`int`): FAB iterations per target class.
+        n_target_classes (`int`): FAB target classes (the minimum norm over them is kept).
+        max_norm (`float`, *optional*): cap of the input margin when FAB finds nothing (defaults to 4× the largest
+            ε of the attack).
+    """
+
+    attack: str
+    subset: int = 100
+    seed: int = 0
+    steps: int = 100
+    n_target_classes: int = 9
+    max_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of a suite and everything measured on it."""
+
+    name: str
+    source: str
+    split: str = "test"
+    n_samples: int | None = None
+    seed: int = 0
+    batch_size: int = 128
+    classnames: Any = None
+    templates: Any = "openai_imagenet"
+    image_column: str | None = None
+    label_column: str | None = None
+    data_dir: str | None = None
+    download: str | None = None
+    attacks: tuple[AttackSpec, ...] = ()
+    corruptions: CorruptionSpec | None = None
+    margin: MarginSpec | None = None
+
+    def data_config(self) -> dict:
+        """What decides which images and labels are evaluated (part of every cell's fingerprint)."""
+        return {"source": self.source, "split": self.split, "n_samples": self.n_samples, "seed": self.seed,
+                "classnames": self.classnames, "templates": self.templates, "image_column": self.image_column,
+                "label_column": self.label_column, "data_dir": self.data_dir}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated evaluation suite."""
+
+    name: str
+    datasets: tuple[DatasetSpec, ...]
+    description: str = ""
+    expected_robustness_weights: dict[float, float] | None = None
+    path: str | None = None
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(f"suite '{self.name}' has no dataset '{name}'; datasets: {[d.name for d in self.datasets]}.")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (decides whether a stored cell is still valid)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+# -- loading -----------------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
+    return out
+
+
+def _read_yaml(path: Path, stack: tuple[Path, ...] = ()) -> dict:
+    label = f"suite file {str(path)!r}"
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise SuiteError(f"{label}: include: circular include ({chain}).")
+    if not path.is_file():
+        raise SuiteError(f"{label}: file not found.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{label}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SuiteError(f"{label}: the top level must be a mapping, got {type(data).__name__}.")
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise SuiteError(f"{label}: include: must be a file name or a list of file names.")
+    merged: dict = {}
+    for inc in includes:
+        merged = _deep_merge(merged, _read_yaml((path.parent / inc).resolve(), (*stack, path)))
+    return _deep_merge(merged, data)
+
+
+def resolve_suite_path(name_or_path: str | os.PathLike) -> Path:
+    """A registered suite name or a path to a YAML file -> the file's path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise FileNotFoundError(f"Suite file {str(p)!r} not found.")
+        return p
+    name = str(name_or_path)
+    if name not in SUITES:
+        known = ", ".join(SUITES.names()) or "none"
+        raise KeyError(f"Unknown eval suite '{name}'. Known suites: {known}; or give the path of a suite YAML file.")
+    return SUITES.get(name)
+
+
+def load_suite(name_or_path: str | os.PathLike | Mapping, *, n_samples: int | None = None,
+               batch_size: int | None = None) -> Suite:
+    """Load, merge (`include:`) and validate a suite.
+
+    Args:
+        name_or_path (`str`, `os.PathLike` or `Mapping`): a registered name (`"digits"`, `"fare13"`, ...), a YAML
+            path, or an already parsed mapping.
+        n_samples (`int`, *optional*): override every dataset's `n_samples` (and cap the corruption / margin
+            subsets at it), e.g. for a quick look.
+        batch_size (`int`, *optional*): override every dataset's batch size.
+
+    Raises:
+        SuiteError: naming the field path, on any malformed field.
+    """
+    if isinstance(name_or_path, Mapping):
+        raw, path = dict(name_or_path), None
+        includes = raw.pop("include", None)
+        if includes:
+            raise SuiteError("include: only works for suites loaded from a file (paths are relative to it).")
+    else:
+        path = resolve_suite_path(name_or_path)
+        raw = _read_yaml(path.resolve())
+    default_name = path.stem if path is not None else "suite"
+    return _validate(raw, default_name, str(path) if path else None, n_samples, batch_size)
+
+
+class _Ctx:
+    def __init__(self, suite: str):
+        self.suite = suite
+
+    def fail(self, where: str, msg: str) -> SuiteError:
+        return SuiteError(f"suite '{self.suite}': {where}: {msg}" if where else f"suite '{self.suite}': {msg}")
+
+    def check_keys(self, obj: Any, allowed: set[str], where: str) -> dict:
+        if not isinstance(obj, Mapping):
+            raise self.fail(where, f"must be a mapping, got {type(obj).__name__} ({obj!r}).")
+        for k in obj:
+            if k not in allowed:
+                close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(sorted(allowed))}"
+                raise self.fail(f"{where}.{k}" if where else str(k), f"unknown field{hint}.")
+        return dict(obj)
+
+    def integer(self, v: Any, where: str, lo: int | None = None, optional: bool = False) -> int | None:
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(where, f"must be an integer, got {v!r}.")
+        if lo is not None and v < lo:
+            raise self.fail(where, f"must be >= {lo}, got {v}.")
+        return v
+
+    def string(self, v: Any, where: str, optional: bool = False) -> str | None:
+        if v is None and optional:
+            return None
+        if not isinstance(v, str) or not v:
+            raise self.fail(where, f"must be a non-empty string, got {v!r}.")
+        return v
+
+
+def parse_eps(value: Any) -> float:
+    """`4/255`, `"4/255"`, `0.0157` or `2.0` -> float (raises ValueError on anything else)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        num, sep, den = s.partition("/")
+        try:
+            return float(num) / float(den) if sep else float(s)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ValueError(f"{value!r} is not a number or a fraction such as 4/255")
+
+
+def _attack(ctx: _Ctx, raw: Any, where: str) -> AttackSpec:
+    raw = ctx.check_keys(raw, _ATTACK_KEYS, where)
+    if "attack" not in raw:
+        raise ctx.fail(f"{where}.attack", "missing; give a registered attack name or a list of them.")
+    comps = raw["attack"]
+    comps = [comps] if isinstance(comps, str) else comps
+    if not isinstance(comps, list) or not comps:
+        raise ctx.fail(f"{where}.attack", f"must be an attack name or a non-empty list of names, got {comps!r}.")
+    for i, c in enumerate(comps):
+        w = f"{where}.attack" + (f"[{i}]" if len(comps) > 1 else "")
+        if not isinstance(c, str) or c not in ATTACKS:
+            raise ctx.fail(w, f"unknown attack {c!r}; registered attacks: {', '.join(ATTACKS.names())}.")
+    try:
+        norm = canonical_norm(raw.get("norm", "Linf"))
+    except ValueError as err:
+        raise ctx.fail(f"{where}.norm", str(err)) from err
+    if norm == "L1":
+        raise ctx.fail(f"{where}.norm", "L1 budgets are not implemented yet by the APGD / PGD attacks "
+                                        "(only Linf and L2); remove this attack or use norm: Linf / L2.")
+    eps_raw = raw.get("eps")
+    if eps_raw is None:
+        raise ctx.fail(f"{where}.eps", "missing; give a list of budgets such as [2/255, 4/255].")
+    eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
+    eps: list[float] = []
+    for i, e in enumerate(eps_list):
+        try:
+            v = parse_eps(e)
+            check_budget(norm, v)
+        except ValueError as err:
+            raise ctx.fail(f"{where}.eps[{i}]", str(err)) from err
+        if v <= 0:
+            raise ctx.fail(f"{where}.eps[{i}]", "must be > 0 (clean accuracy is always measured; it is ε = 0).")
+        eps.append(v)
+    if not eps:
+        raise ctx.fail(f"{where}.eps", "is empty.")
+    options = raw.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ctx.fail(f"{where}.options", "must map component names to argument mappings.")
+    for k, v in options.items():
+        if k not in comps:
+            raise ctx.fail(f"{where}.options.{k}", f"is not one of this entry's attacks {comps}.")
+        if not isinstance(v, Mapping):
+            raise ctx.fail(f"{where}.options.{k}", "must be a mapping of constructor arguments.")
+        for banned in ("eps", "norm", "steps", "seed", "model"):
+            if banned in v:
+                raise ctx.fail(f"{where}.options.{k}.{banned}", f"set '{banned}' on the attack entry, not in options.")
+    label = ctx.string(raw.get("label", "+".join(comps)), f"{where}.label")
+    if "|" in label:
+        raise ctx.fail(f"{where}.label", "must not contain '|'.")
+    return AttackSpec(
+        components=tuple(comps), label=label, norm=norm, eps=tuple(sorted(set(eps))),
+        steps=ctx.integer(raw.get("steps", 100), f"{where}.steps", lo=1),
+        seed=ctx.integer(raw.get("seed", 0), f"{where}.seed", lo=0),
+        options={k: dict(v) for k, v in options.items()},
+    )
+
+
+def _corruptions(ctx: _Ctx, raw: Any, where: str, n_samples_cap: int | None) -> CorruptionSpec | None:
+    if raw is None or raw is False:
+        return None
+    from .corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS
+
+    raw = ctx.check_keys(raw, _CORRUPTION_KEYS, where)
+    types = raw.get("types", "common")
+    if types == "common":
+        types = list(COMMON_CORRUPTIONS)
+    elif types == "all":
+        types = list(ALL_CORRUPTIONS)
+    if not isinstance(types, list) or not types:
+        raise ctx.fail(f"{where}.types", "must be 'common', 'all' or a list of corruption names.")
+    for i, t in enumerate(types):
+        if t not in ALL_CORRUPTIONS:
+            raise ctx.fail(f"{where}.types[{i}]", f"unknown corruption {t!r}; known: {', '.join(ALL_CORRUPTIONS)}.")
+    sev = raw.get("severities", [1, 2, 3, 4, 5])
+    sev = [sev] if isinstance(sev, int) else sev
+    if not isinstance(sev, list) or not sev or any(isinstance(s, bool) or s not in (1, 2, 3, 4, 5) for s in sev):
+        raise ctx.fail(f"{where}.severities", f"must be a list drawn from 1..5, got {sev!r}.")
+    ref = raw.get("reference", "none")
+    if not isinstance(ref, str) or not (ref in ("alexnet", "none") or ref.endswith(".json")):
+        raise ctx.fail(f"{where}.reference", f"must be 'alexnet', 'none' or a path to a results .json, got {ref!r}.")
+    n = ctx.integer(raw.get("n_samples"), f"{where}.n_samples", lo=1, optional=True)
+    if n_samples_cap is not None:
+        n = n_samples_cap if n is None else min(n, n_samples_cap)
+    return CorruptionSpec(
+        types=tuple(types), severities=tuple(sorted(set(sev))), n_samples=n,
+        seed=ctx.integer(raw.get("seed", 0), f"{where}.seed", lo=0), reference=ref,
+        min_size=ctx.integer(raw.get("min_size", 32), f"{where}.min_size", lo=32),
+        batch_size=ctx.integer(raw.get("batch_size"), f"{where}.batch_size", lo=1, optional=True),
+    )
+
+
+def _margin(ctx: _Ctx, raw: Any, where: str, attacks: tuple[AttackSpec, ...], cap: int | None) -> MarginSpec | None:
+    if raw is None or raw is False:
+        return None
+    raw = ctx.check_keys(raw, _MARGIN_KEYS, where)
+    labels = [a.label for a in attacks]
+    if not labels:
+        raise ctx.fail(where, "needs at least one attack on the dataset to check the estimate against.")
+    label = raw.get("attack", labels[0])
+    if label not in labels:
+        raise ctx.fail(f"{where}.attack", f"{label!r} is not an attack label of this dataset; labels: {labels}.")
+    subset = ctx.integer(raw.get("subset", 100), f"{where}.subset", lo=2)
+    if cap is not None:
+        subset = min(subset, cap)
+    max_norm = raw.get("max_norm")
+    if max_norm is not None:
+        try:
+            max_norm = parse_eps(max_norm)
+        except ValueError as err:
+            raise ctx.fail(f"{where}.max_norm", str(err)) from err
+    return MarginSpec(
+        attack=label, subset=subset, seed=ctx.integer(raw.get("seed", 0), f"{where}.seed", lo=0),
+        steps=ctx.integer(raw.get("steps", 100), f"{where}.steps", lo=1),
+        n_target_classes=ctx.integer(raw.get("n_target_classes", 9), f"{where}.n_target_classes", lo=1),
+        max_norm=max_norm,
+    )
+
+
+def _name_list(ctx: _Ctx, value: Any, sets: Mapping, where: str, kind: str) -> Any:
+    """Validate a classnames / templates field: a list, a named set, or a {file:} / {builtin:} reference."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value in sets:
+            return _name_list(ctx, sets[value], {}, where, kind)
+        return value  # a builtin template-set name or a single format string; checked when loading the data
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise ctx.fail(where, f"{kind} must be a non-empty list of strings.")
+        if kind == "templates":
+            bad = [t for t in value if "{}" not in t and "{c}" not in t]
+            if bad:
+                raise ctx.fail(where, f"every template needs a '{{}}' slot for the class name; bad: {bad[:3]}.")
+        return list(value)
+    if isinstance(value, Mapping):
+        if len(value) != 1 or next(iter(value)) not in ("file", "builtin"):
+            raise ctx.fail(where, "a reference must be {file: <name in the dataset folder or Hub repo>} or "
+                                  "{builtin: imagenet}.")
+        key, ref = next(iter(value.items()))
+        if not isinstance(ref, str) or not ref:
+            raise ctx.fail(f"{where}.{key}", "must be a non-empty string.")
+        if key == "builtin" and ref not in ("imagenet",):
+            raise ctx.fail(f"{where}.builtin", f"unknown builtin list {ref!r}; known: imagenet.")
+        return {key: ref}
+    raise ctx.fail(where, f"{kind} must be a list, a set name or a reference, got {type(value).__name__}.")
+
+
+def _validate(raw: dict, default_name: str, path: str | None, n_override: int | None,
+              batch_override: int | None) -> Suite:
+    name = raw.get("name", default_name)
+    ctx = _Ctx(str(name))
+    raw = ctx.check_keys(raw, _TOP_KEYS, "")
+    ctx.string(name, "name")
+    template_sets = raw.get("template_sets") or {}
+    classname_sets = raw.get("classname_sets") or {}
+    for key, sets in (("template_sets", template_sets), ("classname_sets", classname_sets)):
+        if not isinstance(sets, Mapping):
+            raise ctx.fail(key, "must map set names to lists.")
+    defaults = ctx.check_keys(raw.get("defaults") or {}, _DEFAULT_KEYS, "defaults")
+    datasets_raw = raw.get("datasets")
+    if not isinstance(datasets_raw, list) or not datasets_raw:
+        raise ctx.fail("datasets", "must be a non-empty list of datasets.")
+    datasets: list[DatasetSpec] = []
+    seen: set[str] = set()
+    for i, d_raw in enumerate(datasets_raw):
+        where = f"datasets[{i}]"
+        d = ctx.check_keys(d_raw, _DATASET_KEYS, where)
+        d = {**defaults, **d}
+        dname = ctx.string(d.get("name"), f"{where}.name")
+        if dname in seen or "|" in dname:
+            raise ctx.fail(f"{where}.name", f"{dname!r} is repeated or contains '|'.")
+        seen.add(dname)
+        source = ctx.string(d.get("source"), f"{where}.source")
+        n = ctx.integer(d.get("n_samples"), f"{where}.n_samples", lo=1, optional=True)
+        if n_override is not None:
+            n = n_override if n is None else min(n, n_override)
+        atk_raw = d.get("attacks") or []
+        if not isinstance(atk_raw, list):
+            raise ctx.fail(f"{where}.attacks", "must be a list of attack entries.")
+        attacks = tuple(_attack(ctx, a, f"{where}.attacks[{j}]") for j, a in enumerate(atk_raw))
+        if len({a.label for a in attacks}) != len(attacks):
+            raise ctx.fail(f"{where}.attacks", "two entries share a label; give them distinct 'label's.")
+        batch = batch_override or ctx.integer(d.get("batch_size", 128), f"{where}.batch_size", lo=1)
+        datasets.append(DatasetSpec(
+            name=dname, source=source, split=ctx.string(d.get("split", "test"), f"{where}.split"), n_samples=n,
+            seed=ctx.integer(d.get("seed", 0), f"{where}.seed", lo=0), batch_size=batch,
+            classnames=_name_list(ctx, d.get("classnames"), classname_sets, f"{where}.classnames", "classnames"),
+            templates=_name_list(ctx, d.get("templates", "openai_imagenet"), template_sets, f"{where}.templates",
+                                 "templates"),
+            image_column=ctx.string(d.get("image_column"), f"{where}.image_column", optional=True),
+            label_column=ctx.string(d.get("label_column"), f"{where}.label_column", optional=True),
+            data_dir=ctx.string(d.get("data_dir"), f"{where}.data_dir", optional=True),
+            download=ctx.string(d.get("download"), f"{where}.download", optional=True),
+            attacks=attacks,
+            corruptions=_corruptions(ctx, d.get("corruptions"), f"{where}.corruptions", n),
+            margin=_margin(ctx, d.get("margin"), f"{where}.margin", attacks, n),
+        ))
+    er = ctx.check_keys(raw.get("expected_robustness") or {}, {"weights"}, "expected_robustness")
+    weights = er.get("weights")
+    if weights is not None:
+        if not isinstance(weights, Mapping):
+            raise ctx.fail("expected_robustness.weights", "must map budgets (0 = clean) to weights.")
+        try:
+            weights = {parse_eps(k): float(v) for k, v in weights.items()}
+        except (TypeError, ValueError) as err:
+            raise ctx.fail("expected_robustness.weights", str(err)) from err
+    desc = raw.get("description", "")
+    return Suite(name=str(name), datasets=tuple(datasets), description=str(desc or ""),
+                 expected_robustness_weights=weights, path=path)
+
+
+__all__ = [
+    "AttackSpec", "CorruptionSpec", "DatasetSpec", "MarginSpec", "SUITES", "Suite", "SuiteError", "fingerprint",
+    "load_suite", "parse_eps", "resolve_suite_path", "suites_dir",
+]
