@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..utils.io import atomic_savefig, atomic_write_json, atomic_write_text
-from .zero_shot import RobustAccuracy
+from .zero_shot import RobustAccuracy, expected_robustness
 
 
 def format_eps(eps: float) -> str:
@@ -79,3 +80,350 @@ def write_report(output_dir: str | os.PathLike, results: Mapping[str, RobustAccu
           accuracy_table(results), "", f"![accuracy vs epsilon]({plot_name})", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return data
+
+
+# -- suite reports ---------------------------------------------------------------------------------------------------
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def summarize_suite(results: dict) -> dict:
+    """Derived metrics of a suite results dict (as written by `run_suite`).
+
+    Returns `{"models": {model: {"datasets": {dataset: row}, "average": row}}, "borda": [...] | None}` where a row has
+    `clean`, `robust` (`{attack: {eps: acc}}`), `expected_robustness` (`{attack: value}`: mean accuracy over
+    {0} ∪ that attack's ε grid, methods.md), `corruptions` (see `corruption_errors`) and `margin`.
+    """
+    from .borda import borda_ranking
+    from .corruptions import ALEXNET_IMAGENET_C_ERRORS, corruption_errors
+
+    suite = results["suite"]
+    weights = suite.get("expected_robustness_weights")
+    weights = {float(k): float(v) for k, v in weights.items()} if weights else None
+    refs = {d["name"]: (d.get("corruptions") or {}).get("reference", "none") for d in suite["datasets"]}
+    order = [d["name"] for d in suite["datasets"]]
+    rows: dict[str, dict[str, dict]] = {}
+    for cell in results["cells"].values():
+        m, d = cell["model"], cell["dataset"]
+        row = rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}, "corr_acc": {}, "margin": {}})
+        if cell["kind"] == "clean":
+            row["clean"], row["n"] = cell["accuracy"], cell["n"]
+        elif cell["kind"] == "attack":
+            row["robust"].setdefault(f"{cell['attack']} ({cell['norm']})", {})[float(cell["eps"])] = cell["accuracy"]
+        elif cell["kind"] == "corruption":
+            row["corr_acc"].setdefault(cell["corruption"], {})[int(cell["severity"])] = cell["accuracy"]
+        elif cell["kind"] == "margin":
+            row["margin"][cell["attack"]] = {k: cell[k] for k in ("kendall_tau", "p_value", "subset_size",
+                                                                  "n_correct_subset", "estimates",
+                                                                  "input_margin_method")}
+    ref_models = {}
+    out: dict[str, Any] = {"models": {}}
+    for m, by_d in rows.items():
+        ds = {}
+        for d in sorted(by_d, key=lambda k: order.index(k) if k in order else len(order)):
+            row = by_d[d]
+            if row["clean"] is None:
+                continue
+            er = {}
+            for a, accs in row["robust"].items():
+                grid = {0.0: row["clean"], **accs}
+                w = weights if weights and set(grid) <= set(weights) else None
+                er[a] = expected_robustness(grid, w)
+            corr = None
+            if row["corr_acc"]:
+                ref_name = refs.get(d, "none")
+                reference = None
+                if ref_name == "alexnet":
+                    reference = ALEXNET_IMAGENET_C_ERRORS
+                elif ref_name.endswith(".json"):
+                    reference = ref_models.setdefault((ref_name, d), _reference_errors(ref_name, d))
+                corr = corruption_errors(row["corr_acc"], reference)
+                corr["reference"] = ref_name
+            ds[d] = {"n": row.get("n"), "clean": row["clean"], "robust": row["robust"], "expected_robustness": er,
+                     "corruptions": corr, "margin": row["margin"]}
+        out["models"][m] = {"datasets": ds, "average": _average(ds)}
+    if len(out["models"]) > 1:
+        scores = {m: {d: _columns(r) for d, r in v["datasets"].items()} for m, v in out["models"].items()}
+        out["borda"] = borda_ranking(scores)
+    else:
+        out["borda"] = None
+    return out
+
+
+def _reference_errors(path: str, dataset: str) -> dict[str, list[float]] | None:
+    """Per-corruption error by severity of the first model of a results JSON, for `dataset` (a user reference)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    ref_model = data.get("models", [None])[0]
+    errs: dict[str, list[float]] = {}
+    for cell in data.get("cells", {}).values():
+        if cell.get("kind") == "corruption" and cell["model"] == ref_model and cell["dataset"] == dataset:
+            errs.setdefault(cell["corruption"], [float("nan")] * 5)[int(cell["severity"]) - 1] = 1 - cell["accuracy"]
+    return errs or None
+
+
+def _columns(row: dict) -> dict[str, float]:
+    cols = {"clean": row["clean"]}
+    for a, accs in row["robust"].items():
+        for e, v in accs.items():
+            cols[f"{a} ε={format_eps(e)}"] = v
+    if row["corruptions"]:
+        cols["corruptions"] = row["corruptions"]["mean_accuracy"]
+    return cols
+
+
+def _average(ds: dict[str, dict]) -> dict:
+    """Mean over datasets of every column that all datasets of this model have."""
+    if not ds:
+        return {}
+    import numpy as np
+
+    cols = [_columns(r) for r in ds.values()]
+    common = set(cols[0]).intersection(*map(set, cols[1:]))
+    avg = {c: float(np.mean([col[c] for col in cols])) for c in sorted(common)}
+    ers = [r["expected_robustness"] for r in ds.values()]
+    er_common = set(ers[0]).intersection(*map(set, ers[1:])) if ers else set()
+    avg_er = {a: float(np.mean([e[a] for e in ers])) for a in sorted(er_common)}
+    mces = [r["corruptions"]["mce"] for r in ds.values() if r["corruptions"] and r["corruptions"]["mce"] is not None]
+    return {"columns": avg, "expected_robustness": avg_er, "mce": float(np.mean(mces)) if mces else None,
+            "n_datasets": len(ds)}
+
+
+def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathLike, norm_note: str = "") -> Path:
+    """Accuracy vs ε, one curve per (model, attack); `dataset=None` plots the average over datasets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for m, v in summary["models"].items():
+        if dataset is None:
+            curves: dict[str, dict[float, list[float]]] = {}
+            for r in v["datasets"].values():
+                for a, accs in r["robust"].items():
+                    c = curves.setdefault(a, {})
+                    c.setdefault(0.0, []).append(r["clean"])
+                    for e, acc in accs.items():
+                        c.setdefault(e, []).append(acc)
+            n_d = len(v["datasets"])
+            pts_by = {a: {e: sum(x) / len(x) for e, x in c.items() if len(x) == n_d} for a, c in curves.items()}
+        else:
+            r = v["datasets"].get(dataset)
+            if r is None:
+                continue
+            pts_by = {a: {0.0: r["clean"], **accs} for a, accs in r["robust"].items()}
+        for a, pts in pts_by.items():
+            xs = sorted(pts)
+            ax.plot([e * 255 if "Linf" in a else e for e in xs], [100 * pts[e] for e in xs], marker="o",
+                    label=f"{m} · {a}" if len(summary["models"]) > 1 else a)
+    ax.set_xlabel("ε (L∞ in /255 units; L2 in pixel units)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{dataset or 'average over datasets'}{norm_note}")
+    fig.tight_layout()
+    out = atomic_savefig(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_corruptions(summary: dict, dataset: str, path: str | os.PathLike) -> Path:
+    """Corruption accuracy by type (mean over severities; bars per model) and by severity (lines per model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = [m for m, v in summary["models"].items() if (v["datasets"].get(dataset) or {}).get("corruptions")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=120, gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        c = summary["models"][m]["datasets"][dataset]["corruptions"]
+        types = list(c["accuracy_by_type"])
+        xs = np.arange(len(types)) + i * width
+        ax1.bar(xs, [100 * c["accuracy_by_type"][t] for t in types], width, label=m)
+        ax1.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=60, ha="right", fontsize=7)
+        sev = sorted(c["accuracy_by_severity"])
+        ax2.plot(sev, [100 * c["accuracy_by_severity"][s] for s in sev], marker="o", label=m)
+    ax1.set_ylabel("accuracy (%)")
+    ax1.set_ylim(0, 100)
+    ax1.set_title(f"{dataset}: accuracy by corruption (mean over severities)")
+    ax2.set_xlabel("severity")
+    ax2.set_ylim(0, 100)
+    ax2.set_title("by severity")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, axis="y")
+    if len(models) > 1:
+        ax1.legend(fontsize=7)
+    fig.tight_layout()
+    out = atomic_savefig(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_model_comparison(summary: dict, path: str | os.PathLike) -> Path:
+    """Grouped bars: each model's dataset-averaged clean, robust (per attack and ε) and corruption accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(summary["models"])
+    cols = sorted(set.intersection(*[set(summary["models"][m]["average"].get("columns", {})) for m in models]),
+                  key=lambda c: (c != "clean", c == "corruptions", c))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cols) + 2), 4.2), dpi=120)
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        avg = summary["models"][m]["average"]["columns"]
+        ax.bar(np.arange(len(cols)) + i * width, [100 * avg[c] for c in cols], width, label=m)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy (%), mean over datasets")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    ax.set_title("model comparison")
+    fig.tight_layout()
+    out = atomic_savefig(fig, path)
+    plt.close(fig)
+    return out
+
+
+def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
+    """The markdown report of a suite run (tables for every model, corruptions, margins, Borda, plots)."""
+    from .corruptions import ALEXNET_SOURCE
+
+    suite = results["suite"]
+    md = [f"# Robustness report: suite `{suite['name']}`", ""]
+    if suite.get("description"):
+        md += [suite["description"].strip(), ""]
+    meta = results.get("meta", {})
+    md += [f"vlmrobust {results.get('vlmrobust_version')}, device {meta.get('device')}, bf16 {meta.get('bf16')}. "
+           "Accuracies in %. Robust accuracy counts a point only if it is classified correctly and survives every "
+           "attack listed in its column (worst case per sample). Expected robustness = mean accuracy over the ε grid "
+           "of that attack including ε = 0 (clean) (arXiv 2509.23325; uniform weights unless the suite sets them).",
+           ""]
+    md += ["## Threat models", ""]
+    for d in suite["datasets"]:
+        for a in d["attacks"]:
+            eps = ", ".join(format_eps(e) if a["norm"] == "Linf" else f"{e:g}" for e in a["eps"])
+            md.append(f"- `{d['name']}`: {a['label']} = {' then '.join(a['components'])}, {a['norm']}, "
+                      f"ε ∈ {{{eps}}}, {a['steps']} iterations, seed {a['seed']}, n = {d.get('n_samples') or 'all'}")
+    md.append("")
+    for m, v in summary["models"].items():
+        md += [f"## `{m}`", ""]
+        labels = sorted({a for r in v["datasets"].values() for a in r["robust"]})
+        eps_cols = [(a, e) for a in labels for e in sorted({e for r in v["datasets"].values()
+                                                           for e in r["robust"].get(a, {})})]
+        header = ["dataset", "n", "clean"] + [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}"
+                                               for a, e in eps_cols] + [f"exp. rob. {a}" for a in labels]
+        rows = []
+        for d, r in v["datasets"].items():
+            cells = [d, str(r["n"]), _pct(r["clean"])]
+            cells += [_pct(r["robust"].get(a, {}).get(e)) for a, e in eps_cols]
+            cells += [_pct(r["expected_robustness"].get(a)) for a in labels]
+            rows.append(cells)
+        avg = v["average"]
+        if len(v["datasets"]) > 1:
+            cols = avg["columns"]
+            cells = [f"**average ({avg['n_datasets']})**", "", _pct(cols.get("clean"))]
+            cells += [_pct(cols.get(f"{a} ε={format_eps(e)}")) for a, e in eps_cols]
+            cells += [_pct(avg["expected_robustness"].get(a)) for a in labels]
+            rows.append(cells)
+        md += [_md_table(header, rows), ""]
+        corr = {d: r["corruptions"] for d, r in v["datasets"].items() if r["corruptions"]}
+        if corr:
+            md += ["### Common corruptions", ""]
+            hdr = ["dataset", "mean corruption acc.", "mCE", "reference", "by severity (1→5)"]
+            crow = []
+            for d, c in corr.items():
+                mce = f"{100 * c['mce']:.1f} ({len(c['mce_types'])} types)" if c["mce"] is not None else \
+                    f"– (unnormalised mean error {100 * c['mean_error']:.1f})"
+                sev = " / ".join(_pct(c["accuracy_by_severity"][s]) for s in sorted(c["accuracy_by_severity"]))
+                ref = ALEXNET_SOURCE if c["reference"] == "alexnet" else c["reference"]
+                crow.append([d, _pct(c["mean_accuracy"]), mce, ref, sev])
+            md += [_md_table(hdr, crow), ""]
+            for d, c in corr.items():
+                types = list(c["accuracy_by_type"])
+                md += [f"Accuracy by corruption type on `{d}` (mean over severities):", "",
+                       _md_table(types, [[_pct(c["accuracy_by_type"][t]) for t in types]]), ""]
+            if any(c["reference"] == "alexnet" for c in corr.values()):
+                md += ["mCE is normalised by AlexNet's published *ImageNet-C* errors (15 benchmark corruptions; the "
+                       "4 extra ones enter the mean accuracy only). It is comparable to published mCE only for "
+                       "ImageNet images corrupted at 224 px; elsewhere it is a relative scale.", ""]
+        marg = {d: r["margin"] for d, r in v["datasets"].items() if r["margin"]}
+        if marg:
+            md += ["### Margin consistency", "",
+                   "Kendall τ between clean logit margin and input-space margin (smallest perturbation found by "
+                   "FAB-T) on a subset of correctly classified points; the estimate thresholds the logit margin of "
+                   "*all* points at λ fixed on the subset's attacked robust accuracy (arXiv 2406.18451). A low τ means "
+                   "the estimate should not be trusted.", ""]
+            hdr = ["dataset", "attack", "subset (correct)", "Kendall τ", "ε", "estimated rob. acc.", "measured",
+                   "|error|"]
+            mrows = []
+            for d, by_a in marg.items():
+                for a, mm in by_a.items():
+                    for e, est in mm["estimates"].items():
+                        mrows.append([d, a, f"{mm['subset_size']} ({mm['n_correct_subset']})",
+                                      f"{mm['kendall_tau']:.3f}", format_eps(float(e)), _pct(est["estimate"]),
+                                      _pct(est["measured"]), f"{100 * est['abs_error']:.1f}"])
+            md += [_md_table(hdr, mrows), ""]
+    if summary.get("borda"):
+        md += ["## Borda ranking", "",
+               "Per dataset, models are ranked on every accuracy column they all have (clean, each attack × ε, mean "
+               "corruption accuracy); rank 1 is best, ties share the mean rank; the Borda score is the sum of ranks "
+               "(lower is better).", "",
+               _md_table(["place", "model", "Borda score", "mean rank", "columns"],
+                         [[str(b["place"]), f"`{b['model']}`", f"{b['borda']:g}", f"{b['mean_rank']:.2f}",
+                           str(b["n_columns"])] for b in summary["borda"]]), ""]
+    if results.get("skipped"):
+        md += ["## Skipped datasets", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()] + [""]
+    md += ["## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()] + [""]
+    return "\n".join(md)
+
+
+def write_suite_report(results: dict, output_dir: str | os.PathLike) -> dict:
+    """Write `report.md` and the PNG plots of a suite results dict into `output_dir`; return the summary."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize_suite(results)
+    plots: dict[str, str] = {}
+    datasets = [d["name"] for d in results["suite"]["datasets"]
+                if any(d["name"] in v["datasets"] for v in summary["models"].values())]
+    has_attacks = any(r["robust"] for v in summary["models"].values() for r in v["datasets"].values())
+    if has_attacks:
+        for d in datasets:
+            name = f"acc_vs_eps_{_safe(d)}.png"
+            plot_suite_accuracy(summary, d, out / name)
+            plots[f"accuracy vs ε: {d}"] = name
+        if len(datasets) > 1:
+            plot_suite_accuracy(summary, None, out / "acc_vs_eps_average.png")
+            plots["accuracy vs ε: average"] = "acc_vs_eps_average.png"
+    for d in datasets:
+        if any((v["datasets"].get(d) or {}).get("corruptions") for v in summary["models"].values()):
+            name = f"corruptions_{_safe(d)}.png"
+            plot_corruptions(summary, d, out / name)
+            plots[f"corruptions: {d}"] = name
+    if len(summary["models"]) > 1:
+        plot_model_comparison(summary, out / "model_comparison.png")
+        plots["model comparison"] = "model_comparison.png"
+    atomic_write_text(out / "report.md", suite_markdown(results, summary, plots))
+    return summary

@@ -1,0 +1,117 @@
+"""The `vlmrobust` command: `eval` (run a suite), `report` (re-render from results JSON), `info`.
+
+    vlmrobust eval --model vlmrobust:tiny-digits-clip --suite digits --output outputs/eval-digits
+    vlmrobust eval --model open_clip:ViT-B-32/openai --model hf-hub:chs20/fare2-clip --suite fare13 \\
+        --output outputs/fare13 --bf16 --skip-missing
+    vlmrobust report outputs/run-a/results.json outputs/run-b/results.json --output outputs/compare
+    vlmrobust info
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmrobust", description="Robustness evaluation of vision-language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="run an eval suite on one or more models (resumable)")
+    ev.add_argument("--model", action="append", required=True,
+                    help="create_model id (open_clip:…, hf-hub:…, local-dir:…, hf-clip:…); repeat for several")
+    ev.add_argument("--suite", required=True, help="suite name (see `vlmrobust info`) or path of a suite YAML")
+    ev.add_argument("--output", required=True, help="folder for results.json, report.md and plots")
+    ev.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
+    ev.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (perturbations stay fp32)")
+    ev.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
+    ev.add_argument("--batch-size", type=int, default=None, help="override the suite's batch sizes")
+    ev.add_argument("--datasets", default=None, help="comma-separated subset of the suite's datasets")
+    ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="reuse finished cells of an existing results.json (default: on)")
+    ev.add_argument("--skip-missing", action="store_true", help="skip datasets that cannot be loaded")
+    ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rp = sub.add_parser("report", help="re-render report.md and plots from one or more results.json")
+    rp.add_argument("results", nargs="+", help="results.json files (or their folders) of the same suite")
+    rp.add_argument("--output", required=True, help="folder for report.md and plots (and the merged results.json)")
+
+    sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods")
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval.runner import run_suite
+
+    datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
+    res = run_suite(args.model, args.suite, args.output, device=args.device, bf16=args.bf16,
+                    n_samples=args.n_samples, batch_size=args.batch_size, datasets=datasets, resume=args.resume,
+                    skip_missing=args.skip_missing, num_workers=args.num_workers, progress=not args.no_progress)
+    _print_summary(res.get("summary", {}))
+    print(f"\nWrote {args.output}/results.json, report.md and plots.")
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    for model, v in summary.get("models", {}).items():
+        print(f"\n{model}")
+        for d, r in v["datasets"].items():
+            parts = [f"clean {100 * r['clean']:.1f}"]
+            for a, accs in r["robust"].items():
+                parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
+            print(f"  {d}: " + " | ".join(parts))
+    for b in summary.get("borda") or []:
+        print(f"Borda #{b['place']}: {b['model']} (score {b['borda']:g})")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .eval.report import write_suite_report
+    from .eval.runner import load_results, merge_results
+    from .utils.io import atomic_write_json
+
+    merged = merge_results([load_results(p) for p in args.results])
+    merged["summary"] = write_suite_report(merged, args.output)
+    if len(args.results) > 1:
+        atomic_write_json(f"{args.output}/results.json", merged)
+    _print_summary(merged["summary"])
+    print(f"\nWrote {args.output}/report.md and plots.")
+    return 0
+
+
+def _info(_: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__
+    from .attacks import ATTACKS
+    from .eval.suite import SUITES, suites_dir
+    from .models import BACKENDS
+
+    print(f"vlmrobust {__version__}")
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
+    if torch.cuda.is_available():
+        devs = ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
+    else:
+        devs = "none"
+    print(f"CUDA devices: {devs}")
+    print(f"model backends: {', '.join(f'{b}:' for b in BACKENDS.names())}")
+    print(f"attacks: {', '.join(ATTACKS.names())}")
+    print(f"eval suites ({suites_dir()}): {', '.join(SUITES.names()) or 'none'}")
+    try:
+        from .trainers import METHODS
+
+        print(f"methods: {', '.join(METHODS.names())}")
+    except Exception as err:  # the trainers pull in transformers/accelerate; info must still work without them
+        print(f"methods: unavailable ({type(err).__name__}: {err})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    handler = {"eval": _eval, "report": _report, "info": _info}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
