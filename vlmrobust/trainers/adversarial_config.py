@@ -17,7 +17,7 @@ class AdversarialConfig(RobustTrainingArguments):
             `"trades"` = `CE(f(x), y) + β·KL(p(x) ‖ p(x_adv))` (Zhang et al., arXiv 1901.08573).
         trades_beta (`float`, *optional*, defaults to 1.0): β of TRADES.
         trades_attack_loss (`str`, *optional*, defaults to `"kl"`): what TRADES' inner attack maximises: `"kl"`
-            (the TRADES paper) or `"ce"`.
+            (the TRADES paper; always from a random start, since the KL has zero gradient at δ = 0) or `"ce"`.
         protocol (`str`, *optional*, defaults to `"full"`): `"full"` fine-tunes encoder and head; `"lp"` (linear
             probing) trains the head only.
         prompt_templates (`list[str]`, *optional*): prompt templates for the head's initialisation.

@@ -70,7 +70,8 @@ class AdversarialTrainer(RobustTrainer):
             with torch.no_grad():
                 p_clean = F.softmax(clf(x).float(), dim=-1)
             if self.args.trades_attack_loss == "kl":
-                x_adv = self.adversarial_examples(clf, x, p_clean, kl_per_sample)
+                # KL(p‖p) has zero gradient at δ = 0: start inside the ball (TRADES starts from x + 0.001·N(0, I))
+                x_adv = self.adversarial_examples(clf, x, p_clean, kl_per_sample, random_start=True)
             else:
                 x_adv = self.adversarial_examples(clf, x, y, ce_loss)
             logits_clean = model(x)

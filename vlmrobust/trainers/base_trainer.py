@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: F401  (re-exported for recipes)
 
 from ..attacks import APGD, PGD
 from ..models.base import VisionLanguageModel
@@ -116,13 +115,14 @@ class RobustTrainer(Trainer):
 
     def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                              target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,
-                             module: nn.Module | None = None) -> torch.Tensor:
+                             module: nn.Module | None = None, random_start: bool | None = None) -> torch.Tensor:
         """Maximise `loss_fn(forward(x + δ), target)` over the ε-ball with the configured attack.
 
         `forward` must be the unwrapped module (or a function of it), never a DeepSpeed engine / DDP wrapper:
         the attack takes gradients w.r.t. δ only, so parameter gradients and optimizer buffers stay untouched.
         `module` is the network inside `forward` when `forward` is a plain function: it is put in eval mode for the
-        attack and restored afterwards. Returns detached adversarial images (the clean ones when ε is 0).
+        attack and restored afterwards. `random_start` overrides the config (a loss with zero gradient at δ = 0,
+        such as TRADES' KL, needs one). Returns detached adversarial images (the clean ones when ε is 0).
         """
         eps = self.current_epsilon if epsilon is None else epsilon
         self._metrics["epsilon"].append(torch.tensor(float(eps)))
@@ -130,16 +130,17 @@ class RobustTrainer(Trainer):
         if eps <= 0:
             return images.detach()
         a = self.args
+        rs = a.attack_random_start if random_start is None else random_start
         was_training = module.training if module is not None else None
         if module is not None:
             module.eval()
         try:
             if a.attack == "pgd":
                 atk = PGD(forward, norm=a.attack_norm, eps=eps, alpha=a.attack_step_size, steps=a.attack_steps,
-                          random_start=a.attack_random_start, momentum=a.attack_momentum, loss_fn=loss_fn, seed=seed)
+                          random_start=rs, momentum=a.attack_momentum, loss_fn=loss_fn, seed=seed)
                 return atk(images, target).detach()
             atk = APGD(forward, norm=a.attack_norm, eps=eps, steps=a.attack_steps, loss=loss_fn, seed=seed,
-                       random_start=a.attack_random_start, early_stop=False)
+                       random_start=rs, early_stop=False)
             return atk.perturb(images, target).x_max_loss.detach()
         finally:
             if module is not None:
