@@ -34,13 +34,15 @@ def test_fare_recipe_end_to_end(digits_clip, tmp_path):
 
     out = tmp_path / "fare"
     res = fare_clip.main(_short(digits_clip, out))
-    for name in ("results.json", "report.md", "accuracy_vs_eps.png", "open_clip_model.safetensors",
+    for name in ("results.json", "report.md", "accuracy_vs_eps.png", "open_clip_model.safetensors", "README.md",
                  "open_clip_config.json", "vlmrobust_config.json"):
         assert (out / name).is_file(), name
     data = json.loads((out / "results.json").read_text())
     assert set(data["results"]) == {"before", "after"} and data["method"] == "fare"
     assert res["after"]["robust_accuracy"].keys() == {"0.0156863", "0.0313725"}
     assert "ε=8/255" in (out / "report.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "library_name: open_clip" in card and "| after |" in card and "create_model_and_transforms" in card
     # the checkpoint the recipe wrote is a plain open_clip model whose vision tower was trained
     trained, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
     orig, _, _ = open_clip.create_model_and_transforms(f"local-dir:{digits_clip}")

@@ -31,6 +31,7 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     """Parse `(ScriptArguments, config_class)`, then evaluate → train → save → reload → evaluate → report."""
     from .eval.report import accuracy_table, write_report
     from .eval.zero_shot import evaluate_robust_accuracy
+    from .hub.model_card import write_model_card
     from .models import create_model
 
     parser = RecipeParser((ScriptArguments, config_class))
@@ -76,8 +77,15 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
                       "on the digits train split in place of a downloaded checkpoint.")
         write_report(args.output_dir, {k: v for k, v in results.items()}, title=title, intro=intro,
                      extra={**summary, "timings": timings})
+        write_model_card(
+            args.output_dir, backend=model.backend, base_model=script.model_name_or_path, method=args.method,
+            results_markdown=accuracy_table(results), notes=intro,
+            training={"epsilon": f"{args.epsilon * 255:.3g}/255 ({args.attack_norm})", "attack":
+                      f"{args.attack}-{args.attack_steps}", "dataset": script.dataset_name,
+                      "steps": trainer.state.global_step, "learning rate": args.learning_rate})
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
-        print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png and the checkpoint "
+        print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png, README.md (model card) and "
+              "the checkpoint "
               f"({json.dumps(timings)})")
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}
