@@ -222,3 +222,22 @@ def test_bad_configs_name_the_fix(tmp_path):
         METHODS.get("fair")
     with pytest.raises(TypeError, match="create_model"):
         FARETrainer(torch.nn.Linear(2, 2), fare_args(tmp_path))
+
+
+def test_bf16_autocast_keeps_perturbation_fp32_and_in_ball(tiny_open_clip_dir, image_dataset, tmp_path):
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    before = params(model.image_encoder)
+    trainer = FARETrainer(model, fare_args(tmp_path, bf16=True, max_steps=2), train_dataset=image_dataset)
+    seen = []
+    orig = trainer.adversarial_examples
+
+    def spy(forward, x, target, loss_fn, **kw):
+        out = orig(forward, x, target, loss_fn, **kw)
+        seen.append((out.dtype, (out - x).abs().max().item(), out.min().item(), out.max().item()))
+        return out
+
+    trainer.adversarial_examples = spy
+    trainer.train()
+    assert seen and all(d == torch.float32 and dev <= 4 / 255 + 1e-6 and lo >= 0 and hi <= 1
+                        for d, dev, lo, hi in seen)
+    assert all(not torch.equal(v, before[k]) for k, v in params(model.image_encoder).items())
