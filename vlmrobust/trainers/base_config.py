@@ -30,7 +30,7 @@ class RobustTrainingArguments(TrainingArguments):
         attack_momentum (`float`, *optional*, defaults to 0.0): momentum of the PGD sign step (FARE's reference
             offers 0.9).
         attack_seed (`int`, *optional*): base seed of the attack's own generator; defaults to `seed`. The attack at
-            optimizer step t, micro-batch k uses a seed derived from (attack_seed, t, k), so resumed runs repeat it.
+            optimizer step t, micro-batch k on rank r uses a seed derived from (attack_seed, t, k, r), so resumed runs repeat it.
         epsilon_schedule (`str`, *optional*, defaults to `"constant"`): `"constant"` or `"linear"`
             (Epsilon-Scheduling, arXiv 2509.23325: 0 until T1, linear ramp to ε at T2, then constant).
         epsilon_schedule_start (`float`, *optional*, defaults to 0): T1.

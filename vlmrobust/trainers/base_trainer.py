@@ -110,8 +110,10 @@ class RobustTrainer(Trainer):
         step = self.state.global_step
         k = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
         self._micro_step = (step, k)
-        # a fixed function of (seed, optimizer step, micro-batch): a resumed run repeats the same attacks
-        return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k) % (2**63 - 1)
+        # a fixed function of (seed, optimizer step, micro-batch, rank): a resumed run repeats the same attacks,
+        # and ranks do not share random starts
+        rank = self.args.process_index
+        return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k * 7 + rank * 104_729) % (2**63 - 1)
 
     def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                              target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,

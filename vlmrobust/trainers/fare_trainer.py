@@ -7,8 +7,13 @@ from .fare_config import FAREConfig
 
 
 def fare_distance(emb: torch.Tensor, target: torch.Tensor, kind: str = "l2sq") -> torch.Tensor:
-    """Per-sample ‖emb − target‖²₂ (or ‖·‖₂), computed in fp32."""
-    d = ((emb.float() - target.float()) ** 2).sum(-1)
+    """Per-sample ‖emb − target‖²₂ (or ‖·‖₂), computed in fp32.
+
+    Token features `(B, T, D)` (an LVLM's vision tower) count as one flattened vector per sample: the squared
+    distance is summed over tokens and dimensions.
+    """
+    diff = emb.float() - target.float()
+    d = (diff**2).flatten(1).sum(1) if diff.dim() > 2 else (diff**2).sum(-1)
     return d if kind == "l2sq" else d.clamp_min(1e-12).sqrt()
 
 
