@@ -32,6 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
                     help="reuse finished cells of an existing results.json (default: on)")
     ev.add_argument("--skip-missing", action="store_true", help="skip datasets that cannot be loaded")
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rp = sub.add_parser("report", help="re-render report.md and plots from one or more results.json")
@@ -45,12 +46,18 @@ def make_parser() -> argparse.ArgumentParser:
 def _eval(args: argparse.Namespace) -> int:
     from .eval.runner import run_suite
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
     res = run_suite(args.model, args.suite, args.output, device=args.device, bf16=args.bf16,
                     n_samples=args.n_samples, batch_size=args.batch_size, datasets=datasets, resume=args.resume,
                     skip_missing=args.skip_missing, num_workers=args.num_workers, progress=not args.no_progress)
     _print_summary(res.get("summary", {}))
-    print(f"\nWrote {args.output}/results.json, report.md and plots.")
+    run = res.get("last_run", {})
+    print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused from an earlier run. "
+          f"Wrote {args.output}/results.json, report.md and plots.")
     return 0
 
 

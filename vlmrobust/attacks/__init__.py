@@ -11,20 +11,24 @@ from .autoattack import STANDARD_ATTACKS, AutoAttack
 from .base import ATTACKS, Attack, AttackResult, build_attack, check_budget
 from .losses import ce_loss, dlr_loss, dlr_targeted_loss
 from .pgd import PGD
+from .vlm import AnswerLoss, attack_answers, ensemble_attack
 
 __all__ = [
     "ATTACKS",
     "APGD",
     "APGDT",
+    "AnswerLoss",
     "Attack",
     "AttackResult",
     "AutoAttack",
     "PGD",
     "STANDARD_ATTACKS",
     "apgd_checkpoints",
+    "attack_answers",
     "build_attack",
     "ce_loss",
     "check_budget",
     "dlr_loss",
     "dlr_targeted_loss",
+    "ensemble_attack",
 ]

@@ -31,11 +31,16 @@ Transform = Callable[[Image.Image], torch.Tensor]
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label")
 
 _SOURCE_FORMS = (
-    "a Hub dataset id ('cifar10', 'org/name'), 'imagefolder:<dir>', 'parquet:<file, glob or dir>' or 'digits'"
+    "a Hub dataset id ('cifar10', 'org/name'), 'imagefolder:<dir>', 'parquet:<file, glob or dir>', "
+    "'webdataset:<Hub id or dir>' or 'digits'"
 )
 _IMAGEFOLDER_LAYOUT = (
     "imagefolder:<dir> expects <dir>/<split>/<class>/*.png or <dir>/<class>/*.png "
     "(class names come from the sub-folder names; any PIL-readable image format works)"
+)
+_WEBDATASET_LAYOUT = (
+    "webdataset:<Hub id or dir> expects WebDataset shards <split>/*.tar (e.g. the clip-benchmark/wds_* repositories: "
+    "test/0.tar, ... with one image file and one .cls label per sample)"
 )
 _PARQUET_LAYOUT = (
     "parquet:<path> expects a .parquet file, a glob such as data/test-*.parquet, or a folder of them "
@@ -204,6 +209,8 @@ def load_classification_dataset(
         data = _load_imagefolder(location, split)
     elif kind == "parquet":
         data = _load_parquet(location, split)
+    elif kind == "webdataset":
+        data = _load_webdataset(location, split)
     else:
         data = _load_hub(location, split, data_dir)
     if transform is None:
@@ -232,7 +239,7 @@ def load_classification_dataset(
 
 
 def _parse_source(source: str, data_dir: str | None) -> tuple[str, str]:
-    """Split `source` into `(kind, location)` with kind in {"digits", "imagefolder", "parquet", "hub"}."""
+    """Split `source` into `(kind, location)`: kind in {"digits", "imagefolder", "parquet", "webdataset", "hub"}."""
     if source == "digits":
         if data_dir is not None:
             raise ValueError("source='digits' ships with scikit-learn; drop data_dir.")
@@ -243,7 +250,7 @@ def _parse_source(source: str, data_dir: str | None) -> tuple[str, str]:
         return source, data_dir
     prefix, sep, rest = source.partition(":")
     if sep:
-        if prefix not in ("imagefolder", "parquet"):
+        if prefix not in ("imagefolder", "parquet", "webdataset"):
             raise ValueError(f"Unknown dataset source prefix {prefix + ':'!r} in {source!r}; use {_SOURCE_FORMS}.")
         if not rest:
             raise ValueError(f"{source!r} names no path; use {_SOURCE_FORMS}.")
@@ -324,6 +331,31 @@ def _load_parquet(path: str, split: str) -> datasets.Dataset:
         raise FileNotFoundError(f"{source}: no file matches {path!r}. {_PARQUET_LAYOUT}.")
     # Files named explicitly are the split the caller asked for.
     return datasets.load_dataset("parquet", data_files=files, split="train")
+
+
+def _load_webdataset(location: str, split: str) -> datasets.Dataset:
+    """WebDataset shards `<location>/<split>/*.tar`, from a local folder or a Hub dataset repository.
+
+    The builder is named explicitly: repositories such as clip-benchmark/wds_* also hold .txt files (classnames.txt,
+    nshards.txt) that can outnumber the shards and make `datasets` guess a text dataset.
+    """
+    import datasets
+
+    source = f"webdataset:{location}"
+    if os.path.isdir(location):
+        files = sorted(glob.glob(os.path.join(location, split, "*.tar")))
+        if not files:
+            raise FileNotFoundError(f"{source}: no {split}/*.tar under {location!r}. {_WEBDATASET_LAYOUT}.")
+        return datasets.load_dataset("webdataset", data_files={split: files}, split=split)
+    pattern = f"hf://datasets/{location}/{split}/*.tar"
+    try:
+        return datasets.load_dataset("webdataset", data_files={split: pattern}, split=split)
+    except Exception as err:  # offline, gated or absent: one message that names the fix, the cause kept
+        raise RuntimeError(
+            f"Could not load {source} (split={split!r}, shards {pattern}): {type(err).__name__}: {err}. "
+            f"Download it where there is network: `huggingface-cli download --repo-type dataset {location} "
+            f"--local-dir <dir>`, then use source 'webdataset:<dir>'. {_WEBDATASET_LAYOUT}."
+        ) from err
 
 
 def _load_hub(dataset_id: str, split: str, data_dir: str | None) -> datasets.Dataset:

@@ -137,7 +137,9 @@ def summarize_suite(results: dict) -> dict:
             er = {}
             for a, accs in row["robust"].items():
                 grid = {0.0: row["clean"], **accs}
-                w = weights if weights and set(grid) <= set(weights) else None
+                w = None
+                if weights:  # the suite validated that every budget of the grid has a weight
+                    w = {e: next(v for k, v in weights.items() if abs(k - e) < 1e-9) for e in grid}
                 er[a] = expected_robustness(grid, w)
             corr = None
             if row["corr_acc"]:
@@ -203,41 +205,43 @@ def _average(ds: dict[str, dict]) -> dict:
             "n_datasets": len(ds)}
 
 
-def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathLike, norm_note: str = "") -> Path:
-    """Accuracy vs ε, one curve per (model, attack); `dataset=None` plots the average over datasets."""
+def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathLike) -> Path:
+    """Accuracy vs ε, one curve per (model, attack), one panel per norm; `dataset=None` averages over datasets
+    (over the datasets that have the attack)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    curves: dict[str, dict[str, dict[float, float]]] = {}  # norm -> curve label -> {eps: acc}
     for m, v in summary["models"].items():
-        if dataset is None:
-            curves: dict[str, dict[float, list[float]]] = {}
-            for r in v["datasets"].values():
-                for a, accs in r["robust"].items():
-                    c = curves.setdefault(a, {})
-                    c.setdefault(0.0, []).append(r["clean"])
-                    for e, acc in accs.items():
-                        c.setdefault(e, []).append(acc)
-            n_d = len(v["datasets"])
-            pts_by = {a: {e: sum(x) / len(x) for e, x in c.items() if len(x) == n_d} for a, c in curves.items()}
-        else:
-            r = v["datasets"].get(dataset)
-            if r is None:
-                continue
-            pts_by = {a: {0.0: r["clean"], **accs} for a, accs in r["robust"].items()}
-        for a, pts in pts_by.items():
+        rows = list(v["datasets"].values()) if dataset is None else [v["datasets"].get(dataset)]
+        pts_by: dict[str, dict[float, list[float]]] = {}
+        for r in filter(None, rows):
+            for a, accs in r["robust"].items():
+                c = pts_by.setdefault(a, {})
+                c.setdefault(0.0, []).append(r["clean"])
+                for e, acc in accs.items():
+                    c.setdefault(e, []).append(acc)
+        for a, c in pts_by.items():
+            n = max(len(x) for x in c.values())
+            norm = a.rsplit("(", 1)[-1].rstrip(")") if "(" in a else "Linf"
+            label = f"{m} · {a}" if len(summary["models"]) > 1 else a
+            curves.setdefault(norm, {})[label] = {e: sum(x) / len(x) for e, x in c.items() if len(x) == n}
+    norms = sorted(curves, key=lambda k: (k != "Linf", k)) or ["Linf"]
+    fig, axes = plt.subplots(1, len(norms), figsize=(6.4 * len(norms), 4.2), dpi=120, squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        for label, pts in curves.get(norm, {}).items():
             xs = sorted(pts)
-            ax.plot([e * 255 if "Linf" in a else e for e in xs], [100 * pts[e] for e in xs], marker="o",
-                    label=f"{m} · {a}" if len(summary["models"]) > 1 else a)
-    ax.set_xlabel("ε (L∞ in /255 units; L2 in pixel units)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
-    ax.set_title(f"{dataset or 'average over datasets'}{norm_note}")
+            ax.plot([e * 255 if norm == "Linf" else e for e in xs], [100 * pts[e] for e in xs], marker="o",
+                    label=label)
+        ax.set_xlabel("ε (L∞, in /255 pixel units)" if norm == "Linf" else f"ε ({norm}, pixel units)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.set_title(f"{dataset or 'average over datasets'} · {norm}")
     fig.tight_layout()
     out = atomic_savefig(fig, path)
     plt.close(fig)
@@ -349,10 +353,16 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
             cells += [_pct(avg["expected_robustness"].get(a)) for a in labels]
             rows.append(cells)
         md += [_md_table(header, rows), ""]
+        skipped = sorted({(c["dataset"], c["attack"], comp) for c in results["cells"].values()
+                          if c.get("model") == m and c.get("skipped_components") for comp in c["skipped_components"]})
+        for d, a, comp in skipped:
+            md += [f"Note: on `{d}`, `{comp}` was skipped in `{a}` (too few classes); that column is the other "
+                   "attacks' worst case only.", ""]
         corr = {d: r["corruptions"] for d, r in v["datasets"].items() if r["corruptions"]}
         if corr:
             md += ["### Common corruptions", ""]
-            hdr = ["dataset", "mean corruption acc.", "mCE", "reference", "by severity (1→5)"]
+            sevs = sorted({s for c in corr.values() for s in c["accuracy_by_severity"]})
+            hdr = ["dataset", "mean corruption acc.", "mCE", "reference", f"by severity ({'/'.join(map(str, sevs))})"]
             crow = []
             for d, c in corr.items():
                 mce = f"{100 * c['mce']:.1f} ({len(c['mce_types'])} types)" if c["mce"] is not None else \
@@ -377,7 +387,7 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
                    "*all* points at λ fixed on the subset's attacked robust accuracy (arXiv 2406.18451). A low τ means "
                    "the estimate should not be trusted.", ""]
             hdr = ["dataset", "attack", "subset (correct)", "Kendall τ", "ε", "estimated rob. acc.", "measured",
-                   "|error|"]
+                   "abs. error"]
             mrows = []
             for d, by_a in marg.items():
                 for a, mm in by_a.items():

@@ -125,6 +125,7 @@ class _Store:
         self.data = {"format": FORMAT, "vlmrobust_version": __version__, "suite": suite.to_dict(),
                      "models": prev_models + list(models), "meta": meta, "skipped": {}, "cells": self.cells}
         self.reused = 0
+        self.computed = 0
 
     def get(self, key: str, config: str) -> dict | None:
         cell = self.cells.get(key)
@@ -155,9 +156,17 @@ def _read_ref_file(spec: DatasetSpec, filename: str) -> list[str]:
             if c.is_file():
                 return [ln.strip() for ln in c.read_text(encoding="utf-8").splitlines() if ln.strip()]
         raise FileNotFoundError(f"{filename} not found next to {loc} (looked in {[str(c) for c in candidates]}).")
+    repo = loc if kind == "webdataset" and loc else spec.source
+    local = Path(os.path.expanduser(repo))
+    if local.is_dir():  # a downloaded copy of a Hub repository, given by its folder
+        return [ln.strip() for ln in (local / filename).read_text(encoding="utf-8").splitlines() if ln.strip()]
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(repo_id=spec.source, filename=filename, repo_type="dataset")
+    try:
+        path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset")
+    except Exception as err:  # offline, gated, missing: say which file was wanted, keep the cause
+        raise FileNotFoundError(f"could not fetch {filename!r} from the Hub dataset {repo!r} "
+                                f"({type(err).__name__}: {err})") from err
     return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
@@ -343,8 +352,11 @@ def run_suite(
                     store.data["skipped"][f"{name}|{spec.name}"] = str(err)
                     store.flush()
             slot.release()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     finally:
         bar.close()
+    store.data["last_run"] = {"computed_cells": store.computed, "reused_cells": store.reused}
     store.flush()
     if report:
         from .report import write_suite_report
@@ -374,6 +386,7 @@ class _Runner:
             cell = compute()
             cell.update(config=cfg, seconds=round(time.perf_counter() - t0, 3))
             self.store.put(key, cell)
+            self.store.computed += 1
             if self.on_cell is not None:
                 self.on_cell(key, cell)
         else:

@@ -7,10 +7,12 @@ A suite file is a mapping::
     include: [_common/templates.yaml]    # other YAML files merged underneath this one (paths relative to it)
     template_sets: {cars: ["a photo of a {}."]}   # named prompt lists, referred to by datasets
     classname_sets: {stl10: [airplane, bird, ...]}
+    dataset_defs: {cifar10: {source: uoft-cs/cifar10, ...}}  # shared entries (`use: cifar10`); defaults override
     defaults: {split: test, n_samples: 1000, attacks: [...]}    # applied to every dataset that does not say
     expected_robustness: {weights: null}
     datasets:
       - name: cifar10
+        use: cifar10                     # start from dataset_defs.cifar10 (optional)
         source: uoft-cs/cifar10          # anything `load_classification_dataset` takes
         split: test
         n_samples: 1000
@@ -54,11 +56,11 @@ SUITES: Registry[Path] = Registry("eval suite")
 #: Components that need a minimum number of classes (DLR losses use the 3rd / 4th largest logit).
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 
-_TOP_KEYS = {"name", "description", "include", "template_sets", "classname_sets", "defaults", "datasets",
-             "expected_robustness", "notes"}
-_DATASET_KEYS = {"name", "source", "split", "n_samples", "seed", "batch_size", "classnames", "templates",
+_TOP_KEYS = {"name", "description", "include", "template_sets", "classname_sets", "dataset_defs", "defaults",
+             "datasets", "expected_robustness", "notes"}
+_DATASET_KEYS = {"use", "name", "source", "split", "n_samples", "seed", "batch_size", "classnames", "templates",
                  "image_column", "label_column", "data_dir", "download", "attacks", "corruptions", "margin"}
-_DEFAULT_KEYS = _DATASET_KEYS - {"name", "source", "download"}
+_DEFAULT_KEYS = _DATASET_KEYS - {"use", "name", "source", "download"}
 _ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "options"}
 _CORRUPTION_KEYS = {"types", "severities", "n_samples", "seed", "reference", "min_size", "batch_size"}
 _MARGIN_KEYS = {"attack", "subset", "seed", "steps", "n_target_classes", "max_norm"}
@@ -496,6 +498,11 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
         if not isinstance(sets, Mapping):
             raise ctx.fail(key, "must map set names to lists.")
     defaults = ctx.check_keys(raw.get("defaults") or {}, _DEFAULT_KEYS, "defaults")
+    defs = raw.get("dataset_defs") or {}
+    if not isinstance(defs, Mapping):
+        raise ctx.fail("dataset_defs", "must map names to dataset entries.")
+    for k, v in defs.items():
+        ctx.check_keys(v, _DATASET_KEYS - {"use"}, f"dataset_defs.{k}")
     datasets_raw = raw.get("datasets")
     if not isinstance(datasets_raw, list) or not datasets_raw:
         raise ctx.fail("datasets", "must be a non-empty list of datasets.")
@@ -504,7 +511,14 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
     for i, d_raw in enumerate(datasets_raw):
         where = f"datasets[{i}]"
         d = ctx.check_keys(d_raw, _DATASET_KEYS, where)
-        d = {**defaults, **d}
+        use = d.pop("use", None)
+        base: dict = {}
+        if use is not None:
+            if use not in defs:
+                raise ctx.fail(f"{where}.use", f"unknown dataset definition {use!r}; defined: {sorted(defs)}.")
+            base = {"name": use, **defs[use]}
+        # precedence: shared definition < suite defaults (the protocol) < the entry itself
+        d = {**base, **defaults, **d}
         dname = ctx.string(d.get("name"), f"{where}.name")
         if dname in seen or "|" in dname:
             raise ctx.fail(f"{where}.name", f"{dname!r} is repeated or contains '|'.")
@@ -543,6 +557,12 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
             weights = {parse_eps(k): float(v) for k, v in weights.items()}
         except (TypeError, ValueError) as err:
             raise ctx.fail("expected_robustness.weights", str(err)) from err
+        for i, d in enumerate(datasets):
+            for j, a in enumerate(d.attacks):
+                missing = [e for e in (0.0, *a.eps) if not any(abs(e - w) < 1e-9 for w in weights)]
+                if missing:
+                    raise ctx.fail("expected_robustness.weights", f"no weight for ε = {missing} (grid of "
+                                   f"datasets[{i}].attacks[{j}]); give one per budget, 0 (clean) included.")
     desc = raw.get("description", "")
     return Suite(name=str(name), datasets=tuple(datasets), description=str(desc or ""),
                  expected_robustness_weights=weights, path=path)

@@ -260,7 +260,8 @@ def attack_survivors(
         attacks (`Sequence[str]`, *optional*, defaults to `("apgd-ce",)`): registered attack names, run in order.
         norm (`str`), steps (`int`), seed (`int`): as in `build_attack`; batch `b` uses seed `seed + b`.
         n_classes (`int`, *optional*): number of classes; needed by "autoattack", and components that need more
-            classes than there are ("apgd-t" needs 4, "apgd-dlr" 3) are skipped and reported.
+            classes than there are ("apgd-t" needs 4, "apgd-dlr" 3) are skipped and reported (inside AutoAttack,
+            APGD-T is dropped from its list for fewer than 4 classes).
         attack_kwargs (`dict[str, dict]`, *optional*): extra constructor arguments per attack name.
         bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast for the model; perturbations stay fp32.
 
@@ -268,6 +269,7 @@ def attack_survivors(
         `(survived, broken_by)`: bool `[len(indices)]` on the CPU, and `{attack: number of points it broke}` (a
         skipped attack maps to -1).
     """
+    from ..attacks.autoattack import _VERSIONS as _AA_VERSIONS
     from ..attacks.base import canonical_norm, per_sample_norm
     from .suite import MIN_CLASSES
 
@@ -305,6 +307,10 @@ def attack_survivors(
                     kwargs = dict((attack_kwargs or {}).get(name, {}))
                     if name == "autoattack":
                         kwargs.setdefault("n_classes", n_classes)
+                        if n_classes is not None and n_classes < MIN_CLASSES["apgd-t"] and "attacks_to_run" not in kwargs:
+                            # e.g. PCAM's 2 classes: run AutoAttack's other components rather than fail
+                            kwargs["attacks_to_run"] = [a for a in _AA_VERSIONS[kwargs.get("version", "standard")]
+                                                        if a != "apgd-t"]
                     atk = build_attack(name, classifier, norm=norm, eps=eps, steps=steps, seed=seed + b, **kwargs)
                     with autocast:
                         res = atk.perturb(x[idx], y[idx])

@@ -37,6 +37,9 @@ def _local_dir(spec: str, **kw) -> VisionLanguageModel:
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"'local-dir:{spec}': folder not found. Give the path of a saved checkpoint.")
+    if (path / "radapt_config.json").is_file():
+        raise ValueError(f"'{path}' is an R-Adapt folder (anchor + settings, no backbone weights): load it with "
+                         f"'radapt:{spec}'.")
     if (path / "config.json").is_file() and not (path / "open_clip_config.json").is_file():
         raise ValueError(f"'{path}' is in transformers' layout, not open_clip's: load it with 'hf-clip:{spec}'.")
     return load_open_clip(f"local-dir:{spec}", **kw)
@@ -47,6 +50,13 @@ def _hf_clip(spec: str, **kw) -> VisionLanguageModel:
     from .hf_clip_backend import load_hf_clip
 
     return load_hf_clip(spec, **kw)
+
+
+@BACKENDS.register("radapt")
+def _radapt(spec: str, **kw) -> VisionLanguageModel:
+    from .radapt import load_radapt
+
+    return load_radapt(spec, **kw)
 
 
 @BACKENDS.register("vlmrobust")
@@ -63,6 +73,20 @@ def _builtin(spec: str, **kw) -> VisionLanguageModel:
     return model
 
 
+@BACKENDS.register("llava")
+def _llava(spec: str, **kw) -> VisionLanguageModel:
+    from .llava_backend import load_llava
+
+    return load_llava(spec, **kw)
+
+
+@BACKENDS.register("qwen_vl")
+def _qwen_vl(spec: str, **kw) -> VisionLanguageModel:
+    from .qwen_vl_backend import load_qwen_vl
+
+    return load_qwen_vl(spec, **kw)
+
+
 def create_model(name: str, **kwargs) -> VisionLanguageModel:
     """Create a model from an id with a backend prefix.
 
@@ -70,7 +94,9 @@ def create_model(name: str, **kwargs) -> VisionLanguageModel:
         name (`str`): one of `open_clip:<arch>/<pretrained>` (e.g. `open_clip:ViT-B-32/openai`; no `/<pretrained>`
             gives random weights), `hf-hub:<org>/<repo>` (open_clip layout on the Hub), `local-dir:<path>`
             (open_clip layout on disk), `hf-clip:<id or path>` (transformers CLIP), `vlmrobust:tiny-digits-clip`
-            (the offline stand-in, pre-trained on first use and cached); further backends register in `BACKENDS`.
+            (the offline stand-in, pre-trained on first use and cached), `llava:<id or path>` (LLaVA-1.5 and later),
+            `qwen_vl:<id or path>` (Qwen2-VL / Qwen2.5-VL; `llava:tiny` / `qwen_vl:tiny` build random offline
+            fixtures); further backends register in `BACKENDS`.
         kwargs: passed to the backend loader (`device`, `precision`, ...).
     """
     prefix, sep, spec = name.partition(":")

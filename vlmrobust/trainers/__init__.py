@@ -14,6 +14,8 @@ from .base_config import RobustTrainingArguments
 from .base_trainer import RobustTrainer, frozen_copy, image_collator
 from .fare_config import FAREConfig
 from .fare_trainer import FARETrainer, fare_distance
+from .radapt_config import RAdaptConfig
+from .radapt_trainer import RAdaptTrainer
 from .schedules import EpsilonSchedule
 from .tecoa_config import TeCoAConfig
 from .tecoa_trainer import TeCoATrainer
@@ -29,6 +31,7 @@ METHODS: Registry[Method] = Registry("method")
 METHODS.register("fare", Method(FAREConfig, FARETrainer))
 METHODS.register("tecoa", Method(TeCoAConfig, TeCoATrainer))
 METHODS.register("adversarial", Method(AdversarialConfig, AdversarialTrainer))
+METHODS.register("radapt", Method(RAdaptConfig, RAdaptTrainer))
 
 
 def load_config(path: str | os.PathLike) -> RobustTrainingArguments:
@@ -45,6 +48,7 @@ def load_config(path: str | os.PathLike) -> RobustTrainingArguments:
 
 __all__ = [
     "METHODS", "AdversarialConfig", "AdversarialTrainer", "CosineClassifier", "EpsilonSchedule", "FAREConfig",
-    "FARETrainer", "Method", "RobustTrainer", "RobustTrainingArguments", "TeCoAConfig", "TeCoATrainer",
+    "FARETrainer", "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer", "RobustTrainingArguments",
+    "TeCoAConfig", "TeCoATrainer",
     "fare_distance", "frozen_copy", "image_collator", "load_config",
 ]

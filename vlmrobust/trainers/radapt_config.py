@@ -48,7 +48,8 @@ class RAdaptConfig(FAREConfig):
         if self.anchor_init not in ("training-free", "model-guided"):
             raise ValueError(f"anchor_init must be 'training-free' or 'model-guided', got {self.anchor_init!r}.")
         if self.anchor_init == "model-guided" and not self.guide_model:
-            raise ValueError("anchor_init='model-guided' needs --guide_model (e.g. 'local-dir:outputs/quickstart-fare').")
+            raise ValueError("anchor_init='model-guided' needs --guide_model (e.g. "
+                             "'local-dir:outputs/quickstart-fare').")
         self.radapt_settings()  # validates d0 / d0_scaling
         super().__post_init__()
 

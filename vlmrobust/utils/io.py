@@ -16,7 +16,21 @@ def _atomic_target(path: str | os.PathLike) -> tuple[Path, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600; give the final file the permissions a plain open() would (0666 minus the umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     return path, tmp
+
+
+def _umask() -> int:
+    # Read, not set-and-restore: os.umask() changes process-wide state under other threads' feet.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -1,0 +1,156 @@
+"""R-Adapt: a frozen CLIP made robust by a Gaussian input filter and a block-1 robustness anchor (arXiv 2603.12799).
+
+Three ways to get the anchor (`--paradigm`): `training-free` (the standard model on a white image), `model-guided`
+(the same from `--guide_model`, e.g. a FARE checkpoint), `radapt-plus` (only the anchor trained, FARE loss, on the
+training set); `all` runs the three and writes one side-by-side table with the base model and the guide.
+
+Offline quickstart (tiny CLIP stand-in on digits; needs the FARE quickstart checkpoint as the guide):
+
+    accelerate launch recipes/fare_clip.py --config recipes/configs/quickstart.yaml   # -> outputs/quickstart-fare
+    accelerate launch recipes/radapt_clip.py --config recipes/configs/quickstart_radapt.yaml
+
+A real model (ViT-L/14, guided by a released FARE⁴ checkpoint, R-Adapt+ on 2,000 ImageNet images):
+
+    accelerate launch recipes/radapt_clip.py --model_name_or_path open_clip:ViT-L-14/openai \\
+        --dataset_name imagenet-1k --max_train_samples 2000 --classnames imagenet --templates openai_imagenet \\
+        --guide_model hf-hub:chs20/fare4-clip --paradigm all --num_train_epochs 10 --output_dir outputs/radapt-vitl14
+
+Each paradigm is saved as `<output_dir>/<paradigm>/` (base model id + anchor, `create_model("radapt:<dir>")`) and
+evaluated after reloading from there. LLaVA / Qwen-VL towers are not supported yet (they come with their own issue).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import set_seed
+
+from vlmrobust.models import create_model
+from vlmrobust.models.radapt import PARADIGMS, GaussianInputFilter, RAdaptModel, model_id
+from vlmrobust.script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets
+from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
+
+LABELS = {"training-free": "R-Adapt (training-free)", "model-guided": "R-Adapt (model-guided)",
+          "radapt-plus": "R-Adapt+"}
+
+
+@dataclass
+class RAdaptScriptArguments:
+    """Which R-Adapt paradigms to run.
+
+    Args:
+        paradigm (`str`): `training-free`, `model-guided`, `radapt-plus` or `all`.
+        eval_guide (`bool`): also evaluate the guide checkpoint itself (e.g. FARE), for the side-by-side table.
+        guide_label (`str`): its row name in the table; default `guide (<id>)`.
+    """
+
+    paradigm: str = field(default="all", metadata={"help": "training-free | model-guided | radapt-plus | all"})
+    eval_guide: bool = field(default=True, metadata={"help": "Evaluate the guide checkpoint too."})
+    guide_label: str = field(default="", metadata={"help": "Row name of the guide in the table."})
+
+
+def make_parser() -> RecipeParser:
+    return RecipeParser((ScriptArguments, RAdaptScriptArguments, RAdaptConfig))
+
+
+def build(paradigm: str, base, args: RAdaptConfig, train_ds, out: Path, guide=None) -> RAdaptModel:
+    """The R-Adapt model of one paradigm on `base`; `base` is adapted in place until `unload()`.
+
+    R-Adapt+ trains (all processes) and saves to `out`; the other two are only built here.
+    """
+    settings = args.radapt_settings(model_id(base), paradigm).to_dict()
+    if paradigm == "training-free":
+        return RAdaptModel.training_free(base, **{k: v for k, v in settings.items() if k != "paradigm"})
+    elif paradigm == "model-guided":
+        settings = {k: v for k, v in settings.items() if k not in ("paradigm", "guide_model")}
+        return RAdaptModel.model_guided(base, guide, guide_model=args.guide_model, **settings)
+    else:
+        args.output_dir = str(out)
+        trainer = RAdaptTrainer(base, args, train_dataset=train_ds)
+        trainer.train(resume_from_checkpoint=None)
+        trainer.save_model(str(out))
+        return trainer.vlm
+
+
+def main(argv=None) -> dict:
+    from vlmrobust.eval.report import accuracy_table, write_report
+
+    script, ra, args = make_parser().parse_args_and_config(argv)
+    if ra.paradigm not in (*PARADIGMS, "all"):
+        raise ValueError(f"--paradigm must be one of {', '.join(PARADIGMS)} or 'all', got {ra.paradigm!r}.")
+    paradigms = list(PARADIGMS) if ra.paradigm == "all" else [ra.paradigm]
+    if "model-guided" in paradigms and not args.guide_model:
+        raise ValueError("The model-guided paradigm needs --guide_model, e.g. local-dir:outputs/quickstart-fare "
+                         "(made by recipes/fare_clip.py) or a released FARE checkpoint such as "
+                         "hf-hub:chs20/fare4-clip.")
+    state = PartialState()
+    set_seed(args.seed)
+    root = Path(args.output_dir)
+    t_start = time.time()
+    with state.main_process_first():
+        base = create_model(script.model_name_or_path)
+    guide = None
+    if args.guide_model:
+        guide = create_model(args.guide_model)
+        guide.requires_grad_(False)
+    train_ds, eval_ds = load_datasets(script, base, seed=args.seed)
+    results, timings = {}, {}
+
+    def _eval(name, model, desc):
+        if state.is_main_process:
+            results[name] = evaluate(model, eval_ds, script, desc, seed=args.seed, bf16=args.bf16)
+            timings[f"eval {name} (s)"] = results[name].seconds
+
+    if script.eval_before:
+        _eval("base (standard)", base, "eval base")
+    for p in paradigms:
+        t0 = time.time()
+        model = build(p, base, args, train_ds, root / p, guide)
+        if p != "radapt-plus" and state.is_main_process:
+            model.save_pretrained(root / p)
+        timings[f"build {p} (s)"] = round(time.time() - t0, 1)
+        base = model.unload()
+        state.wait_for_everyone()
+        if script.eval_after:  # reload through create_model: what users get
+            reloaded = create_model(f"radapt:{root / p}")
+            _eval(LABELS[p], reloaded, f"eval {p}")
+            reloaded.unload()
+    if guide is not None and ra.eval_guide:
+        _eval(ra.guide_label or f"guide ({args.guide_model})", guide, "eval guide")
+
+    if state.is_main_process and results:
+        timings["total (s)"] = round(time.time() - t_start, 1)
+        s = args.radapt_settings(model_id(base))
+        d0_h, _ = GaussianInputFilter(s.d0, s.d0_reference_size, s.d0_scaling).cutoff(base.image_size, base.image_size)
+        a, b = s.coefficients
+        title = f"R-Adapt on {script.dataset_name}: {script.model_name_or_path}"
+        intro = (f"Frozen backbone; Gaussian input filter {'on' if s.gaussian_filter else 'off'} (D0 = {s.d0:g} at "
+                 f"{s.d0_reference_size} px, i.e. {d0_h:.3g} index units at {base.image_size} px, scaling "
+                 f"'{s.d0_scaling}'); anchor mixed into block 1 as h₁ = z + {a:g}·MHSA + {b:g}·A (α = {s.alpha:g}). "
+                 f"Paradigms: {', '.join(paradigms)}.")
+        if "model-guided" in paradigms or guide is not None:
+            intro += f" Guide model: {args.guide_model}."
+        if "radapt-plus" in paradigms:
+            steps = args.max_steps if args.max_steps > 0 else round(
+                args.num_train_epochs * -(-len(train_ds) // args.per_device_train_batch_size))
+            intro += (f" R-Adapt+: only the anchor trained (FARE loss, initialised {args.anchor_init}) for {steps} "
+                      f"steps of {args.per_device_train_batch_size} on {len(train_ds)} training images, "
+                      f"{args.attack}-{args.attack_steps} at ε = {args.epsilon * 255:.3g}/255, "
+                      f"lr {args.learning_rate:g}.")
+        if script.model_name_or_path.startswith("vlmrobust:"):
+            intro += (" The starting model is vlmrobust's offline stand-in: a tiny CLIP contrastively pre-trained on "
+                      "the digits train split in place of a downloaded checkpoint.")
+        write_report(root, results, title=title, intro=intro,
+                     extra={"method": "radapt", "paradigms": paradigms, "model": script.model_name_or_path,
+                            "guide_model": args.guide_model, "settings": s.to_dict(), "timings": timings})
+        print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
+        print(f"\nWrote {root}/results.json, report.md, accuracy_vs_eps.png and one folder per paradigm ({timings})")
+    state.wait_for_everyone()
+    return {k: v.to_dict() for k, v in results.items()}
+
+
+if __name__ == "__main__":
+    main()
