@@ -371,3 +371,16 @@ def test_expected_robustness_weights_from_suite(digits_clip_dir, tmp_path):
     assert row["expected_robustness"]["apgd-ce (Linf)"] == pytest.approx(want)
     with pytest.raises(SuiteError, match=r"expected_robustness\.weights: no weight for ε"):
         load_suite({**_suite(), "expected_robustness": {"weights": {0: 1, "2/255": 1}}})
+
+
+def test_retrained_checkpoint_in_same_folder_does_not_reuse_stale_cells(tmp_path):
+    import os
+
+    from vlmrobust.eval.runner import weights_signature
+
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"a" * 10)
+    before = weights_signature(f"local-dir:{tmp_path}")
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"b" * 11)
+    os.utime(tmp_path / "open_clip_model.safetensors", ns=(1, 10**18))
+    assert before is not None and weights_signature(f"local-dir:{tmp_path}") != before
+    assert weights_signature("open_clip:ViT-B-32/openai") is None

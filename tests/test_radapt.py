@@ -255,3 +255,29 @@ def test_trainer_refuses_a_model_whose_settings_differ(tiny_open_clip_dir, tmp_p
         RAdaptTrainer(m, fare_args(tmp_path, cls=RAdaptConfig))
     with pytest.raises(ValueError, match="guide_model"):
         fare_args(tmp_path, cls=RAdaptConfig, anchor_init="model-guided")
+
+
+def test_recipe_runs_all_paradigms_and_writes_the_side_by_side_table(tiny_open_clip_dir, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "recipes"))
+    import radapt_clip
+
+    out = tmp_path / "run"
+    res = radapt_clip.main([
+        "--config", str(Path(__file__).parent.parent / "recipes/configs/quickstart_radapt.yaml"),
+        "--model_name_or_path", f"local-dir:{tiny_open_clip_dir}", "--guide_model", f"local-dir:{tiny_open_clip_dir}",
+        "--guide_label", "guide", "--output_dir", str(out), "--max_steps", "2", "--max_train_samples", "16",
+        "--per_device_train_batch_size", "8", "--attack_steps", "1", "--eval_max_samples", "8",
+        "--eval_attack_steps", "2", "--eval_epsilons", "4/255", "--disable_tqdm", "true"])
+    assert list(res) == ["base (standard)", "R-Adapt (training-free)", "R-Adapt (model-guided)", "R-Adapt+", "guide"]
+    report = (out / "report.md").read_text()
+    assert "| R-Adapt+ |" in report and "ε=4/255" in report and "α = 0.25" in report
+    assert (out / "accuracy_vs_eps.png").is_file() and json.loads((out / "results.json").read_text())["paradigms"]
+    for p in ("training-free", "model-guided", "radapt-plus"):
+        m = create_model(f"radapt:{out / p}")
+        assert m.settings.paradigm == p and m.settings.alpha == 0.25
+        m.unload()
+    with pytest.raises(ValueError, match="--paradigm"):
+        radapt_clip.main(["--paradigm", "bogus", "--output_dir", str(out)])

@@ -366,6 +366,25 @@ def run_suite(
     return store.data
 
 
+def weights_signature(ref) -> str | None:
+    """Identity of a local checkpoint's weight files (name, size, mtime), or None for ids not on disk."""
+    import hashlib
+
+    if not isinstance(ref, str) or ":" not in ref:
+        return None
+    folder = Path(ref.split(":", 1)[1])
+    if not folder.is_dir():
+        return None
+    files = sorted(f for pat in ("*.safetensors", "*.bin", "*.pt", "*.pth") for f in folder.glob(pat))
+    if not files:
+        return None
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 class _Runner:
     def __init__(self, store: _Store, bf16: bool, device, num_workers: int, progress: bool,
                  on_cell: CellCallback | None):
@@ -396,6 +415,9 @@ class _Runner:
 
     def run_dataset(self, model: str, slot: _ModelSlot, spec: DatasetSpec) -> None:
         base = {"model": model, "data": spec.data_config(), "bf16": self.bf16}
+        weights = weights_signature(slot.ref)
+        if weights is not None:  # retrained into the same folder => different cells, not stale reuse
+            base["weights"] = weights
         ck = clean_key(model, spec.name)
         clean_cfg = {**base, "kind": "clean"}
 
