@@ -97,6 +97,28 @@ def test_sequence_first_open_clip_layout_gives_the_same_model(tiny_open_clip_dir
     torch.testing.assert_close(lnd.encode_image(x), bf.encode_image(x), rtol=1e-5, atol=1e-5)
 
 
+def test_anchors_are_computed_per_patch_grid_and_cached(tiny_hf_clip_dir):
+    base = frozen(f"hf-clip:{tiny_hf_clip_dir}")
+    vm = base.image_encoder.tower.vision_model
+    # a tower that takes other resolutions (interpolated position embeddings), as dynamic-resolution towers do
+    base.image_encoder.tower.forward = lambda pv: vm(pixel_values=pv, interpolate_pos_encoding=True, return_dict=True)
+    m = RAdaptModel.training_free(base, alpha=0.6).eval()
+    x32, x48 = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 48, 48)
+    y32 = m.encode_image(x32)
+    m.encode_image(x48)
+    assert list(m.image_encoder.anchors) == ["4x4", "6x6"] and m.anchor((6, 6)).shape == (1 + 6 * 6, 32)
+    with torch.no_grad():
+        white48 = vm.encoder.layers[0].self_attn(
+            hidden_states=vm.encoder.layers[0].layer_norm1(vm.pre_layrnorm(vm.embeddings(
+                base.image_encoder.normalize(torch.ones(1, 3, 48, 48)), interpolate_pos_encoding=True))),
+            attention_mask=None)[0][0]
+    torch.testing.assert_close(m.anchor((6, 6)).detach(), white48, rtol=0, atol=1e-6)
+    anchor_6x6 = m.anchor((6, 6))
+    m.encode_image(x48)
+    assert m.anchor((6, 6)) is anchor_6x6  # cached, not recomputed
+    assert torch.equal(m.encode_image(x32), y32)  # back at 32 px the 4x4 anchor is used again
+
+
 def test_filter_huge_d0_is_identity_and_small_d0_removes_high_frequencies():
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(GaussianInputFilter(d0=1e7)(x), x, rtol=0, atol=1e-5)
@@ -235,6 +257,22 @@ def test_radapt_plus_trains_only_the_anchor(tiny_open_clip_dir, image_dataset, t
     with torch.no_grad():  # the trained anchor still requires grad: same kernels only without autograd
         torch.testing.assert_close(r.encode_image(x), trainer.vlm.eval().encode_image(x), rtol=0, atol=0)
     assert load_config(tmp_path / "plus").method == "radapt" and METHODS.get("radapt").trainer_class is RAdaptTrainer
+
+
+def test_radapt_plus_checkpoints_resume_with_the_trained_anchor(tiny_open_clip_dir, image_dataset, tmp_path):
+    spec = f"local-dir:{tiny_open_clip_dir}"
+    args = fare_args(tmp_path / "ckpt", cls=RAdaptConfig, max_steps=2, save_strategy="steps", save_steps=2)
+    first = RAdaptTrainer(create_model(spec), args, train_dataset=image_dataset)
+    first.train()
+    ckpt = tmp_path / "ckpt" / "checkpoint-2"
+    assert (ckpt / "radapt_anchor.safetensors").is_file() and not (ckpt / "open_clip_model.safetensors").exists()
+    second = RAdaptTrainer(create_model(spec), fare_args(tmp_path / "ckpt", cls=RAdaptConfig, max_steps=3),
+                           train_dataset=image_dataset)
+    assert not torch.equal(second.vlm.anchor(), first.vlm.anchor())
+    second._load_from_checkpoint(str(ckpt))
+    assert torch.equal(second.vlm.anchor(), first.vlm.anchor())
+    second.train(resume_from_checkpoint=str(ckpt))
+    assert second.state.global_step == 3
 
 
 def test_radapt_plus_loss_is_fare_against_the_standard_model(tiny_open_clip_dir, image_dataset, tmp_path):

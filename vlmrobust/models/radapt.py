@@ -338,8 +338,9 @@ class RAdaptImageEncoder(nn.Module):
     The filter runs on the [0, 1] pixels, before the mean/std normalisation: the formula clamps to [0, 1], which
     only means something there (a low-pass with `H = 1` at DC commutes with the per-channel affine normalisation, so
     apart from the clamp the order does not matter). The anchor enters through a forward hook on block 1's attention
-    module, so it also acts when the tower is called from inside another model (an LVLM's `generate`) and is
-    recomputed correctly under activation checkpointing; the hook is removed by `RAdaptModel.unload()`.
+    module, so it also acts when the tower is called from inside another model (an LVLM's `generate`) and when
+    block 1 is recomputed under activation checkpointing (reasoned, not tested here); `RAdaptModel.unload()` removes
+    it.
 
     Anchors are kept per patch grid (`anchors["16x16"]`, shape `(tokens, width)`), since their token count depends
     on the input resolution; a grid not seen before gets a training-free anchor computed on first use when
