@@ -1,6 +1,7 @@
 """The `vlmrobust` command: `eval` (run a suite), `report` (re-render from results JSON), `info`.
 
     vlmrobust eval --model vlmrobust:tiny-digits-clip --suite digits --output outputs/eval-digits
+    vlmrobust eval --model llava:tiny --suite shapes_vqa --output outputs/eval-shapes-vqa      # VQA (LVLMs)
     vlmrobust eval --model open_clip:ViT-B-32/openai --model hf-hub:chs20/fare2-clip --suite fare13 \\
         --output outputs/fare13 --bf16 --skip-missing
     vlmrobust report outputs/run-a/results.json outputs/run-b/results.json --output outputs/compare
@@ -20,7 +21,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="run an eval suite on one or more models (resumable)")
     ev.add_argument("--model", action="append", required=True,
-                    help="create_model id (open_clip:…, hf-hub:…, local-dir:…, hf-clip:…); repeat for several")
+                    help="create_model id (open_clip:…, hf-hub:…, local-dir:…, hf-clip:…; llava:… / qwen_vl:… for "
+                         "VQA suites); repeat for several")
     ev.add_argument("--suite", required=True, help="suite name (see `vlmrobust info`) or path of a suite YAML")
     ev.add_argument("--output", required=True, help="folder for results.json, report.md and plots")
     ev.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
@@ -69,6 +71,13 @@ def _print_summary(summary: dict) -> None:
             for a, accs in r["robust"].items():
                 parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
             print(f"  {d}: " + " | ".join(parts))
+        for d, r in v.get("vqa", {}).items():
+            parts = [f"clean {100 * r['clean']:.1f}"]
+            if r.get("chance") is not None:
+                parts.append(f"chance {100 * r['chance']:.1f}")
+            for a, accs in r["robust"].items():
+                parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
+            print(f"  {d} (VQA accuracy): " + " | ".join(parts))
     for b in summary.get("borda") or []:
         print(f"Borda #{b['place']}: {b['model']} (score {b['borda']:g})")
 

@@ -102,7 +102,10 @@ def summarize_suite(results: dict) -> dict:
 
     Returns `{"models": {model: {"datasets": {dataset: row}, "average": row}}, "borda": [...] | None}` where a row has
     `clean`, `robust` (`{attack: {eps: acc}}`), `expected_robustness` (`{attack: value}`: mean accuracy over
-    {0} ∪ that attack's ε grid, methods.md), `corruptions` (see `corruption_errors`) and `margin`.
+    {0} ∪ that attack's ε grid, methods.md), `corruptions` (see `corruption_errors`) and `margin`. VQA datasets
+    (`task: vqa`) go to `{model: {"vqa": {dataset: row}}}` instead, with VQA accuracy in `clean` / `robust`, plus
+    `per_type` (`{question type: {"clean" | "<attack> ε=<eps>": acc}}`), `chance` and `answer_mode`; they are left
+    out of the classification averages but enter the Borda ranking (columns are compared per dataset).
     """
     from .borda import borda_ranking
     from .corruptions import ALEXNET_IMAGENET_C_ERRORS, corruption_errors
@@ -113,8 +116,14 @@ def summarize_suite(results: dict) -> dict:
     refs = {d["name"]: (d.get("corruptions") or {}).get("reference", "none") for d in suite["datasets"]}
     order = [d["name"] for d in suite["datasets"]]
     rows: dict[str, dict[str, dict]] = {}
+    vqa_rows: dict[str, dict[str, dict]] = {}
     for cell in results["cells"].values():
         m, d = cell["model"], cell["dataset"]
+        if cell["kind"] in ("vqa_clean", "vqa_attack"):
+            rows.setdefault(m, {})
+            _add_vqa_cell(vqa_rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}, "per_type": {}}),
+                          cell)
+            continue
         row = rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}, "corr_acc": {}, "margin": {}})
         if cell["kind"] == "clean":
             row["clean"], row["n"] = cell["accuracy"], cell["n"]
@@ -154,12 +163,36 @@ def summarize_suite(results: dict) -> dict:
             ds[d] = {"n": row.get("n"), "clean": row["clean"], "robust": row["robust"], "expected_robustness": er,
                      "corruptions": corr, "margin": row["margin"]}
         out["models"][m] = {"datasets": ds, "average": _average(ds)}
+        vqa = {d: vqa_rows[m][d] for d in sorted(vqa_rows.get(m, {}),
+                                                  key=lambda k: order.index(k) if k in order else len(order))
+               if vqa_rows[m][d]["clean"] is not None}
+        for r in vqa.values():
+            r["expected_robustness"] = {a: expected_robustness({0.0: r["clean"], **accs}) for a, accs in
+                                        r["robust"].items()}
+            r["corruptions"], r["margin"] = None, {}
+        if vqa:
+            out["models"][m]["vqa"] = vqa
     if len(out["models"]) > 1:
-        scores = {m: {d: _columns(r) for d, r in v["datasets"].items()} for m, v in out["models"].items()}
+        scores = {m: {d: _columns(r) for d, r in {**v["datasets"], **v.get("vqa", {})}.items()}
+                  for m, v in out["models"].items()}
         out["borda"] = borda_ranking(scores)
     else:
         out["borda"] = None
     return out
+
+
+def _add_vqa_cell(row: dict, cell: dict) -> None:
+    if cell["kind"] == "vqa_clean":
+        row.update(clean=cell["accuracy"], n=cell["n"], chance=cell.get("chance_accuracy"),
+                   answer_mode=cell.get("answer_mode"))
+        for t, v in cell.get("per_type", {}).items():
+            row["per_type"].setdefault(t, {})["clean"] = v
+    else:
+        a = f"{cell['attack']} ({cell['norm']})"
+        row["robust"].setdefault(a, {})[float(cell["eps"])] = cell["accuracy"]
+        eps = format_eps(float(cell["eps"])) if cell["norm"] == "Linf" else f"{float(cell['eps']):g}"
+        for t, v in cell.get("per_type", {}).items():
+            row["per_type"].setdefault(t, {})[f"{a} ε={eps}"] = v
 
 
 def _reference_errors(path: str, dataset: str) -> dict[str, list[float]] | None:
@@ -215,7 +248,8 @@ def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathL
 
     curves: dict[str, dict[str, dict[float, float]]] = {}  # norm -> curve label -> {eps: acc}
     for m, v in summary["models"].items():
-        rows = list(v["datasets"].values()) if dataset is None else [v["datasets"].get(dataset)]
+        rows = (list(v["datasets"].values()) if dataset is None
+                else [v["datasets"].get(dataset) or v.get("vqa", {}).get(dataset)])
         pts_by: dict[str, dict[float, list[float]]] = {}
         for r in filter(None, rows):
             for a, accs in r["robust"].items():
@@ -236,7 +270,8 @@ def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathL
             ax.plot([e * 255 if norm == "Linf" else e for e in xs], [100 * pts[e] for e in xs], marker="o",
                     label=label)
         ax.set_xlabel("ε (L∞, in /255 pixel units)" if norm == "Linf" else f"ε ({norm}, pixel units)")
-        ax.set_ylabel("accuracy (%)")
+        is_vqa = dataset is not None and any(dataset in v.get("vqa", {}) for v in summary["models"].values())
+        ax.set_ylabel("VQA accuracy (%)" if is_vqa else "accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -329,11 +364,24 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
     for d in suite["datasets"]:
         for a in d["attacks"]:
             eps = ", ".join(format_eps(e) if a["norm"] == "Linf" else f"{e:g}" for e in a["eps"])
+            if d.get("task") == "vqa":
+                vq = d.get("vqa") or {}
+                ens = (f"ensemble over {a.get('max_references') or 'all'} distinct references per question"
+                       + (f" + targeted runs {a['targets']}" if a.get("targets") else "")
+                       if a.get("ensemble") else "one run on the majority answer")
+                md.append(f"- `{d['name']}` (VQA, answers by {vq.get('answer_mode')}): {a['label']} = APGD on the "
+                          f"teacher-forced answer loss, {ens}, {a['norm']}, ε ∈ {{{eps}}}, {a['steps']} iterations, "
+                          f"seed {a['seed']}, n = {d.get('n_samples') or 'all'} questions")
+                continue
             md.append(f"- `{d['name']}`: {a['label']} = {' then '.join(a['components'])}, {a['norm']}, "
                       f"ε ∈ {{{eps}}}, {a['steps']} iterations, seed {a['seed']}, n = {d.get('n_samples') or 'all'}")
     md.append("")
     for m, v in summary["models"].items():
         md += [f"## `{m}`", ""]
+        if v.get("vqa"):
+            md += _vqa_markdown(v["vqa"])
+        if not v["datasets"]:
+            continue
         labels = sorted({a for r in v["datasets"].values() for a in r["robust"]})
         eps_cols = [(a, e) for a in labels for e in sorted({e for r in v["datasets"].values()
                                                            for e in r["robust"].get(a, {})})]
@@ -410,6 +458,33 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
     return "\n".join(md)
 
 
+def _vqa_markdown(vqa: dict[str, dict]) -> list[str]:
+    """The VQA table of one model (VQA accuracy clean / per attack and ε, expected robustness) and per-type rows."""
+    labels = sorted({a for r in vqa.values() for a in r["robust"]})
+    eps_cols = [(a, e) for a in labels for e in sorted({e for r in vqa.values() for e in r["robust"].get(a, {})})]
+    header = ["VQA dataset", "n", "answers", "chance", "clean"] + \
+        [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}" for a, e in eps_cols] + \
+        [f"exp. rob. {a}" for a in labels]
+    rows = []
+    for d, r in vqa.items():
+        cells = [d, str(r.get("n")), str(r.get("answer_mode")), _pct(r.get("chance")), _pct(r["clean"])]
+        cells += [_pct(r["robust"].get(a, {}).get(e)) for a, e in eps_cols]
+        cells += [_pct(r["expected_robustness"].get(a)) for a in labels]
+        rows.append(cells)
+    md = ["### VQA accuracy", "",
+          "Official VQA accuracy (min(1, #matching references / 3), averaged over leave-one-out reference subsets), "
+          "in %; robust = per question the worst answer over the attack runs (and over every smaller ε). Chance = "
+          "always answering each question type's most frequent answer (where the dataset defines it).", "",
+          _md_table(header, rows), ""]
+    for d, r in vqa.items():
+        if len(r["per_type"]) > 1:
+            cols = list(next(iter(r["per_type"].values())))
+            md += [f"By question type on `{d}`:", "",
+                   _md_table(["type"] + cols, [[t] + [_pct(v.get(c)) for c in cols]
+                                               for t, v in r["per_type"].items()]), ""]
+    return md
+
+
 def write_suite_report(results: dict, output_dir: str | os.PathLike) -> dict:
     """Write `report.md` and the PNG plots of a suite results dict into `output_dir`; return the summary."""
     out = Path(output_dir)
@@ -417,14 +492,15 @@ def write_suite_report(results: dict, output_dir: str | os.PathLike) -> dict:
     summary = summarize_suite(results)
     plots: dict[str, str] = {}
     datasets = [d["name"] for d in results["suite"]["datasets"]
-                if any(d["name"] in v["datasets"] for v in summary["models"].values())]
-    has_attacks = any(r["robust"] for v in summary["models"].values() for r in v["datasets"].values())
+                if any(d["name"] in v["datasets"] or d["name"] in v.get("vqa", {}) for v in summary["models"].values())]
+    has_attacks = any(r["robust"] for v in summary["models"].values()
+                      for r in (*v["datasets"].values(), *v.get("vqa", {}).values()))
     if has_attacks:
         for d in datasets:
             name = f"acc_vs_eps_{_safe(d)}.png"
             plot_suite_accuracy(summary, d, out / name)
             plots[f"accuracy vs ε: {d}"] = name
-        if len(datasets) > 1:
+        if sum(any(d in v["datasets"] for v in summary["models"].values()) for d in datasets) > 1:
             plot_suite_accuracy(summary, None, out / "acc_vs_eps_average.png")
             plots["accuracy vs ε: average"] = "acc_vs_eps_average.png"
     for d in datasets:
@@ -432,7 +508,7 @@ def write_suite_report(results: dict, output_dir: str | os.PathLike) -> dict:
             name = f"corruptions_{_safe(d)}.png"
             plot_corruptions(summary, d, out / name)
             plots[f"corruptions: {d}"] = name
-    if len(summary["models"]) > 1:
+    if len(summary["models"]) > 1 and all(v["average"].get("columns") for v in summary["models"].values()):
         plot_model_comparison(summary, out / "model_comparison.png")
         plots["model comparison"] = "model_comparison.png"
     atomic_write_text(out / "report.md", suite_markdown(results, summary, plots))

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..utils.io import atomic_write_json
-from .suite import AttackSpec, DatasetSpec, Suite, fingerprint, load_suite
+from .suite import AttackSpec, DatasetSpec, Suite, VQAAttackSpec, fingerprint, load_suite
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,52 @@ def load_suite_dataset(spec: DatasetSpec, model) -> Any:
         ) from err
 
 
+def load_vqa_dataset(spec: DatasetSpec, model) -> Any:
+    """The questions of a `task: vqa` dataset (the first / seeded `n_samples`), images preprocessed lazily.
+
+    Raises:
+        DatasetUnavailable: naming the dataset, the reason, and the suite's download hint.
+    """
+    if not (hasattr(model, "rank_answers") and hasattr(model, "answer_loss")):
+        raise DatasetUnavailable(
+            f"dataset '{spec.name}' is a VQA dataset (task: vqa) but model {type(model).__name__} cannot answer "
+            "questions (it is not an LVLM such as llava:… / qwen_vl:…); run it on an LVLM, or --skip-missing.")
+    vs = spec.vqa
+    try:
+        if spec.source == "shapes-vqa":
+            from ..data.shapes_vqa import ShapesVQA
+
+            return ShapesVQA(spec.n_samples, image_size=vs.image_size, seed=spec.seed, transform=model.preprocess)
+        if spec.source == "vqa-json":
+            from ..data.vqa import VQAJsonDataset
+
+            root = Path(os.path.expanduser(spec.data_dir)) if spec.data_dir else Path(".")
+            kw = {"image_pattern": vs.image_pattern} if vs.image_pattern else {}
+            ds = VQAJsonDataset(root / os.path.expanduser(vs.questions_file),
+                                root / os.path.expanduser(vs.annotations_file),
+                                image_dir=root / os.path.expanduser(vs.image_dir), **kw)
+        else:
+            import datasets as hf_datasets
+
+            from ..data.vqa import HFVQADataset
+
+            local = Path(os.path.expanduser(spec.source))
+            raw = (hf_datasets.load_from_disk(str(local)) if (local / "dataset_info.json").is_file()
+                   else hf_datasets.load_dataset(spec.source, split=spec.split, data_dir=spec.data_dir))
+            if isinstance(raw, hf_datasets.DatasetDict):
+                raw = raw[spec.split]
+            ds = HFVQADataset(raw, answers_field=vs.answers_field)
+        idx = subset_indices(len(ds), spec.n_samples, spec.seed)
+        if len(idx) < len(ds):
+            ds = torch.utils.data.Subset(ds, idx)
+        return ds
+    except (RuntimeError, FileNotFoundError, OSError, ValueError, ImportError, KeyError) as err:
+        hint = f" To get it: {spec.download}" if spec.download else ""
+        raise DatasetUnavailable(
+            f"dataset '{spec.name}' (VQA source {spec.source!r}, split {spec.split!r}) could not be loaded: "
+            f"{type(err).__name__}: {err}.{hint}") from err
+
+
 # -- the runner ----------------------------------------------------------------------------------------------------
 
 
@@ -245,7 +291,8 @@ class _ModelSlot:
 
     def dataset(self, spec: DatasetSpec):
         if spec.name not in self._data:
-            self._data[spec.name] = load_suite_dataset(spec, self.model)
+            load = load_vqa_dataset if spec.task == "vqa" else load_suite_dataset
+            self._data[spec.name] = load(spec, self.model)
         return self._data[spec.name]
 
     def classifier(self, spec: DatasetSpec):
@@ -418,6 +465,9 @@ class _Runner:
         weights = weights_signature(slot.ref)
         if weights is not None:  # retrained into the same folder => different cells, not stale reuse
             base["weights"] = weights
+        if spec.task == "vqa":
+            self._run_vqa(model, slot, spec, base)
+            return
         ck = clean_key(model, spec.name)
         clean_cfg = {**base, "kind": "clean"}
 
@@ -481,6 +531,127 @@ class _Runner:
                 "robust": pack_mask(robust), "n_attacked": len(idx), "broken_by": broken_by,
                 "attacked_images_per_s": round(len(idx) / dt, 3) if idx and dt > 0 else None}
 
+    # -- VQA (LVLMs) --------------------------------------------------------------------------------------------------
+    def _run_vqa(self, model: str, slot: _ModelSlot, spec: DatasetSpec, base: dict) -> None:
+        """Clean VQA accuracy, then each attack's ε grid in ascending order. Scores are per-question soft VQA
+        accuracies; each ε keeps the per-question minimum with the next smaller ε (its perturbations lie inside the
+        larger ball too) and only re-attacks questions that still score above 0."""
+        clean_cfg = {**base, "kind": "vqa_clean", "batch_size": spec.batch_size}
+        clean_cell = self._cell(clean_key(model, spec.name), clean_cfg, lambda: self._vqa_clean(model, slot, spec))
+        for atk in spec.attacks:
+            parent_cfg, parent = fingerprint(clean_cfg), clean_cell["scores"]
+            for eps in atk.eps:
+                cfg = {**base, "kind": "vqa_attack", "norm": atk.norm, "eps": eps_key(eps), "steps": atk.steps,
+                       "seed": atk.seed, "ensemble": atk.ensemble, "targets": list(atk.targets),
+                       "max_references": atk.max_references, "batch_size": spec.batch_size, "parent": parent_cfg}
+                cell = self._cell(attack_key(model, spec.name, atk, eps), cfg,
+                                  lambda a=atk, e=eps, p=parent: self._vqa_attack(model, slot, spec, a, e, p,
+                                                                                  clean_cell))
+                parent_cfg, parent = fingerprint(cfg), cell["scores"]
+
+    def _vqa_batches(self, slot: _ModelSlot, spec: DatasetSpec, indices: list[int]):
+        data = slot.dataset(spec)
+        model = slot.model
+        for start in range(0, len(indices), spec.batch_size):
+            idx = indices[start:start + spec.batch_size]
+            items = [data[i] for i in idx]
+            imgs = [it["pixel_values"] if "pixel_values" in it else model.preprocess(it["image"]) for it in items]
+            pixels = torch.stack([torch.as_tensor(x) for x in imgs]).float().to(model.device)
+            yield idx, pixels, [it["question"] for it in items], [list(it["answers"]) for it in items], items
+
+    def _vqa_score_fn(self, slot: _ModelSlot, spec: DatasetSpec, questions: list[str], refs: list[list[str]]):
+        from .vqa import _answer, vqa_accuracy
+
+        vs = spec.vqa
+        candidates = self._vqa_candidates(slot, spec)
+
+        def score(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            pos = idx.tolist()
+            with torch.no_grad():
+                preds = _answer(slot.model, x, [questions[i] for i in pos], vs.answer_mode, candidates,
+                                vs.max_new_tokens)
+            return torch.tensor([vqa_accuracy(p, refs[i]) for p, i in zip(preds, pos)])
+
+        return score
+
+    def _vqa_candidates(self, slot: _ModelSlot, spec: DatasetSpec) -> list[str] | None:
+        if spec.vqa.answer_mode != "rank":
+            return None
+        if spec.vqa.candidates:
+            return list(spec.vqa.candidates)
+        data = slot.dataset(spec)
+        return data.answer_candidates()
+
+    @staticmethod
+    def _per_type(scores: list[float], types: list[str]) -> dict[str, float]:
+        out = {}
+        for t in dict.fromkeys(types):
+            vals = [s for s, x in zip(scores, types) if x == t]
+            out[t] = round(sum(vals) / len(vals), 4)
+        return out
+
+    def _vqa_clean(self, model: str, slot: _ModelSlot, spec: DatasetSpec) -> dict:
+        data = slot.dataset(spec)
+        lvlm = slot.model
+        was_training = lvlm.training
+        lvlm.eval()
+        scores: list[float] = []
+        types: list[str] = []
+        try:
+            for _, pixels, questions, refs, items in self._vqa_batches(slot, spec, list(range(len(data)))):
+                if any(not r for r in refs):
+                    raise DatasetUnavailable(f"dataset '{spec.name}': some questions have no reference answers "
+                                             "(annotations missing?); VQA accuracy needs them.")
+                score = self._vqa_score_fn(slot, spec, questions, refs)
+                scores += [float(v) for v in score(pixels, torch.arange(len(questions)))]
+                types += [str(it.get("question_type", "") or "all") for it in items]
+        finally:
+            lvlm.train(was_training)
+        scores = [round(v, 4) for v in scores]  # stored rounded; the attack cells start from these
+        cell = {"kind": "vqa_clean", "task": "vqa", "metric": "vqa_accuracy", "model": model, "dataset": spec.name,
+                "n": len(scores), "accuracy": sum(scores) / max(len(scores), 1), "answer_mode": spec.vqa.answer_mode,
+                "scores": scores, "question_types": types,
+                "per_type": self._per_type(scores, types)}
+        if hasattr(data, "chance_accuracy"):
+            cell["chance_accuracy"] = round(data.chance_accuracy()["overall"], 4)
+        return cell
+
+    def _vqa_attack(self, model: str, slot: _ModelSlot, spec: DatasetSpec, atk: VQAAttackSpec, eps: float,
+                    parent: list[float], clean_cell: dict) -> dict:
+        from ..attacks.vlm import ensemble_attack
+        from ..data.vqa import majority_answer
+
+        scores = [float(v) for v in parent]
+        alive = [i for i, v in enumerate(scores) if v > 0]
+        lvlm = slot.model
+        was_training = lvlm.training
+        lvlm.eval()
+        t0 = time.perf_counter()
+        try:
+            for idx, pixels, questions, refs, _ in self._vqa_batches(slot, spec, alive):
+                score = self._vqa_score_fn(slot, spec, questions, refs)
+                if atk.ensemble:
+                    _, worst = ensemble_attack(lvlm, pixels, questions, refs, eps=eps, score_fn=score,
+                                               steps=atk.steps, norm=atk.norm, targets=atk.targets,
+                                               max_references=atk.max_references, seed=atk.seed)
+                else:
+                    _, worst = ensemble_attack(lvlm, pixels, questions, [[majority_answer(r)] for r in refs],
+                                               eps=eps, score_fn=score, steps=atk.steps, norm=atk.norm,
+                                               seed=atk.seed)
+                for i, w in zip(idx, worst.tolist()):
+                    scores[i] = min(scores[i], round(float(w), 4))
+        finally:
+            lvlm.train(was_training)
+        dt = time.perf_counter() - t0
+        n = len(scores)
+        return {"kind": "vqa_attack", "task": "vqa", "metric": "vqa_accuracy", "model": model, "dataset": spec.name,
+                "attack": atk.label, "components": list(atk.components), "norm": atk.norm, "eps": eps,
+                "steps": atk.steps, "seed": atk.seed, "ensemble": atk.ensemble, "targets": list(atk.targets),
+                "max_references": atk.max_references, "n": n, "accuracy": sum(scores) / max(n, 1),
+                "scores": scores, "n_attacked": len(alive),
+                "per_type": self._per_type(scores, clean_cell["question_types"]),
+                "attacked_questions_per_s": round(len(alive) / dt, 3) if alive and dt > 0 else None}
+
     def _corruptions(self, model: str, slot: _ModelSlot, spec: DatasetSpec, base: dict, clean_cell: dict) -> None:
         from .corruptions import CorruptedDataset
         from .zero_shot import predict
@@ -538,4 +709,5 @@ class _Runner:
                 "estimates": estimates}
 
 
-__all__ = ["DatasetUnavailable", "RESULTS_NAME", "load_results", "load_suite_dataset", "merge_results", "run_suite"]
+__all__ = ["DatasetUnavailable", "RESULTS_NAME", "load_results", "load_suite_dataset", "load_vqa_dataset",
+           "merge_results", "run_suite"]

@@ -28,6 +28,20 @@ A suite file is a mapping::
             options: {apgd-t: {n_target_classes: 9}}
         corruptions: {types: common, severities: [1, 2, 3, 4, 5], n_samples: 1000, reference: alexnet}
         margin: {attack: apgd-ce+apgd-t, subset: 500}
+      - name: shapes-vqa                 # a VQA dataset for LVLMs (`task: vqa`; the default task is classification)
+        task: vqa
+        source: shapes-vqa               # shapes-vqa (offline generator, n_samples / seed) | vqa-json | a Hub id
+        n_samples: 60
+        batch_size: 20
+        vqa: {answer_mode: rank}         # rank (closed set) | generate; questions_file / annotations_file /
+                                         # image_dir / image_pattern for vqa-json; answers_field for the Hub
+        attacks:
+          - attack: apgd                 # APGD on the teacher-forced answer loss (the only VQA attack)
+            eps: [2/255, 4/255]
+            steps: 100
+            ensemble: true               # one run per distinct reference answer, worst case per question
+            max_references: 3
+            targets: ["maybe"]           # extra targeted runs
 
 Every error names the suite and the path of the offending field (``suite 'x': datasets[2].attacks[0].eps: ...``).
 No Python is imported from YAML: sets of class names and templates are data, attacks are registry names.
@@ -58,9 +72,20 @@ MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 
 _TOP_KEYS = {"name", "description", "include", "template_sets", "classname_sets", "dataset_defs", "defaults",
              "datasets", "expected_robustness", "notes"}
-_DATASET_KEYS = {"use", "name", "source", "split", "n_samples", "seed", "batch_size", "classnames", "templates",
-                 "image_column", "label_column", "data_dir", "download", "attacks", "corruptions", "margin"}
-_DEFAULT_KEYS = _DATASET_KEYS - {"use", "name", "source", "download"}
+_DATASET_KEYS = {"use", "name", "task", "source", "split", "n_samples", "seed", "batch_size", "classnames",
+                 "templates", "image_column", "label_column", "data_dir", "download", "attacks", "corruptions",
+                 "margin", "vqa"}
+_DEFAULT_KEYS = _DATASET_KEYS - {"use", "name", "task", "source", "download", "vqa"}
+TASKS = ("classification", "vqa")
+#: dataset fields of a `task: vqa` entry, and the suite defaults that also apply to VQA entries
+_VQA_DATASET_KEYS = {"use", "name", "task", "source", "split", "n_samples", "seed", "batch_size", "data_dir",
+                     "download", "attacks", "vqa"}
+_VQA_DEFAULT_KEYS = {"split", "n_samples", "seed", "batch_size", "data_dir"}
+_VQA_KEYS = {"answer_mode", "candidates", "max_new_tokens", "questions_file", "annotations_file", "image_dir",
+             "image_pattern", "answers_field", "image_size"}
+_VQA_ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "ensemble", "targets", "max_references"}
+#: VQA sources that are not Hub ids
+VQA_SOURCES = ("shapes-vqa", "vqa-json")
 _ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "options"}
 _CORRUPTION_KEYS = {"types", "severities", "n_samples", "seed", "reference", "min_size", "batch_size"}
 _MARGIN_KEYS = {"attack", "subset", "seed", "steps", "n_target_classes", "max_norm"}
@@ -163,8 +188,63 @@ class MarginSpec:
 
 
 @dataclass(frozen=True)
+class VQASpec:
+    """How a `task: vqa` dataset is read and answered.
+
+    Args:
+        answer_mode (`str`): "rank" (the most likely of a closed answer set; steadier for small models) or
+            "generate" (greedy decoding).
+        candidates (`tuple[str, ...]`, *optional*): the answer set for "rank" (defaults to the dataset's own
+            `answer_candidates()`, which `shapes-vqa` has).
+        max_new_tokens (`int`): generation length for "generate".
+        questions_file, annotations_file, image_dir, image_pattern: the official VQA JSON files and image folder
+            (`source: vqa-json`, see `VQAJsonDataset`).
+        answers_field (`str`): answers column of a Hub dataset (list of strings or of `{"answer": ...}`).
+        image_size (`int`): rendered side of `shapes-vqa` images.
+    """
+
+    answer_mode: str = "generate"
+    candidates: tuple[str, ...] | None = None
+    max_new_tokens: int = 10
+    questions_file: str | None = None
+    annotations_file: str | None = None
+    image_dir: str | None = None
+    image_pattern: str | None = None
+    answers_field: str = "answers"
+    image_size: int = 64
+
+
+@dataclass(frozen=True)
+class VQAAttackSpec:
+    """One threat model of a VQA dataset: APGD on the teacher-forced answer loss (RobustVLM protocol).
+
+    Args:
+        components (`tuple[str, ...]`): `("apgd",)`.
+        label (`str`): name of the cell column.
+        norm (`str`): "Linf" or "L2".
+        eps (`tuple[float, ...]`): budgets in [0, 1] pixel units, ascending, ε > 0.
+        steps (`int`): APGD iterations per run.
+        seed (`int`): attack seed.
+        ensemble (`bool`): one untargeted run per distinct reference answer (worst case per question), else one
+            run on the majority answer.
+        targets (`tuple[str, ...]`): strings forced by extra targeted runs (ensemble only).
+        max_references (`int`, *optional*): cap on distinct references attacked per question.
+    """
+
+    components: tuple[str, ...]
+    label: str
+    norm: str = "Linf"
+    eps: tuple[float, ...] = ()
+    steps: int = 100
+    seed: int = 0
+    ensemble: bool = True
+    targets: tuple[str, ...] = ()
+    max_references: int | None = None
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset of a suite and everything measured on it."""
+    """One dataset of a suite and everything measured on it (`task` "classification" or "vqa")."""
 
     name: str
     source: str
@@ -178,12 +258,17 @@ class DatasetSpec:
     label_column: str | None = None
     data_dir: str | None = None
     download: str | None = None
-    attacks: tuple[AttackSpec, ...] = ()
+    attacks: tuple[AttackSpec | VQAAttackSpec, ...] = ()
     corruptions: CorruptionSpec | None = None
     margin: MarginSpec | None = None
+    task: str = "classification"
+    vqa: VQASpec | None = None
 
     def data_config(self) -> dict:
         """What decides which images and labels are evaluated (part of every cell's fingerprint)."""
+        if self.task == "vqa":
+            return {"task": "vqa", "source": self.source, "split": self.split, "n_samples": self.n_samples,
+                    "seed": self.seed, "data_dir": self.data_dir, "vqa": asdict(self.vqa) if self.vqa else None}
         return {"source": self.source, "split": self.split, "n_samples": self.n_samples, "seed": self.seed,
                 "classnames": self.classnames, "templates": self.templates, "image_column": self.image_column,
                 "label_column": self.label_column, "data_dir": self.data_dir}
@@ -339,6 +424,25 @@ def parse_eps(value: Any) -> float:
     raise ValueError(f"{value!r} is not a number or a fraction such as 4/255")
 
 
+def _eps_grid(ctx: _Ctx, eps_raw: Any, norm: str, where: str) -> tuple[float, ...]:
+    if eps_raw is None:
+        raise ctx.fail(f"{where}.eps", "missing; give a list of budgets such as [2/255, 4/255].")
+    eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
+    eps: list[float] = []
+    for i, e in enumerate(eps_list):
+        try:
+            v = parse_eps(e)
+            check_budget(norm, v)
+        except ValueError as err:
+            raise ctx.fail(f"{where}.eps[{i}]", str(err)) from err
+        if v <= 0:
+            raise ctx.fail(f"{where}.eps[{i}]", "must be > 0 (clean accuracy is always measured; it is ε = 0).")
+        eps.append(v)
+    if not eps:
+        raise ctx.fail(f"{where}.eps", "is empty.")
+    return tuple(sorted(set(eps)))
+
+
 def _attack(ctx: _Ctx, raw: Any, where: str) -> AttackSpec:
     raw = ctx.check_keys(raw, _ATTACK_KEYS, where)
     if "attack" not in raw:
@@ -358,22 +462,7 @@ def _attack(ctx: _Ctx, raw: Any, where: str) -> AttackSpec:
     if norm == "L1":
         raise ctx.fail(f"{where}.norm", "L1 budgets are not implemented yet by the APGD / PGD attacks "
                                         "(only Linf and L2); remove this attack or use norm: Linf / L2.")
-    eps_raw = raw.get("eps")
-    if eps_raw is None:
-        raise ctx.fail(f"{where}.eps", "missing; give a list of budgets such as [2/255, 4/255].")
-    eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
-    eps: list[float] = []
-    for i, e in enumerate(eps_list):
-        try:
-            v = parse_eps(e)
-            check_budget(norm, v)
-        except ValueError as err:
-            raise ctx.fail(f"{where}.eps[{i}]", str(err)) from err
-        if v <= 0:
-            raise ctx.fail(f"{where}.eps[{i}]", "must be > 0 (clean accuracy is always measured; it is ε = 0).")
-        eps.append(v)
-    if not eps:
-        raise ctx.fail(f"{where}.eps", "is empty.")
+    eps = _eps_grid(ctx, raw.get("eps"), norm, where)
     options = raw.get("options") or {}
     if not isinstance(options, Mapping):
         raise ctx.fail(f"{where}.options", "must map component names to argument mappings.")
@@ -389,10 +478,103 @@ def _attack(ctx: _Ctx, raw: Any, where: str) -> AttackSpec:
     if "|" in label:
         raise ctx.fail(f"{where}.label", "must not contain '|'.")
     return AttackSpec(
-        components=tuple(comps), label=label, norm=norm, eps=tuple(sorted(set(eps))),
+        components=tuple(comps), label=label, norm=norm, eps=eps,
         steps=ctx.integer(raw.get("steps", 100), f"{where}.steps", lo=1),
         seed=ctx.integer(raw.get("seed", 0), f"{where}.seed", lo=0),
         options={k: dict(v) for k, v in options.items()},
+    )
+
+
+def _vqa_attack(ctx: _Ctx, raw: Any, where: str) -> VQAAttackSpec:
+    raw = ctx.check_keys(raw, _VQA_ATTACK_KEYS, where)
+    comps = raw.get("attack", "apgd")
+    comps = [comps] if isinstance(comps, str) else comps
+    if comps != ["apgd"]:
+        raise ctx.fail(f"{where}.attack", f"VQA datasets support only 'apgd' (APGD on the answer loss), got "
+                                          f"{raw.get('attack')!r}.")
+    try:
+        norm = canonical_norm(raw.get("norm", "Linf"))
+    except ValueError as err:
+        raise ctx.fail(f"{where}.norm", str(err)) from err
+    if norm not in ("Linf", "L2"):
+        raise ctx.fail(f"{where}.norm", f"must be Linf or L2 for VQA attacks, got {norm}.")
+    eps = _eps_grid(ctx, raw.get("eps"), norm, where)
+    ensemble = raw.get("ensemble", True)
+    if not isinstance(ensemble, bool):
+        raise ctx.fail(f"{where}.ensemble", f"must be true or false, got {ensemble!r}.")
+    targets = raw.get("targets") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        raise ctx.fail(f"{where}.targets", f"must be a list of non-empty strings, got {raw.get('targets')!r}.")
+    if targets and not ensemble:
+        raise ctx.fail(f"{where}.targets", "targeted runs are part of the ensemble; set ensemble: true.")
+    label = ctx.string(raw.get("label", "apgd-ensemble" if ensemble else "apgd"), f"{where}.label")
+    if "|" in label:
+        raise ctx.fail(f"{where}.label", "must not contain '|'.")
+    return VQAAttackSpec(
+        components=("apgd",), label=label, norm=norm, eps=eps,
+        steps=ctx.integer(raw.get("steps", 100), f"{where}.steps", lo=1),
+        seed=ctx.integer(raw.get("seed", 0), f"{where}.seed", lo=0), ensemble=ensemble, targets=tuple(targets),
+        max_references=ctx.integer(raw.get("max_references"), f"{where}.max_references", lo=1, optional=True),
+    )
+
+
+def _vqa_spec(ctx: _Ctx, raw: Any, source: str, where: str) -> VQASpec:
+    raw = ctx.check_keys(raw or {}, _VQA_KEYS, where)
+    mode = raw.get("answer_mode", "rank" if source == "shapes-vqa" else "generate")
+    if mode not in ("rank", "generate"):
+        raise ctx.fail(f"{where}.answer_mode", f"must be 'rank' or 'generate', got {mode!r}.")
+    cands = raw.get("candidates")
+    if cands is not None and (not isinstance(cands, list) or not cands
+                              or not all(isinstance(c, str) and c for c in cands)):
+        raise ctx.fail(f"{where}.candidates", f"must be a non-empty list of answer strings, got {cands!r}.")
+    if mode == "rank" and cands is None and source != "shapes-vqa":
+        raise ctx.fail(f"{where}.candidates", "answer_mode 'rank' needs the closed answer set here (only "
+                                              "shapes-vqa provides its own); give candidates or use 'generate'.")
+    files = {k: ctx.string(raw.get(k), f"{where}.{k}", optional=True)
+             for k in ("questions_file", "annotations_file", "image_dir", "image_pattern")}
+    if source == "vqa-json":
+        for k in ("questions_file", "annotations_file", "image_dir"):
+            if files[k] is None:
+                raise ctx.fail(f"{where}.{k}", "missing; source vqa-json needs questions_file, annotations_file "
+                                               "and image_dir.")
+    else:
+        extra = [k for k, v in files.items() if v is not None]
+        if extra:
+            raise ctx.fail(f"{where}.{extra[0]}", "only used with source: vqa-json.")
+    return VQASpec(
+        answer_mode=mode, candidates=tuple(cands) if cands else None,
+        max_new_tokens=ctx.integer(raw.get("max_new_tokens", 10), f"{where}.max_new_tokens", lo=1), **files,
+        answers_field=ctx.string(raw.get("answers_field", "answers"), f"{where}.answers_field"),
+        image_size=ctx.integer(raw.get("image_size", 64), f"{where}.image_size", lo=8),
+    )
+
+
+def _vqa_dataset(ctx: _Ctx, d: dict, dname: str, where: str, n_override: int | None,
+                 batch_override: int | None) -> DatasetSpec:
+    for k in d:
+        if k not in _VQA_DATASET_KEYS:
+            raise ctx.fail(f"{where}.{k}", "is a classification field; not allowed with task: vqa "
+                                           f"(VQA fields: {', '.join(sorted(_VQA_DATASET_KEYS - {'use'}))}).")
+    source = ctx.string(d.get("source"), f"{where}.source")
+    n = ctx.integer(d.get("n_samples"), f"{where}.n_samples", lo=1, optional=True)
+    if n_override is not None:
+        n = n_override if n is None else min(n, n_override)
+    if source == "shapes-vqa" and n is None:
+        raise ctx.fail(f"{where}.n_samples", "missing; the shapes-vqa generator needs the number of questions.")
+    atk_raw = d.get("attacks") or []
+    if not isinstance(atk_raw, list):
+        raise ctx.fail(f"{where}.attacks", "must be a list of attack entries.")
+    attacks = tuple(_vqa_attack(ctx, a, f"{where}.attacks[{j}]") for j, a in enumerate(atk_raw))
+    if len({a.label for a in attacks}) != len(attacks):
+        raise ctx.fail(f"{where}.attacks", "two entries share a label; give them distinct 'label's.")
+    batch = batch_override or ctx.integer(d.get("batch_size", 16), f"{where}.batch_size", lo=1)
+    return DatasetSpec(
+        name=dname, source=source, split=ctx.string(d.get("split", "test"), f"{where}.split"), n_samples=n,
+        seed=ctx.integer(d.get("seed", 0), f"{where}.seed", lo=0), batch_size=batch, classnames=None,
+        templates=None, data_dir=ctx.string(d.get("data_dir"), f"{where}.data_dir", optional=True),
+        download=ctx.string(d.get("download"), f"{where}.download", optional=True), attacks=attacks, task="vqa",
+        vqa=_vqa_spec(ctx, d.get("vqa"), source, f"{where}.vqa"),
     )
 
 
@@ -517,12 +699,25 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
             if use not in defs:
                 raise ctx.fail(f"{where}.use", f"unknown dataset definition {use!r}; defined: {sorted(defs)}.")
             base = {"name": use, **defs[use]}
+        task = d.get("task", base.get("task", "classification"))
+        if task not in TASKS:
+            raise ctx.fail(f"{where}.task", f"unknown task {task!r}; known: {', '.join(TASKS)}.")
+        if task == "vqa":  # classification defaults (templates, attacks, corruptions, ...) do not apply
+            defaults_here = {k: v for k, v in defaults.items() if k in _VQA_DEFAULT_KEYS}
+        else:
+            defaults_here = defaults
         # precedence: shared definition < suite defaults (the protocol) < the entry itself
-        d = {**base, **defaults, **d}
+        d = {**base, **defaults_here, **d}
+        d.pop("task", None)
         dname = ctx.string(d.get("name"), f"{where}.name")
         if dname in seen or "|" in dname:
             raise ctx.fail(f"{where}.name", f"{dname!r} is repeated or contains '|'.")
         seen.add(dname)
+        if task == "vqa":
+            datasets.append(_vqa_dataset(ctx, d, dname, where, n_override, batch_override))
+            continue
+        if "vqa" in d:
+            raise ctx.fail(f"{where}.vqa", "only for task: vqa datasets (add task: vqa, or remove this field).")
         source = ctx.string(d.get("source"), f"{where}.source")
         n = ctx.integer(d.get("n_samples"), f"{where}.n_samples", lo=1, optional=True)
         if n_override is not None:
@@ -569,6 +764,6 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
 
 
 __all__ = [
-    "AttackSpec", "CorruptionSpec", "DatasetSpec", "MarginSpec", "SUITES", "Suite", "SuiteError", "fingerprint",
-    "load_suite", "parse_eps", "resolve_suite_path", "suites_dir",
+    "AttackSpec", "CorruptionSpec", "DatasetSpec", "MarginSpec", "SUITES", "Suite", "SuiteError", "VQAAttackSpec",
+    "VQASpec", "fingerprint", "load_suite", "parse_eps", "resolve_suite_path", "suites_dir",
 ]

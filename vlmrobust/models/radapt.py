@@ -12,9 +12,9 @@ a FARE model (model-guided), or is trained on a few adversarial images (R-Adapt+
 
 How the anchor reaches block 1 differs per backend; an :class:`AnchorAdapter` subclass per backend (registered in
 `ANCHOR_ADAPTERS` under the backend name) says where block 1's attention is, how its output is laid out and which
-patch grid an input has. open_clip and transformers CLIP are here; LLaVA's CLIP tower and Qwen2-VL / Qwen2.5-VL's
-vision tower are each one more small adapter class (and, because LVLMs feed pixels through `pixel_inputs` rather than
-`image_encoder`, a filter call there).
+patch grid an input has: open_clip, transformers CLIP, LLaVA's CLIP tower and Qwen2-VL / Qwen2.5-VL's vision tower
+(packed tokens, one anchor per `(grid_t, grid_h, grid_w)`). Wrapping an LVLM gives an :class:`RAdaptLVLM`, whose
+`pixel_inputs` (the path of `answer_loss`, `generate`, `rank_answers`) runs the [0, 1] pixels through the filter.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch import nn
 from .. import __version__
 from ..registry import Registry
 from .base import ImageEncoder, VisionLanguageModel
+from .lvlm_base import LVLM
 
 RADAPT_CONFIG_NAME = "radapt_config.json"
 RADAPT_WEIGHTS_NAME = "radapt_anchor.safetensors"
@@ -154,6 +155,10 @@ class AnchorAdapter:
     def num_tokens(self, output) -> int:
         return self.tokens(output).shape[1]
 
+    def fits(self, output, anchor: torch.Tensor) -> bool:
+        """Whether `anchor` can be mixed into this attention output."""
+        return anchor.shape[0] == self.num_tokens(output)
+
 
 ANCHOR_ADAPTERS: Registry[type[AnchorAdapter]] = Registry("R-Adapt anchor adapter")
 
@@ -209,13 +214,75 @@ class HFCLIPAnchorAdapter(AnchorAdapter):
         return int(p), int(p)
 
 
+@ANCHOR_ADAPTERS.register("llava")
+class LlavaAnchorAdapter(HFCLIPAnchorAdapter):
+    """LLaVA's CLIP tower: block 1 is `vision_tower.vision_model.encoder.layers[0].self_attn`.
+
+    The anchor covers every token the tower runs on (CLS + patches, `577 × 1024` for LLaVA-1.5 at 336 px), whatever
+    `vision_feature_select_strategy` later keeps for the projector.
+    """
+
+    def vision_model(self) -> nn.Module:
+        vt = self.encoder.tower.vision_tower  # LlavaVisionFeatures -> transformers CLIPVisionModel
+        return getattr(vt, "vision_model", vt)
+
+
+@ANCHOR_ADAPTERS.register("qwen_vl")
+class QwenVLAnchorAdapter(AnchorAdapter):
+    """Qwen2-VL / Qwen2.5-VL vision transformer: block 1 is `visual.blocks[0]`, its attention `attn`.
+
+    Qwen's tower runs on *packed* tokens: its attention output is `(sum of t·h·w over the images, width)`, with no
+    batch axis (Qwen2.5-VL also permutes the tokens into attention windows before block 1, per image). The anchor of a
+    grid `(t, h, w)` is block 1's output on one white image of that grid, `(t·h·w, width)`, in that same packed (and
+    windowed) order; a batch of images that share the grid, which is what `pixel_inputs` builds, gets it once per
+    image (`anchor.repeat`). Anchors are cached per grid (dynamic resolution). A packed batch of images with
+    *different* grids is not supported by this spreading (vlmrobust never builds one: all images of a batch share a
+    size).
+    """
+
+    def visual(self) -> nn.Module:
+        return self.encoder.tower.visual
+
+    def attention(self) -> nn.Module:
+        return self.visual().blocks[0].attn
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        p = int(self.encoder.tower.patch_size)
+        return p, p
+
+    def grid(self, height: int, width: int) -> Grid:
+        tower = self.encoder.tower
+        unit = tower.patch_size * tower.merge_size
+        if height % unit or width % unit:
+            raise ValueError(f"Input of {height}x{width} px is not at Qwen-VL's resolution (multiples of {unit} px): "
+                             "resize with `model.preprocess` first.")
+        return 1, height // tower.patch_size, width // tower.patch_size  # (grid_t, grid_h, grid_w), a still image
+
+    def white_image(self, grid: Grid, device=None) -> torch.Tensor:
+        p = self.patch_size[0]
+        return torch.ones(1, 3, grid[1] * p, grid[2] * p, device=device)
+
+    def tokens(self, output) -> torch.Tensor:
+        out = super().tokens(output)
+        return out[None] if out.dim() == 2 else out  # packed (tokens, width) -> (1, tokens, width)
+
+    def fits(self, output, anchor: torch.Tensor) -> bool:
+        n = self.num_tokens(output)
+        return n >= anchor.shape[0] and n % anchor.shape[0] == 0
+
+    def mix(self, output, anchor, attn_coef, anchor_coef):
+        out = output[0] if isinstance(output, tuple) else output
+        return super().mix(output, anchor.repeat(out.shape[-2] // anchor.shape[0], 1), attn_coef, anchor_coef)
+
+
 def adapter_for(model: VisionLanguageModel) -> AnchorAdapter:
     """The registered :class:`AnchorAdapter` of `model`'s backend, bound to its image encoder."""
     if model.backend not in ANCHOR_ADAPTERS:
         raise NotImplementedError(
             f"R-Adapt has no anchor adapter for the '{model.backend}' backend yet (available: "
-            f"{', '.join(ANCHOR_ADAPTERS.names())}). LLaVA / Qwen-VL towers come with their own issue; another backend "
-            "needs a small AnchorAdapter subclass registered in vlmrobust.models.radapt.ANCHOR_ADAPTERS.")
+            f"{', '.join(ANCHOR_ADAPTERS.names())}). Another backend needs a small AnchorAdapter subclass "
+            "registered in vlmrobust.models.radapt.ANCHOR_ADAPTERS.")
     return ANCHOR_ADAPTERS.get(model.backend)(model.image_encoder)
 
 
@@ -429,8 +496,8 @@ class RAdaptImageEncoder(nn.Module):
         n = self.adapter.num_tokens(output)
         key = grid_key(self._grid) if self._grid is not None else None
         anchor = self.anchors[key] if key in self.anchors else None
-        if anchor is None or anchor.shape[0] != n:
-            matches = [a for a in self.anchors.values() if a.shape[0] == n]
+        if anchor is None or not self.adapter.fits(output, anchor):
+            matches = [a for a in self.anchors.values() if self.adapter.fits(output, a)]
             if len(matches) != 1:
                 raise RuntimeError(f"Block 1 sees {n} tokens but no single cached R-Adapt anchor has that many "
                                    f"(cached grids: {', '.join(self.anchors.keys()) or 'none'}): call the model "
@@ -442,14 +509,21 @@ class RAdaptImageEncoder(nn.Module):
         self._handle.remove()
         _ADAPTED.discard(self.adapter.attention())
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Select (or compute) the anchor for the input's patch grid and return the filtered [0, 1] pixels.
+
+        `forward` runs the encoder on the result; an LVLM runs it through its own `pixel_inputs` instead.
+        """
         if not self.adapter_enabled:
-            return self.encoder(pixels)
+            return pixels
         grid = self.adapter.grid(pixels.shape[-2], pixels.shape[-1])
         self.anchor_for(grid)
         # kept after the call (not reset): a checkpointed block 1 recomputed in backward must pick the same anchor
         self._grid = grid
-        return self.encoder(self.filter(pixels))
+        return self.filter(pixels)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.prepare(pixels))
 
 
 # -- the model -----------------------------------------------------------------------------------------------------
@@ -472,7 +546,8 @@ class RAdaptModel(VisionLanguageModel):
     Use :meth:`training_free`, :meth:`model_guided`, `RAdaptTrainer` (R-Adapt+) or `create_model("radapt:...")`.
 
     Args:
-        base (`VisionLanguageModel`): the backbone (open_clip or transformers CLIP); frozen here.
+        base (`VisionLanguageModel`): the backbone (open_clip, transformers CLIP, LLaVA or Qwen-VL; an LVLM gives an
+            :class:`RAdaptLVLM`); frozen here.
         settings (`RAdaptSettings`, *optional*): filter, coefficients, provenance; `base_model` defaults to
             `base.name_or_path`.
         anchors (`Mapping[str, torch.Tensor]`, *optional*): grid key (`"16x16"`) -> anchor `(tokens, width)`. When
@@ -481,9 +556,14 @@ class RAdaptModel(VisionLanguageModel):
 
     backend = "radapt"
 
+    def __new__(cls, base: VisionLanguageModel | None = None, *args, **kwargs):  # no args: copy / pickle
+        if cls is RAdaptModel and isinstance(base, LVLM):
+            cls = RAdaptLVLM  # answer_loss / generate / rank_answers with the filter in the pixel path
+        return super().__new__(cls)
+
     def __init__(self, base: VisionLanguageModel, settings: RAdaptSettings | None = None,
                  anchors: Mapping[str, torch.Tensor] | None = None):
-        super().__init__()
+        nn.Module.__init__(self)  # not super(): RAdaptLVLM also derives from LVLM, whose __init__ takes the model
         if isinstance(base, RAdaptModel):
             raise TypeError("The base model is already an RAdaptModel.")
         settings = settings or RAdaptSettings()
@@ -627,6 +707,45 @@ class RAdaptModel(VisionLanguageModel):
                **extra_config}
         atomic_write_json(out / RADAPT_CONFIG_NAME, cfg)
         return out
+
+
+class RAdaptLVLM(RAdaptModel, LVLM):
+    """R-Adapt on a large vision-language model (LLaVA): `RAdaptModel(llava)` builds one of these.
+
+    The LVLM protocol (`answer_loss`, `forward_logits`, `generate`, `rank_answers`, `build_batch`) is the base
+    model's, run on the same frozen weights; only :meth:`pixel_inputs` differs: the [0, 1] pixels go through the
+    Gaussian input filter (inside the differentiable graph, so attacks on the answer loss see it) and select the
+    anchor for their patch grid before the backend's own normalisation. The anchor itself enters through the hook on
+    block 1 of the tower inside the LVLM, so it acts in every forward pass of `model`, including `generate`.
+    Saving and reloading are :class:`RAdaptModel`'s (`create_model("radapt:<folder>")`).
+    """
+
+    # the LVLM attributes, all the base model's (properties: nothing is registered twice)
+    @property
+    def model(self) -> nn.Module:
+        return self.base.model
+
+    @property
+    def processor(self):
+        return self.base.processor
+
+    @property
+    def image_token(self) -> str:
+        return self.base.image_token
+
+    @property
+    def eot_token(self) -> str:
+        return self.base.eot_token
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        return self.base.num_image_tokens(height, width)
+
+    def extra_text_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.base.extra_text_inputs(input_ids)
+
+    def pixel_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[0, 1] pixels -> Gaussian input filter -> the base model's image kwargs, with the input's anchor selected."""
+        return self.base.pixel_inputs(self.image_encoder.prepare(pixels))
 
 
 def load_radapt(path: str, **kwargs) -> RAdaptModel:
