@@ -42,6 +42,11 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", required=True, help="folder for report.md and plots (and the merged results.json)")
 
     sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods")
+
+    ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub")
+    ps.add_argument("folder", help="output_dir of a vlmrobust run")
+    ps.add_argument("repo_id", help="e.g. me/fare4-vit-b-32")
+    ps.add_argument("--private", action="store_true", help="create the repo as private")
     return parser
 
 
@@ -96,6 +101,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub.push import push_to_hub
+
+    print(push_to_hub(args.folder, args.repo_id, private=args.private))
+    return 0
+
+
 def _info(_: argparse.Namespace) -> int:
     import torch
 
@@ -125,7 +137,7 @@ def _info(_: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    handler = {"eval": _eval, "report": _report, "info": _info}[args.command]
+    handler = {"eval": _eval, "report": _report, "info": _info, "push": _push}[args.command]
     return handler(args)
 
 
