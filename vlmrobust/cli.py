@@ -83,6 +83,11 @@ def _print_summary(summary: dict) -> None:
             for a, accs in r["robust"].items():
                 parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
             print(f"  {d} (VQA accuracy): " + " | ".join(parts))
+        for d, r in v.get("caption", {}).items():
+            parts = [f"clean {r['clean']:.1f}"]
+            for a, scores in r["robust"].items():
+                parts += [f"{a} {e:.4g}: {c:.1f}" for e, c in sorted(scores.items())]
+            print(f"  {d} (CIDEr): " + " | ".join(parts))
     for b in summary.get("borda") or []:
         print(f"Borda #{b['place']}: {b['model']} (score {b['borda']:g})")
 

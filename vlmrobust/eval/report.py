@@ -105,7 +105,9 @@ def summarize_suite(results: dict) -> dict:
     {0} ∪ that attack's ε grid, methods.md), `corruptions` (see `corruption_errors`) and `margin`. VQA datasets
     (`task: vqa`) go to `{model: {"vqa": {dataset: row}}}` instead, with VQA accuracy in `clean` / `robust`, plus
     `per_type` (`{question type: {"clean" | "<attack> ε=<eps>": acc}}`), `chance` and `answer_mode`; they are left
-    out of the classification averages but enter the Borda ranking (columns are compared per dataset).
+    out of the classification averages but enter the Borda ranking (columns are compared per dataset). Captioning
+    datasets (`task: caption`) go to `{model: {"caption": {dataset: row}}}`, with corpus CIDEr ×100 in `clean` /
+    `robust` (same shape; also in the Borda ranking, not in the averages or the accuracy plots).
     """
     from .borda import borda_ranking
     from .corruptions import ALEXNET_IMAGENET_C_ERRORS, corruption_errors
@@ -117,8 +119,17 @@ def summarize_suite(results: dict) -> dict:
     order = [d["name"] for d in suite["datasets"]]
     rows: dict[str, dict[str, dict]] = {}
     vqa_rows: dict[str, dict[str, dict]] = {}
+    cap_rows: dict[str, dict[str, dict]] = {}
     for cell in results["cells"].values():
         m, d = cell["model"], cell["dataset"]
+        if cell["kind"] in ("caption_clean", "caption_attack"):
+            rows.setdefault(m, {})
+            row = cap_rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}})
+            if cell["kind"] == "caption_clean":
+                row.update(clean=cell["cider"], n=cell["n"])
+            else:
+                row["robust"].setdefault(f"{cell['attack']} ({cell['norm']})", {})[float(cell["eps"])] = cell["cider"]
+            continue
         if cell["kind"] in ("vqa_clean", "vqa_attack"):
             rows.setdefault(m, {})
             _add_vqa_cell(vqa_rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}, "per_type": {}}),
@@ -172,8 +183,16 @@ def summarize_suite(results: dict) -> dict:
             r["corruptions"], r["margin"] = None, {}
         if vqa:
             out["models"][m]["vqa"] = vqa
+        cap = {d: cap_rows[m][d] for d in sorted(cap_rows.get(m, {}),
+                                                  key=lambda k: order.index(k) if k in order else len(order))
+               if cap_rows[m][d]["clean"] is not None}
+        for r in cap.values():
+            r["expected_robustness"] = {a: expected_robustness({0.0: r["clean"], **v}) for a, v in r["robust"].items()}
+            r["corruptions"], r["margin"] = None, {}
+        if cap:
+            out["models"][m]["caption"] = cap
     if len(out["models"]) > 1:
-        scores = {m: {d: _columns(r) for d, r in {**v["datasets"], **v.get("vqa", {})}.items()}
+        scores = {m: {d: _columns(r) for d, r in {**v["datasets"], **v.get("vqa", {}), **v.get("caption", {})}.items()}
                   for m, v in out["models"].items()}
         out["borda"] = borda_ranking(scores)
     else:
@@ -373,6 +392,12 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
                           f"teacher-forced answer loss, {ens}, {a['norm']}, ε ∈ {{{eps}}}, {a['steps']} iterations, "
                           f"seed {a['seed']}, n = {d.get('n_samples') or 'all'} questions")
                 continue
+            if d.get("task") == "caption":
+                md.append(f"- `{d['name']}` (captioning, CIDEr): {a['label']} = APGD on the teacher-forced CE of a "
+                          f"reference caption, one run per reference (at most {a.get('n_references') or 'all'}), "
+                          f"lowest CIDEr per image kept, {a['norm']}, ε ∈ {{{eps}}}, {a['steps']} iterations, "
+                          f"seed {a['seed']}, fixed subset of n = {d.get('n_samples') or 'all'} images")
+                continue
             md.append(f"- `{d['name']}`: {a['label']} = {' then '.join(a['components'])}, {a['norm']}, "
                       f"ε ∈ {{{eps}}}, {a['steps']} iterations, seed {a['seed']}, n = {d.get('n_samples') or 'all'}")
     md.append("")
@@ -380,6 +405,8 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
         md += [f"## `{m}`", ""]
         if v.get("vqa"):
             md += _vqa_markdown(v["vqa"])
+        if v.get("caption"):
+            md += _caption_markdown(v["caption"])
         if not v["datasets"]:
             continue
         labels = sorted({a for r in v["datasets"].values() for a in r["robust"]})
@@ -483,6 +510,31 @@ def _vqa_markdown(vqa: dict[str, dict]) -> list[str]:
                    _md_table(["type"] + cols, [[t] + [_pct(v.get(c)) for c in cols]
                                                for t, v in r["per_type"].items()]), ""]
     return md
+
+
+def _caption_markdown(cap: dict[str, dict]) -> list[str]:
+    """The captioning table of one model: corpus CIDEr clean / per attack and ε, expected robustness."""
+    labels = sorted({a for r in cap.values() for a in r["robust"]})
+    eps_cols = [(a, e) for a in labels for e in sorted({e for r in cap.values() for e in r["robust"].get(a, {})})]
+    header = ["captioning dataset", "n images", "clean"] + \
+        [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}" for a, e in eps_cols] + \
+        [f"exp. rob. {a}" for a in labels]
+
+    def f(v):
+        return "–" if v is None else f"{v:.1f}"
+
+    rows = []
+    for d, r in cap.items():
+        cells = [d, str(r.get("n")), f(r["clean"])]
+        cells += [f(r["robust"].get(a, {}).get(e)) for a, e in eps_cols]
+        cells += [f(r["expected_robustness"].get(a)) for a in labels]
+        rows.append(cells)
+    return ["### Captioning CIDEr", "",
+            "Corpus CIDEr-D ×100 (COCO caption toolkit: PTB tokenizer + pycocoevalcap's Cider) of greedy captions on "
+            "the suite's fixed image subset; robust = per image the lowest CIDEr over the attack runs (one per "
+            "reference caption) and over every smaller ε, scored against the IDF of the subset's references (the "
+            "clean run's IDF), so the column is the corpus CIDEr of the selected captions.", "",
+            _md_table(header, rows), ""]
 
 
 def write_suite_report(results: dict, output_dir: str | os.PathLike) -> dict:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..utils.io import atomic_write_json
-from .suite import AttackSpec, DatasetSpec, Suite, VQAAttackSpec, fingerprint, load_suite
+from .suite import AttackSpec, CaptionAttackSpec, DatasetSpec, Suite, VQAAttackSpec, fingerprint, load_suite
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,40 @@ def load_vqa_dataset(spec: DatasetSpec, model) -> Any:
             f"{type(err).__name__}: {err}.{hint}") from err
 
 
+def load_caption_dataset(spec: DatasetSpec, model) -> Any:
+    """The images of a `task: caption` dataset (the first / seeded `n_samples`: CIDEr's fixed subset).
+
+    Raises:
+        DatasetUnavailable: naming the dataset, the reason, and the suite's download hint.
+    """
+    if not (hasattr(model, "generate") and hasattr(model, "answer_loss")):
+        raise DatasetUnavailable(
+            f"dataset '{spec.name}' is a captioning dataset (task: caption) but model {type(model).__name__} cannot "
+            "generate captions (it is not an LVLM such as llava:… / qwen_vl:…); run it on an LVLM, or "
+            "--skip-missing.")
+    cs = spec.caption
+    try:
+        if spec.source == "shapes-caption":
+            from ..data.shapes_captions import ShapesCaptions
+
+            return ShapesCaptions(spec.n_samples, image_size=cs.image_size, seed=spec.seed, prompt=cs.prompt,
+                                  transform=model.preprocess)
+        from ..data.vqa import CaptionJsonDataset
+
+        root = Path(os.path.expanduser(spec.data_dir)) if spec.data_dir else Path(".")
+        ds = CaptionJsonDataset(root / os.path.expanduser(cs.annotations_file),
+                                root / os.path.expanduser(cs.image_dir), prompt=cs.prompt)
+        idx = subset_indices(len(ds), spec.n_samples, spec.seed)
+        if len(idx) < len(ds):
+            ds = torch.utils.data.Subset(ds, idx)
+        return ds
+    except (RuntimeError, FileNotFoundError, OSError, ValueError, KeyError) as err:
+        hint = f" To get it: {spec.download}" if spec.download else ""
+        raise DatasetUnavailable(
+            f"dataset '{spec.name}' (captioning source {spec.source!r}) could not be loaded: "
+            f"{type(err).__name__}: {err}.{hint}") from err
+
+
 # -- the runner ----------------------------------------------------------------------------------------------------
 
 
@@ -274,6 +308,7 @@ class _ModelSlot:
         self._model = None
         self._data: dict[str, Any] = {}
         self._clf: dict[str, Any] = {}
+        self._cider: dict[str, Any] = {}
 
     @property
     def model(self):
@@ -291,7 +326,7 @@ class _ModelSlot:
 
     def dataset(self, spec: DatasetSpec):
         if spec.name not in self._data:
-            load = load_vqa_dataset if spec.task == "vqa" else load_suite_dataset
+            load = {"vqa": load_vqa_dataset, "caption": load_caption_dataset}.get(spec.task, load_suite_dataset)
             self._data[spec.name] = load(spec, self.model)
         return self._data[spec.name]
 
@@ -301,8 +336,22 @@ class _ModelSlot:
             self._clf[spec.name] = self.model.zero_shot_classifier(data.classnames, data.templates)
         return self._clf[spec.name]
 
+    def cider(self, spec: DatasetSpec):
+        """CIDEr scorer (IDF of the references of the whole evaluated image set) of a captioning dataset."""
+        if spec.name not in self._cider:
+            from .vqa import CorpusCider
+
+            data = self.dataset(spec)
+            refs = {i: list(data[i]["answers"]) for i in range(len(data))}
+            empty = [i for i, r in refs.items() if not r]
+            if empty:
+                raise DatasetUnavailable(f"dataset '{spec.name}': {len(empty)} image(s) have no reference captions "
+                                         "(annotations missing?); CIDEr needs them.")
+            self._cider[spec.name] = CorpusCider(refs)
+        return self._cider[spec.name]
+
     def release(self) -> None:
-        self._model, self._data, self._clf = None, {}, {}
+        self._model, self._data, self._clf, self._cider = None, {}, {}, {}
 
 
 def _model_name(ref: Any) -> str:
@@ -467,6 +516,9 @@ class _Runner:
             base["weights"] = weights
         if spec.task == "vqa":
             self._run_vqa(model, slot, spec, base)
+            return
+        if spec.task == "caption":
+            self._run_caption(model, slot, spec, base)
             return
         ck = clean_key(model, spec.name)
         clean_cfg = {**base, "kind": "clean"}
@@ -652,6 +704,83 @@ class _Runner:
                 "per_type": self._per_type(scores, clean_cell["question_types"]),
                 "attacked_questions_per_s": round(len(alive) / dt, 3) if alive and dt > 0 else None}
 
+    # -- captioning (LVLMs, CIDEr) ------------------------------------------------------------------------------------
+    def _run_caption(self, model: str, slot: _ModelSlot, spec: DatasetSpec, base: dict) -> None:
+        """Clean CIDEr, then each attack's ε grid in ascending order. Scores are per-image CIDEr-D ×100 against the
+        IDF of the whole evaluated set's references (fixed, so their mean is the corpus CIDEr); each ε starts from
+        the next smaller ε's worst case and re-attacks only images that still score above 0."""
+        from .vqa import cider_status
+
+        ok, message = cider_status()
+        if not ok:  # said plainly; with --skip-missing it is listed under "Skipped datasets" in the report
+            raise DatasetUnavailable(f"dataset '{spec.name}' (captioning) needs CIDEr: {message}")
+        cs = spec.caption
+        clean_cfg = {**base, "kind": "caption_clean", "batch_size": spec.batch_size}
+        clean_cell = self._cell(clean_key(model, spec.name), clean_cfg,
+                                lambda: self._caption_clean(model, slot, spec))
+        for atk in spec.attacks:
+            parent_cfg, parent = fingerprint(clean_cfg), clean_cell
+            for eps in atk.eps:
+                cfg = {**base, "kind": "caption_attack", "norm": atk.norm, "eps": eps_key(eps), "steps": atk.steps,
+                       "seed": atk.seed, "n_references": atk.n_references, "max_new_tokens": cs.max_new_tokens,
+                       "batch_size": spec.batch_size, "parent": parent_cfg}
+                cell = self._cell(attack_key(model, spec.name, atk, eps), cfg,
+                                  lambda a=atk, e=eps, p=parent: self._caption_attack(model, slot, spec, a, e, p))
+                parent_cfg, parent = fingerprint(cfg), cell
+
+    def _caption_clean(self, model: str, slot: _ModelSlot, spec: DatasetSpec) -> dict:
+        from .caption import caption_scores
+
+        data = slot.dataset(spec)
+        scorer = slot.cider(spec)
+        lvlm = slot.model
+        was_training = lvlm.training
+        lvlm.eval()
+        scores: list[float] = []
+        captions: list[str] = []
+        try:
+            for idx, pixels, prompts, _, _ in self._vqa_batches(slot, spec, list(range(len(data)))):
+                sc, caps = caption_scores(lvlm, scorer, pixels, prompts, idx, spec.caption.max_new_tokens)
+                scores += sc
+                captions += caps
+        finally:
+            lvlm.train(was_training)
+        scores = [round(v, 4) for v in scores]
+        return {"kind": "caption_clean", "task": "caption", "metric": "cider", "model": model, "dataset": spec.name,
+                "n": len(scores), "cider": sum(scores) / max(len(scores), 1), "scores": scores, "captions": captions,
+                "max_new_tokens": spec.caption.max_new_tokens}
+
+    def _caption_attack(self, model: str, slot: _ModelSlot, spec: DatasetSpec, atk: CaptionAttackSpec, eps: float,
+                        parent: dict) -> dict:
+        from .caption import attack_captions
+
+        scorer = slot.cider(spec)
+        scores = [float(v) for v in parent["scores"]]
+        captions = list(parent["captions"])
+        alive = [i for i, v in enumerate(scores) if v > 0]
+        lvlm = slot.model
+        was_training = lvlm.training
+        lvlm.eval()
+        t0 = time.perf_counter()
+        try:
+            for idx, pixels, prompts, refs, _ in self._vqa_batches(slot, spec, alive):
+                sc, caps = attack_captions(lvlm, scorer, pixels, prompts, refs, idx, eps=eps, steps=atk.steps,
+                                           norm=atk.norm, n_references=atk.n_references, seed=atk.seed,
+                                           max_new_tokens=spec.caption.max_new_tokens,
+                                           start=([scores[i] for i in idx], [captions[i] for i in idx]))
+                for i, v, c in zip(idx, sc, caps):
+                    if round(v, 4) < scores[i]:
+                        scores[i], captions[i] = round(v, 4), c
+        finally:
+            lvlm.train(was_training)
+        dt = time.perf_counter() - t0
+        n = len(scores)
+        return {"kind": "caption_attack", "task": "caption", "metric": "cider", "model": model, "dataset": spec.name,
+                "attack": atk.label, "components": list(atk.components), "norm": atk.norm, "eps": eps,
+                "steps": atk.steps, "seed": atk.seed, "n_references": atk.n_references, "n": n,
+                "cider": sum(scores) / max(n, 1), "scores": scores, "captions": captions, "n_attacked": len(alive),
+                "attacked_images_per_s": round(len(alive) / dt, 3) if alive and dt > 0 else None}
+
     def _corruptions(self, model: str, slot: _ModelSlot, spec: DatasetSpec, base: dict, clean_cell: dict) -> None:
         from .corruptions import CorruptedDataset
         from .zero_shot import predict
@@ -709,5 +838,5 @@ class _Runner:
                 "estimates": estimates}
 
 
-__all__ = ["DatasetUnavailable", "RESULTS_NAME", "load_results", "load_suite_dataset", "load_vqa_dataset",
-           "merge_results", "run_suite"]
+__all__ = ["DatasetUnavailable", "RESULTS_NAME", "load_caption_dataset", "load_results", "load_suite_dataset",
+           "load_vqa_dataset", "merge_results", "run_suite"]

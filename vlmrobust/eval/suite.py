@@ -42,6 +42,16 @@ A suite file is a mapping::
             ensemble: true               # one run per distinct reference answer, worst case per question
             max_references: 3
             targets: ["maybe"]           # extra targeted runs
+      - name: shapes-caption             # a captioning dataset for LVLMs (`task: caption`), scored by CIDEr
+        task: caption
+        source: shapes-caption           # shapes-caption (offline generator, n_samples / seed) | coco-json
+        n_samples: 30                    # CIDEr is computed on this fixed subset (the first / seeded n images)
+        caption: {max_new_tokens: 20}    # prompt / max_new_tokens; annotations_file / image_dir for coco-json
+        attacks:
+          - attack: apgd                 # APGD on the teacher-forced CE of a reference caption
+            eps: [2/255, 4/255]
+            steps: 100
+            n_references: 5              # one run per reference caption, lowest CIDEr per image kept
 
 Every error names the suite and the path of the offending field (``suite 'x': datasets[2].attacks[0].eps: ...``).
 No Python is imported from YAML: sets of class names and templates are data, attacks are registry names.
@@ -74,9 +84,9 @@ _TOP_KEYS = {"name", "description", "include", "template_sets", "classname_sets"
              "datasets", "expected_robustness", "notes"}
 _DATASET_KEYS = {"use", "name", "task", "source", "split", "n_samples", "seed", "batch_size", "classnames",
                  "templates", "image_column", "label_column", "data_dir", "download", "attacks", "corruptions",
-                 "margin", "vqa"}
-_DEFAULT_KEYS = _DATASET_KEYS - {"use", "name", "task", "source", "download", "vqa"}
-TASKS = ("classification", "vqa")
+                 "margin", "vqa", "caption"}
+_DEFAULT_KEYS = _DATASET_KEYS - {"use", "name", "task", "source", "download", "vqa", "caption"}
+TASKS = ("classification", "vqa", "caption")
 #: dataset fields of a `task: vqa` entry, and the suite defaults that also apply to VQA entries
 _VQA_DATASET_KEYS = {"use", "name", "task", "source", "split", "n_samples", "seed", "batch_size", "data_dir",
                      "download", "attacks", "vqa"}
@@ -86,6 +96,13 @@ _VQA_KEYS = {"answer_mode", "candidates", "max_new_tokens", "questions_file", "a
 _VQA_ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "ensemble", "targets", "max_references"}
 #: VQA sources that are not Hub ids
 VQA_SOURCES = ("shapes-vqa", "vqa-json")
+#: dataset fields of a `task: caption` entry (the suite defaults that apply are those of VQA entries)
+_CAPTION_DATASET_KEYS = {"use", "name", "task", "source", "split", "n_samples", "seed", "batch_size", "data_dir",
+                         "download", "attacks", "caption"}
+_CAPTION_KEYS = {"prompt", "max_new_tokens", "annotations_file", "image_dir", "image_size"}
+_CAPTION_ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "n_references"}
+#: captioning sources (no Hub loader yet: COCO-format JSON + image folder, or the offline generator)
+CAPTION_SOURCES = ("shapes-caption", "coco-json")
 _ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "options"}
 _CORRUPTION_KEYS = {"types", "severities", "n_samples", "seed", "reference", "min_size", "batch_size"}
 _MARGIN_KEYS = {"attack", "subset", "seed", "steps", "n_target_classes", "max_norm"}
@@ -243,8 +260,51 @@ class VQAAttackSpec:
 
 
 @dataclass(frozen=True)
+class CaptionSpec:
+    """How a `task: caption` dataset is read and captioned.
+
+    Args:
+        prompt (`str`): the captioning instruction.
+        max_new_tokens (`int`): caption length (greedy decoding).
+        annotations_file, image_dir: COCO-format caption JSON and image folder (`source: coco-json`, see
+            `CaptionJsonDataset`).
+        image_size (`int`): rendered side of `shapes-caption` images.
+    """
+
+    prompt: str = "Provide a short caption for this image."
+    max_new_tokens: int = 20
+    annotations_file: str | None = None
+    image_dir: str | None = None
+    image_size: int = 64
+
+
+@dataclass(frozen=True)
+class CaptionAttackSpec:
+    """One threat model of a captioning dataset: APGD on the teacher-forced CE of a reference caption, one run per
+    reference (up to `n_references`), per image the lowest CIDEr kept.
+
+    Args:
+        components (`tuple[str, ...]`): `("apgd",)`.
+        label (`str`): name of the cell column.
+        norm (`str`): "Linf" or "L2".
+        eps (`tuple[float, ...]`): budgets in [0, 1] pixel units, ascending, ε > 0.
+        steps (`int`): APGD iterations per run.
+        seed (`int`): attack seed.
+        n_references (`int`, *optional*): reference captions attacked per image (None: all).
+    """
+
+    components: tuple[str, ...]
+    label: str
+    norm: str = "Linf"
+    eps: tuple[float, ...] = ()
+    steps: int = 100
+    seed: int = 0
+    n_references: int | None = 5
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset of a suite and everything measured on it (`task` "classification" or "vqa")."""
+    """One dataset of a suite and everything measured on it (`task` "classification", "vqa" or "caption")."""
 
     name: str
     source: str
@@ -258,17 +318,22 @@ class DatasetSpec:
     label_column: str | None = None
     data_dir: str | None = None
     download: str | None = None
-    attacks: tuple[AttackSpec | VQAAttackSpec, ...] = ()
+    attacks: tuple[AttackSpec | VQAAttackSpec | CaptionAttackSpec, ...] = ()
     corruptions: CorruptionSpec | None = None
     margin: MarginSpec | None = None
     task: str = "classification"
     vqa: VQASpec | None = None
+    caption: CaptionSpec | None = None
 
     def data_config(self) -> dict:
         """What decides which images and labels are evaluated (part of every cell's fingerprint)."""
         if self.task == "vqa":
             return {"task": "vqa", "source": self.source, "split": self.split, "n_samples": self.n_samples,
                     "seed": self.seed, "data_dir": self.data_dir, "vqa": asdict(self.vqa) if self.vqa else None}
+        if self.task == "caption":
+            return {"task": "caption", "source": self.source, "split": self.split, "n_samples": self.n_samples,
+                    "seed": self.seed, "data_dir": self.data_dir,
+                    "caption": asdict(self.caption) if self.caption else None}
         return {"source": self.source, "split": self.split, "n_samples": self.n_samples, "seed": self.seed,
                 "classnames": self.classnames, "templates": self.templates, "image_column": self.image_column,
                 "label_column": self.label_column, "data_dir": self.data_dir}
@@ -578,6 +643,78 @@ def _vqa_dataset(ctx: _Ctx, d: dict, dname: str, where: str, n_override: int | N
     )
 
 
+def _caption_attack(ctx: _Ctx, raw: Any, where: str) -> CaptionAttackSpec:
+    raw = ctx.check_keys(raw, _CAPTION_ATTACK_KEYS, where)
+    comps = raw.get("attack", "apgd")
+    comps = [comps] if isinstance(comps, str) else comps
+    if comps != ["apgd"]:
+        raise ctx.fail(f"{where}.attack", f"captioning datasets support only 'apgd' (APGD on the caption loss), got "
+                                          f"{raw.get('attack')!r}.")
+    try:
+        norm = canonical_norm(raw.get("norm", "Linf"))
+    except ValueError as err:
+        raise ctx.fail(f"{where}.norm", str(err)) from err
+    if norm not in ("Linf", "L2"):
+        raise ctx.fail(f"{where}.norm", f"must be Linf or L2 for captioning attacks, got {norm}.")
+    eps = _eps_grid(ctx, raw.get("eps"), norm, where)
+    label = ctx.string(raw.get("label", "apgd-ensemble"), f"{where}.label")
+    if "|" in label:
+        raise ctx.fail(f"{where}.label", "must not contain '|'.")
+    return CaptionAttackSpec(
+        components=("apgd",), label=label, norm=norm, eps=eps,
+        steps=ctx.integer(raw.get("steps", 100), f"{where}.steps", lo=1),
+        seed=ctx.integer(raw.get("seed", 0), f"{where}.seed", lo=0),
+        n_references=ctx.integer(raw.get("n_references", 5), f"{where}.n_references", lo=1, optional=True),
+    )
+
+
+def _caption_dataset(ctx: _Ctx, d: dict, dname: str, where: str, n_override: int | None,
+                     batch_override: int | None) -> DatasetSpec:
+    for k in d:
+        if k not in _CAPTION_DATASET_KEYS:
+            raise ctx.fail(f"{where}.{k}", "not allowed with task: caption (captioning fields: "
+                                           f"{', '.join(sorted(_CAPTION_DATASET_KEYS - {'use'}))}).")
+    source = ctx.string(d.get("source"), f"{where}.source")
+    if source not in CAPTION_SOURCES:
+        raise ctx.fail(f"{where}.source", f"unknown captioning source {source!r}; known: "
+                                          f"{', '.join(CAPTION_SOURCES)} (COCO-format JSON + image folder).")
+    n = ctx.integer(d.get("n_samples"), f"{where}.n_samples", lo=1, optional=True)
+    if n_override is not None:
+        n = n_override if n is None else min(n, n_override)
+    if source == "shapes-caption" and n is None:
+        raise ctx.fail(f"{where}.n_samples", "missing; the shapes-caption generator needs the number of images.")
+    atk_raw = d.get("attacks") or []
+    if not isinstance(atk_raw, list):
+        raise ctx.fail(f"{where}.attacks", "must be a list of attack entries.")
+    attacks = tuple(_caption_attack(ctx, a, f"{where}.attacks[{j}]") for j, a in enumerate(atk_raw))
+    if len({a.label for a in attacks}) != len(attacks):
+        raise ctx.fail(f"{where}.attacks", "two entries share a label; give them distinct 'label's.")
+    cw = f"{where}.caption"
+    raw = ctx.check_keys(d.get("caption") or {}, _CAPTION_KEYS, cw)
+    files = {k: ctx.string(raw.get(k), f"{cw}.{k}", optional=True) for k in ("annotations_file", "image_dir")}
+    if source == "coco-json":
+        for k, v in files.items():
+            if v is None:
+                raise ctx.fail(f"{cw}.{k}", "missing; source coco-json needs annotations_file and image_dir.")
+    else:
+        extra = [k for k, v in files.items() if v is not None]
+        if extra:
+            raise ctx.fail(f"{cw}.{extra[0]}", "only used with source: coco-json.")
+    spec = CaptionSpec(
+        prompt=ctx.string(raw.get("prompt", CaptionSpec.prompt), f"{cw}.prompt"),
+        max_new_tokens=ctx.integer(raw.get("max_new_tokens", 20), f"{cw}.max_new_tokens", lo=1), **files,
+        image_size=ctx.integer(raw.get("image_size", 64), f"{cw}.image_size", lo=8),
+    )
+    batch = batch_override or ctx.integer(d.get("batch_size", 16), f"{where}.batch_size", lo=1)
+    return DatasetSpec(
+        name=dname, source=source, split=ctx.string(d.get("split", "test"), f"{where}.split"), n_samples=n,
+        seed=ctx.integer(d.get("seed", 0), f"{where}.seed", lo=0), batch_size=batch, classnames=None,
+        templates=None, data_dir=ctx.string(d.get("data_dir"), f"{where}.data_dir", optional=True),
+        download=ctx.string(d.get("download"), f"{where}.download", optional=True), attacks=attacks,
+        task="caption", caption=spec,
+    )
+
+
 def _corruptions(ctx: _Ctx, raw: Any, where: str, n_samples_cap: int | None) -> CorruptionSpec | None:
     if raw is None or raw is False:
         return None
@@ -702,7 +839,7 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
         task = d.get("task", base.get("task", "classification"))
         if task not in TASKS:
             raise ctx.fail(f"{where}.task", f"unknown task {task!r}; known: {', '.join(TASKS)}.")
-        if task == "vqa":  # classification defaults (templates, attacks, corruptions, ...) do not apply
+        if task in ("vqa", "caption"):  # classification defaults (templates, attacks, corruptions, ...) do not apply
             defaults_here = {k: v for k, v in defaults.items() if k in _VQA_DEFAULT_KEYS}
         else:
             defaults_here = defaults
@@ -716,8 +853,14 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
         if task == "vqa":
             datasets.append(_vqa_dataset(ctx, d, dname, where, n_override, batch_override))
             continue
+        if task == "caption":
+            datasets.append(_caption_dataset(ctx, d, dname, where, n_override, batch_override))
+            continue
         if "vqa" in d:
             raise ctx.fail(f"{where}.vqa", "only for task: vqa datasets (add task: vqa, or remove this field).")
+        if "caption" in d:
+            raise ctx.fail(f"{where}.caption", "only for task: caption datasets (add task: caption, or remove this "
+                                               "field).")
         source = ctx.string(d.get("source"), f"{where}.source")
         n = ctx.integer(d.get("n_samples"), f"{where}.n_samples", lo=1, optional=True)
         if n_override is not None:
@@ -764,6 +907,7 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
 
 
 __all__ = [
-    "AttackSpec", "CorruptionSpec", "DatasetSpec", "MarginSpec", "SUITES", "Suite", "SuiteError", "VQAAttackSpec",
+    "AttackSpec", "CaptionAttackSpec", "CaptionSpec", "CorruptionSpec", "DatasetSpec", "MarginSpec", "SUITES", "Suite",
+    "SuiteError", "VQAAttackSpec",
     "VQASpec", "fingerprint", "load_suite", "parse_eps", "resolve_suite_path", "suites_dir",
 ]
