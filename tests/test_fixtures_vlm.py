@@ -239,3 +239,16 @@ def test_qwen_special_token_ids_are_their_positions():
     assert tokenizer("<|im_start|>user", add_special_tokens=False).input_ids == tokenizer.convert_tokens_to_ids(
         ["<|im_start|>", "user"]
     )
+
+
+def test_qwen_image_size_sets_token_count(tmp_path):
+    model, processor = make_tiny_qwen2_vl(image_size=112)
+    inputs = _inputs(processor, [_image(64, 64)])
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16  # 8x8 patches merged 2x2
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+    path = build_tiny_qwen2_vl(tmp_path / "q112", image_size=112)
+    reloaded_inputs = _inputs(AutoProcessor.from_pretrained(path), [_image(64, 64)])
+    assert int((reloaded_inputs["input_ids"] == model.config.image_token_id).sum()) == 16
+    with pytest.raises(ValueError, match="multiple of 28"):
+        make_tiny_qwen2_vl(image_size=100)

@@ -227,3 +227,16 @@ def test_lora_trains_only_adapters(tmp_path):
     assert set(grads) == set(trainable)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "processor_config.json").is_file()
+
+
+def test_tiny_fixture_geometry_through_create_model_and_recipe_args():
+    from vlmrobust.vlm_recipe_main import LVLMScriptArguments, tiny_fixture_kwargs
+
+    model = create_model("qwen_vl:tiny", tiny_kwargs={"image_size": 112})
+    assert model.image_size == 112 and model.num_image_tokens(112, 112) == 16
+    script = LVLMScriptArguments(model_name_or_path="qwen_vl:tiny", tiny_image_size=112, tiny_hidden=64)
+    assert tiny_fixture_kwargs(script) == {"tiny_kwargs": {"image_size": 112, "hidden": 64}}
+    script = LVLMScriptArguments(model_name_or_path="llava:tiny", tiny_hidden=64)
+    assert tiny_fixture_kwargs(script) == {"tiny_kwargs": {"vision_hidden": 64, "text_hidden": 64}}
+    assert tiny_fixture_kwargs(LVLMScriptArguments(model_name_or_path="qwen_vl:/some/dir", tiny_image_size=112)) == {}
+    assert tiny_fixture_kwargs(LVLMScriptArguments(model_name_or_path="llava:tiny")) == {}

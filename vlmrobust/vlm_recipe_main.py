@@ -97,6 +97,8 @@ class LVLMScriptArguments:
         dataset_name (`str`): `shapes` (offline shapes-VQA) or `vqa-json:<questions.json>,<annotations.json>,<image dir>`.
         sft_steps (`int`): supervised fine-tuning steps on the training split before FARE (0 = none; the offline
             quickstart needs it because the fixtures start from random weights).
+        tiny_image_size, tiny_hidden (`int`): geometry of the offline `tiny` fixtures (0 = their defaults); ignored
+            for real checkpoints.
     """
 
     model_name_or_path: str = field(default="llava:tiny", metadata={"help": "create_model id."})
@@ -106,6 +108,9 @@ class LVLMScriptArguments:
     sft_steps: int = field(default=0, metadata={"help": "VQA fine-tuning steps before FARE (0: none)."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "VQA fine-tuning learning rate."})
     sft_batch_size: int = field(default=32, metadata={"help": "VQA fine-tuning batch size."})
+    tiny_image_size: int = field(default=0, metadata={"help": "Image side (px) of the `tiny` fixtures (0: the "
+                                                                "fixture's default; Qwen: a multiple of 28)."})
+    tiny_hidden: int = field(default=0, metadata={"help": "Width of both towers of the `tiny` fixtures (0: default)."})
     fare_target: str = field(default="", metadata={"help": "Tower features FARE matches (llava: projector_input | "
                                                              "pooled; qwen_vl: merged | patch); default: backend's."})
     answer_mode: str = field(default="rank", metadata={"help": "'rank' (closed set by likelihood) or 'generate'."})
@@ -116,6 +121,20 @@ class LVLMScriptArguments:
     eval_attack_steps: int = field(default=100, metadata={"help": "APGD iterations per run."})
     eval_ensemble: bool = field(default=True, metadata={"help": "One run per distinct reference, worst case."})
     eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
+
+
+def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
+    """`create_model` kwargs giving the `tiny` fixtures the script's geometry (empty for real checkpoints)."""
+    backend, _, spec = script.model_name_or_path.partition(":")
+    if not spec.startswith("tiny"):
+        return {}
+    tiny = {}
+    if script.tiny_image_size:
+        tiny["image_size"] = script.tiny_image_size
+    if script.tiny_hidden:
+        tiny.update({"vision_hidden": script.tiny_hidden, "text_hidden": script.tiny_hidden} if backend == "llava"
+                    else {"hidden": script.tiny_hidden})
+    return {"tiny_kwargs": tiny} if tiny else {}
 
 
 def load_vqa_datasets(script: LVLMScriptArguments, model, seed: int = 0):
@@ -152,7 +171,7 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     set_seed(args.seed)
     t_start = time.time()
     kw = {"fare_target": script.fare_target} if script.fare_target else {}
-    model = create_model(script.model_name_or_path, **kw)
+    model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
     train_ds, eval_ds = load_vqa_datasets(script, model, seed=args.seed)
     timings, results = {}, {}
     if script.sft_steps > 0:

@@ -145,12 +145,11 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 # Qwen2-VL geometry: 14 px patches merged 2x2, so one merged token covers 28x28 px. Pinning min = max pixels to
-# 56x56 resizes every square image to 4x4 patches -> 4 placeholder tokens; other aspect ratios keep their shape
-# (a 40x30 image becomes 84x56 px -> 6 tokens).
+# 56x56 (the default `image_size`) resizes every square image to 4x4 patches -> 4 placeholder tokens; other aspect
+# ratios keep their shape (a 40x30 image becomes 84x56 px -> 6 tokens).
 _QWEN_PATCH = 14
 _QWEN_MERGE = 2
 _QWEN_TEMPORAL_PATCH = 2
-_QWEN_IMAGE_PIXELS = 56 * 56
 
 
 def make_tokenizer(
@@ -343,10 +342,13 @@ def _make_qwen_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _qwen_processors() -> tuple[Qwen2VLImageProcessor, Qwen2VLVideoProcessor]:
+def _qwen_processors(image_size: int = 56) -> tuple[Qwen2VLImageProcessor, Qwen2VLVideoProcessor]:
+    unit = _QWEN_PATCH * _QWEN_MERGE
+    if image_size <= 0 or image_size % unit:
+        raise ValueError(f"image_size={image_size} must be a positive multiple of {unit} px (14 px patches, 2x2 merge)")
     geometry = {
-        "min_pixels": _QWEN_IMAGE_PIXELS,
-        "max_pixels": _QWEN_IMAGE_PIXELS,
+        "min_pixels": image_size * image_size,
+        "max_pixels": image_size * image_size,
         "patch_size": _QWEN_PATCH,
         "temporal_patch_size": _QWEN_TEMPORAL_PATCH,
         "merge_size": _QWEN_MERGE,
@@ -394,12 +396,19 @@ def _qwen_generation_config(tokenizer) -> GenerationConfig:
 
 
 def make_tiny_qwen2_vl(
-    *, seed: int = 0, hidden: int = 32, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    image_size: int = 56,
 ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
     """
     Build a tiny random Qwen2-VL model and its processor in memory.
 
-    Images are resized to 56x56 px: 4x4 patches of 14 px, merged 2x2 into 4 ``<|image_pad|>`` tokens.
+    Square images are resized to ``image_size`` px (56 by default: 4x4 patches of 14 px, merged 2x2 into 4
+    ``<|image_pad|>`` tokens; 112 gives 8x8 patches and 16 tokens).
 
     Args:
         seed (`int`, *optional*, defaults to 0):
@@ -412,6 +421,9 @@ def make_tiny_qwen2_vl(
             Attention heads of both towers.
         num_kv_heads (`int`, *optional*, defaults to 2):
             Key/value heads of the language model (grouped-query attention).
+        image_size (`int`, *optional*, defaults to 56):
+            Side in pixels of the square the image processor resizes to (``min_pixels = max_pixels =
+            image_size**2``); a multiple of 28.
     """
     _check_sizes(hidden, num_heads, num_kv_heads)
     tokenizer = _make_qwen_tokenizer()
@@ -432,7 +444,7 @@ def make_tiny_qwen2_vl(
     )
     model = _init_model(Qwen2VLForConditionalGeneration, config, seed)
     model.generation_config = _qwen_generation_config(tokenizer)
-    image_processor, video_processor = _qwen_processors()
+    image_processor, video_processor = _qwen_processors(image_size)
     processor = Qwen2VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -443,7 +455,13 @@ def make_tiny_qwen2_vl(
 
 
 def make_tiny_qwen2_5_vl(
-    *, seed: int = 0, hidden: int = 32, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    image_size: int = 56,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """
     Build a tiny random Qwen2.5-VL model and its processor in memory.
@@ -462,6 +480,9 @@ def make_tiny_qwen2_5_vl(
             Attention heads of both towers.
         num_kv_heads (`int`, *optional*, defaults to 2):
             Key/value heads of the language model (grouped-query attention).
+        image_size (`int`, *optional*, defaults to 56):
+            Side in pixels of the square the image processor resizes to (``min_pixels = max_pixels =
+            image_size**2``); a multiple of 28.
     """
     _check_sizes(hidden, num_heads, num_kv_heads)
     tokenizer = _make_qwen_tokenizer()
@@ -484,7 +505,7 @@ def make_tiny_qwen2_5_vl(
     )
     model = _init_model(Qwen2_5_VLForConditionalGeneration, config, seed)
     model.generation_config = _qwen_generation_config(tokenizer)
-    image_processor, video_processor = _qwen_processors()
+    image_processor, video_processor = _qwen_processors(image_size)
     processor = Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -535,7 +556,7 @@ def build_tiny_llava(
 
 
 def build_tiny_qwen2_vl(
-    output_dir: str | os.PathLike, *, seed: int = 0, hidden: int = 32, num_layers: int = 2
+    output_dir: str | os.PathLike, *, seed: int = 0, hidden: int = 32, num_layers: int = 2, image_size: int = 56
 ) -> pathlib.Path:
     """
     Write a tiny random Qwen2-VL checkpoint (see [`make_tiny_qwen2_vl`]) to ``output_dir`` and return its path.
@@ -549,13 +570,15 @@ def build_tiny_qwen2_vl(
             Width of both towers.
         num_layers (`int`, *optional*, defaults to 2):
             Depth of both towers.
+        image_size (`int`, *optional*, defaults to 56):
+            Side of the square image the processor resizes to (a multiple of 28 px).
     """
-    model, processor = make_tiny_qwen2_vl(seed=seed, hidden=hidden, num_layers=num_layers)
+    model, processor = make_tiny_qwen2_vl(seed=seed, hidden=hidden, num_layers=num_layers, image_size=image_size)
     return _save(model, processor, output_dir)
 
 
 def build_tiny_qwen2_5_vl(
-    output_dir: str | os.PathLike, *, seed: int = 0, hidden: int = 32, num_layers: int = 2
+    output_dir: str | os.PathLike, *, seed: int = 0, hidden: int = 32, num_layers: int = 2, image_size: int = 56
 ) -> pathlib.Path:
     """
     Write a tiny random Qwen2.5-VL checkpoint (see [`make_tiny_qwen2_5_vl`]) to ``output_dir`` and return its path.
@@ -569,6 +592,8 @@ def build_tiny_qwen2_5_vl(
             Width of both towers.
         num_layers (`int`, *optional*, defaults to 2):
             Depth of both towers.
+        image_size (`int`, *optional*, defaults to 56):
+            Side of the square image the processor resizes to (a multiple of 28 px).
     """
-    model, processor = make_tiny_qwen2_5_vl(seed=seed, hidden=hidden, num_layers=num_layers)
+    model, processor = make_tiny_qwen2_5_vl(seed=seed, hidden=hidden, num_layers=num_layers, image_size=image_size)
     return _save(model, processor, output_dir)

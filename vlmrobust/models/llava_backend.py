@@ -176,7 +176,7 @@ def check_llava_processor(model: nn.Module, processor) -> None:
 
 def load_llava(name_or_path: str, *, device: str | torch.device = "cpu", torch_dtype=None, processor=None,
                fare_target: str = "projector_input", lora=None, lora_r: int | None = None,
-               lora_alpha: int | None = None, seed: int = 0, **kwargs) -> Llava:
+               lora_alpha: int | None = None, seed: int = 0, tiny_kwargs: dict | None = None, **kwargs) -> Llava:
     """Load `llava:<id or path>` with plain transformers `from_pretrained`.
 
     Args:
@@ -188,13 +188,15 @@ def load_llava(name_or_path: str, *, device: str | torch.device = "cpu", torch_d
         lora (`peft.LoraConfig`, *optional*) / lora_r (`int`, *optional*): wrap the model with LoRA; `lora_r` alone
             adapts the language model's `q_proj` / `v_proj` (rank r, alpha 2r).
         seed (`int`, *optional*, defaults to 0): seed of the `tiny` fixture.
+        tiny_kwargs (`dict`, *optional*): further keyword arguments of `make_tiny_llava` for the `tiny` fixture
+            (`image_size`, `vision_hidden`, ...).
     """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     if name_or_path == "tiny":
         from ..data.fixtures_vlm import make_tiny_llava
 
-        model, own = make_tiny_llava(seed=seed)
+        model, own = make_tiny_llava(seed=seed, **(tiny_kwargs or {}))
     else:
         try:
             model = LlavaForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)

@@ -175,7 +175,8 @@ def check_qwen_processor(model: nn.Module, processor) -> None:
 
 def load_qwen_vl(name_or_path: str, *, device: str | torch.device = "cpu", torch_dtype=None, processor=None,
                  fare_target: str = "merged", default_size: int = 448, lora=None, lora_r: int | None = None,
-                 lora_alpha: int | None = None, seed: int = 0, **kwargs) -> QwenVL:
+                 lora_alpha: int | None = None, seed: int = 0, tiny_kwargs: dict | None = None,
+                 **kwargs) -> QwenVL:
     """Load `qwen_vl:<id or path>` (Qwen2-VL or Qwen2.5-VL) with plain transformers `from_pretrained`.
 
     Args:
@@ -184,6 +185,8 @@ def load_qwen_vl(name_or_path: str, *, device: str | torch.device = "cpu", torch
         device, torch_dtype, processor, lora, lora_r, lora_alpha, seed: as in [`load_llava`].
         fare_target (`str`, *optional*, defaults to `"merged"`): features of `image_encoder`.
         default_size (`int`, *optional*, defaults to 448): see [`QwenVL`].
+        tiny_kwargs (`dict`, *optional*): further keyword arguments of the `tiny` / `tiny-2.5` fixture builders
+            (`image_size`, `hidden`, `num_layers`, ...).
     """
     from transformers import (
         AutoConfig,
@@ -195,7 +198,7 @@ def load_qwen_vl(name_or_path: str, *, device: str | torch.device = "cpu", torch
     if name_or_path in ("tiny", "tiny-2.5"):
         from ..data.fixtures_vlm import make_tiny_qwen2_5_vl, make_tiny_qwen2_vl
 
-        model, own = (make_tiny_qwen2_vl if name_or_path == "tiny" else make_tiny_qwen2_5_vl)(seed=seed)
+        model, own = (make_tiny_qwen2_vl if name_or_path == "tiny" else make_tiny_qwen2_5_vl)(seed=seed, **(tiny_kwargs or {}))
     else:
         try:
             mtype = AutoConfig.from_pretrained(name_or_path).model_type
