@@ -274,3 +274,38 @@ class HFVQADataset(Dataset):
         return {"image": row["image"].convert("RGB"), "question": row["question"], "answers": answers,
                 "question_id": row.get("question_id", i),
                 "question_type": row.get("answer_type", row.get("question_type", ""))}
+
+
+class HFCaptionDataset(Dataset):
+    """A `datasets` captioning split mapped to vlmrobust items (`image`, `question` = the prompt, `answers` =
+    the reference captions).
+
+    Args:
+        dataset: a `datasets.Dataset` (e.g. `load_dataset("yerevann/coco-karpathy", split="test")`, or
+            `load_dataset("parquet", data_files=...)` for a local copy).
+        captions_field (`str`, *optional*, defaults to `"captions"`): a list of strings, a list of
+            `{"caption"/"raw": str}`, or a single string.
+        image_field (`str`, *optional*, defaults to `"image"`): a `datasets.Image` column.
+        prompt (`str`, *optional*): the captioning instruction used as the question.
+        max_samples (`int`, *optional*): keep the first n rows.
+    """
+
+    def __init__(self, dataset, captions_field: str = "captions", image_field: str = "image",
+                 prompt: str = "Provide a short caption for this image.", max_samples: int | None = None):
+        missing = [c for c in (captions_field, image_field) if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"Caption dataset has no column(s) {missing}; columns are {dataset.column_names}. "
+                             "Pass captions_field= / image_field= to name them.")
+        self.ds = dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
+        self.captions_field, self.image_field, self.prompt = captions_field, image_field, prompt
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.ds[i]
+        caps = row[self.captions_field]
+        caps = [caps] if isinstance(caps, str) else caps
+        caps = [c.get("caption", c.get("raw", "")) if isinstance(c, dict) else str(c) for c in caps]
+        return {"image": row[self.image_field].convert("RGB"), "question": self.prompt, "answers": caps,
+                "question_id": row.get("id", row.get("image_id", i)), "question_type": "caption"}
