@@ -21,8 +21,6 @@ from tqdm.auto import tqdm
 
 TINY_DIGITS_NAME = "tiny-digits-clip"
 TINY_DIGITS_VERSION = "v1"
-TINY_DIGITS_DEFAULTS = dict(image_size=16, patch_size=4, width=64, layers=2, embed_dim=64, context_length=16,
-                            steps=800, batch_size=128, lr=1e-3, seed=0)
 
 
 def cache_dir() -> Path:
