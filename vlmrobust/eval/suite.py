@@ -550,20 +550,25 @@ def _attack(ctx: _Ctx, raw: Any, where: str) -> AttackSpec:
     )
 
 
-def _vqa_attack(ctx: _Ctx, raw: Any, where: str) -> VQAAttackSpec:
-    raw = ctx.check_keys(raw, _VQA_ATTACK_KEYS, where)
+def _likelihood_attack_threat(ctx: _Ctx, raw: dict, where: str, kind: str, target: str) -> tuple[str, tuple]:
+    """The `attack` / `norm` / `eps` fields of a VQA or captioning attack (APGD on the teacher-forced loss)."""
     comps = raw.get("attack", "apgd")
     comps = [comps] if isinstance(comps, str) else comps
     if comps != ["apgd"]:
-        raise ctx.fail(f"{where}.attack", f"VQA datasets support only 'apgd' (APGD on the answer loss), got "
+        raise ctx.fail(f"{where}.attack", f"{kind} datasets support only 'apgd' (APGD on the {target} loss), got "
                                           f"{raw.get('attack')!r}.")
     try:
         norm = canonical_norm(raw.get("norm", "Linf"))
     except ValueError as err:
         raise ctx.fail(f"{where}.norm", str(err)) from err
     if norm not in ("Linf", "L2"):
-        raise ctx.fail(f"{where}.norm", f"must be Linf or L2 for VQA attacks, got {norm}.")
-    eps = _eps_grid(ctx, raw.get("eps"), norm, where)
+        raise ctx.fail(f"{where}.norm", f"must be Linf or L2 for {kind} attacks, got {norm}.")
+    return norm, _eps_grid(ctx, raw.get("eps"), norm, where)
+
+
+def _vqa_attack(ctx: _Ctx, raw: Any, where: str) -> VQAAttackSpec:
+    raw = ctx.check_keys(raw, _VQA_ATTACK_KEYS, where)
+    norm, eps = _likelihood_attack_threat(ctx, raw, where, "VQA", "answer")
     ensemble = raw.get("ensemble", True)
     if not isinstance(ensemble, bool):
         raise ctx.fail(f"{where}.ensemble", f"must be true or false, got {ensemble!r}.")
@@ -645,18 +650,7 @@ def _vqa_dataset(ctx: _Ctx, d: dict, dname: str, where: str, n_override: int | N
 
 def _caption_attack(ctx: _Ctx, raw: Any, where: str) -> CaptionAttackSpec:
     raw = ctx.check_keys(raw, _CAPTION_ATTACK_KEYS, where)
-    comps = raw.get("attack", "apgd")
-    comps = [comps] if isinstance(comps, str) else comps
-    if comps != ["apgd"]:
-        raise ctx.fail(f"{where}.attack", f"captioning datasets support only 'apgd' (APGD on the caption loss), got "
-                                          f"{raw.get('attack')!r}.")
-    try:
-        norm = canonical_norm(raw.get("norm", "Linf"))
-    except ValueError as err:
-        raise ctx.fail(f"{where}.norm", str(err)) from err
-    if norm not in ("Linf", "L2"):
-        raise ctx.fail(f"{where}.norm", f"must be Linf or L2 for captioning attacks, got {norm}.")
-    eps = _eps_grid(ctx, raw.get("eps"), norm, where)
+    norm, eps = _likelihood_attack_threat(ctx, raw, where, "captioning", "caption")
     label = ctx.string(raw.get("label", "apgd-ensemble"), f"{where}.label")
     if "|" in label:
         raise ctx.fail(f"{where}.label", "must not contain '|'.")

@@ -13,6 +13,17 @@ from .. import __version__
 from .base import ImageEncoder, VisionLanguageModel
 
 
+def unnormalized_preprocess(image_processor) -> Callable:
+    """PIL image -> [0, 1] tensor with the image processor's resize / crop, but its normalisation left out
+    (normalisation happens inside the model, so attacks see pixels)."""
+
+    def _pre(image) -> torch.Tensor:
+        out = image_processor(images=image, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+        return out.float().clamp(0, 1)
+
+    return _pre
+
+
 class _PooledProjection(nn.Module):
     """HF vision transformer output -> projected image embedding (CLIP's `get_image_features`)."""
 
@@ -67,12 +78,7 @@ class HFCLIP(VisionLanguageModel):
 
     @property
     def preprocess(self) -> Callable:
-        ip = self.processor.image_processor
-
-        def _pre(image) -> torch.Tensor:
-            return ip(images=image, do_normalize=False, return_tensors="pt")["pixel_values"][0].float().clamp(0, 1)
-
-        return _pre
+        return unnormalized_preprocess(self.processor.image_processor)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.processor.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import ImageEncoder
+from .hf_clip_backend import unnormalized_preprocess
 from .lvlm_base import LVLM, apply_lora, lora_config
 
 FEATURE_TARGETS = ("projector_input", "pooled")
@@ -96,12 +97,7 @@ class Llava(LVLM):
 
     @property
     def preprocess(self) -> Callable:
-        ip = self.processor.image_processor
-
-        def _pre(image) -> torch.Tensor:
-            return ip(images=image, do_normalize=False, return_tensors="pt")["pixel_values"][0].float().clamp(0, 1)
-
-        return _pre
+        return unnormalized_preprocess(self.processor.image_processor)
 
     def load_vision_tower(self, source) -> None:
         """Copy a (robust) CLIP vision tower into this LLaVA, after checking that it fits.
