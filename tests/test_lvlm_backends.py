@@ -56,6 +56,25 @@ def test_qwen_preprocess_uses_processor_resolution(qwen):
         patchify(torch.rand(1, 3, 50, 56), 14, 2, 2)
 
 
+@pytest.mark.parametrize("hw", [(30, 40), (100, 37), (64, 64), (57, 113)])
+def test_qwen_resize_matches_processor_pixels_and_logits(qwen, hw):
+    # with resizing on: preprocess (before the attack) + the differentiable path == the processor's pixel_values,
+    # and the language model's logits agree
+    img = _image(*hw)
+    enc = qwen.processor.image_processor(images=img, return_tensors="pt")
+    x = qwen.preprocess(img)[None]
+    ours = qwen.pixel_inputs(x)
+    torch.testing.assert_close(ours["image_grid_thw"], enc["image_grid_thw"])
+    torch.testing.assert_close(ours["pixel_values"], enc["pixel_values"], atol=2e-6, rtol=0)
+    batch = qwen.build_batch(["what shape is it?"], image_hw=tuple(x.shape[-2:]))
+    with torch.no_grad():
+        logits = qwen.forward_logits(x, batch)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        ref = qwen.model(**inputs, pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
+                         use_cache=False).logits
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["llava", "qwen"])
 def test_prompt_tokens_match_processor(name, llava, request):
     model = llava if name == "llava" else create_model("qwen_vl:tiny")

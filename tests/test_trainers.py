@@ -30,19 +30,6 @@ def params(module):
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
-def test_fare_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
-    model = create_model(f"local-dir:{tiny_open_clip_dir}")
-    trainer = FARETrainer(model, fare_args(tmp_path), train_dataset=image_dataset)
-    x = image_dataset.images[:4]
-    x_adv = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
-    trainer.adversarial_examples = lambda *a, **k: x_adv
-    with torch.no_grad():
-        model.image_encoder.tower.proj.add_(0.05)  # so the trained and reference encoders differ
-    loss = trainer.compute_loss(trainer.model, {"pixel_values": x})
-    expected = ((model.encode_image(x_adv) - trainer.reference_encoder(x)) ** 2).sum(-1).mean()
-    torch.testing.assert_close(loss, expected)
-
-
 def test_attack_leaves_parameter_gradients_untouched(tiny_open_clip_dir, image_dataset, tmp_path):
     model = create_model(f"local-dir:{tiny_open_clip_dir}")
     trainer = FARETrainer(model, fare_args(tmp_path), train_dataset=image_dataset)
@@ -119,6 +106,26 @@ def test_scheduled_epsilon_is_used_by_the_trainer(tiny_open_clip_dir, image_data
     trainer.train()
     eps = [h["epsilon"] for h in trainer.state.log_history if "epsilon" in h]
     assert eps == pytest.approx([0, 0, 3 / 255, 6 / 255], abs=1e-6)
+
+
+@pytest.mark.parametrize("drop_last,ga,per_epoch", [(True, 1, 3), (False, 1, 4), (True, 2, 2)])
+def test_epoch_schedule_counts_steps_like_the_trainer(drop_last, ga, per_epoch, tiny_open_clip_dir, image_dataset,
+                                                      tmp_path):
+    # 16 images, batch 5: 3 full batches with dataloader_drop_last (the quickstart's setting), 4 without; with
+    # accumulation 2 the 3 batches make 2 optimizer steps (the last one short), as the Trainer counts them
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    args = fare_args(tmp_path, max_steps=-1, num_train_epochs=2, per_device_train_batch_size=5,
+                     dataloader_drop_last=drop_last, gradient_accumulation_steps=ga, epsilon_schedule="linear",
+                     epsilon_schedule_start=0, epsilon_schedule_end=1, epsilon_schedule_unit="epochs",
+                     epsilon=6 / 255)
+    trainer = FARETrainer(model, args, train_dataset=image_dataset)
+    assert trainer.steps_per_epoch == per_epoch  # before training: derived the same way
+    trainer.train()
+    assert trainer.state.global_step == 2 * per_epoch and trainer.steps_per_epoch == per_epoch
+    eps = [h["epsilon"] for h in trainer.state.log_history if "epsilon" in h]
+    # full ε from the first step of the second epoch on, not a step late
+    expected = [6 / 255 * min(s / per_epoch, 1) for s in range(2 * per_epoch)]
+    assert eps == pytest.approx(expected, abs=1e-6)
 
 
 def test_resume_reaches_the_same_weights(tiny_open_clip_dir, image_dataset, tmp_path):

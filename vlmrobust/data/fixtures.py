@@ -18,13 +18,20 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def tiny_open_clip_config(
     image_size: int = 32, patch_size: int = 8, width: int = 32, layers: int = 2, embed_dim: int = 32,
-    context_length: int = 16, heads: int = 4,
+    context_length: int = 16, heads: int = 4, patch_dropout: float = 0.0,
 ) -> dict:
-    """open_clip `model_cfg` of a tiny ViT CLIP (default: 2 layers, width 32, 32 px)."""
+    """open_clip `model_cfg` of a tiny ViT CLIP (default: 2 layers, width 32, 32 px).
+
+    `patch_dropout > 0` drops that fraction of patch tokens in train mode only, so a train / eval mode mistake
+    changes the outputs.
+    """
+    vision_cfg = {"image_size": image_size, "layers": layers, "width": width, "patch_size": patch_size,
+                  "head_width": width // heads}
+    if patch_dropout:
+        vision_cfg["patch_dropout"] = float(patch_dropout)
     return {
         "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "patch_size": patch_size,
-                       "head_width": width // heads},
+        "vision_cfg": vision_cfg,
         "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": heads,
                      "layers": layers},
     }
@@ -32,9 +39,10 @@ def tiny_open_clip_config(
 
 def build_tiny_open_clip(
     output_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 32,
-    layers: int = 2, embed_dim: int = 32, context_length: int = 16,
+    layers: int = 2, embed_dim: int = 32, context_length: int = 16, patch_dropout: float = 0.0,
 ) -> Path:
-    """Build a tiny open_clip CLIP with random weights and save it in open_clip's layout.
+    """Build a tiny open_clip CLIP with random weights and save it in open_clip's layout (`patch_dropout`: see
+    `tiny_open_clip_config`).
 
     Returns the folder; load it with `create_model("local-dir:<folder>")` or plain
     `open_clip.create_model_and_transforms("local-dir:<folder>")`.
@@ -44,7 +52,7 @@ def build_tiny_open_clip(
     from ..hub.open_clip_io import save_open_clip
 
     cfg = tiny_open_clip_config(image_size, patch_size, width, layers, embed_dim, context_length,
-                                heads=max(1, width // 16))
+                                heads=max(1, width // 16), patch_dropout=patch_dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIP(**cfg)

@@ -137,20 +137,35 @@ class QwenVL(LVLM):
 
     @property
     def preprocess(self) -> Callable:
-        """PIL image -> `(3, H', W')` in [0, 1] at Qwen's resolution (`smart_resize`, bicubic with antialiasing, as
-        the fast image processor resizes)."""
-        from torchvision.transforms import InterpolationMode
+        """PIL image -> `(3, H', W')` in [0, 1] at Qwen's resolution, resized exactly as the image processor does
+        (`smart_resize` size, the processor's `resample` filter with antialiasing, `torchvision.transforms.v2` on the
+        uint8 image), so the attack starts from the pixels the processor would give the model."""
         from torchvision.transforms import functional as TF
+        from torchvision.transforms.v2 import functional as TF2
+
+        interpolation = _torch_interpolation(getattr(self.processor.image_processor, "resample", None))
 
         def _pre(image) -> torch.Tensor:
             t = TF.pil_to_tensor(image.convert("RGB")) if not torch.is_tensor(image) else image
             if t.is_floating_point():
                 t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
             h, w = self.target_size(t.shape[-2], t.shape[-1])
-            t = TF.resize(t, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            t = TF2.resize(t, [h, w], interpolation=interpolation, antialias=True)
             return (t.float() / 255.0).clamp(0, 1)
 
         return _pre
+
+
+def _torch_interpolation(resample):
+    """The torchvision interpolation an HF torchvision-backend image processor uses for `resample`."""
+    from torchvision.transforms import InterpolationMode
+    from transformers.image_utils import PILImageResampling, pil_torch_interpolation_mapping
+
+    if resample is None:
+        return InterpolationMode.BICUBIC
+    if isinstance(resample, InterpolationMode):
+        return resample
+    return pil_torch_interpolation_mapping[PILImageResampling(int(resample))]
 
 
 def check_qwen_processor(model: nn.Module, processor) -> None:

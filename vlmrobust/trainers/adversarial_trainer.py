@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import ce_loss
+from ..attacks.base import eval_mode
 from .adversarial_config import AdversarialConfig
 from .base_trainer import RobustTrainer, require_vlm
 
@@ -67,7 +68,9 @@ class AdversarialTrainer(RobustTrainer):
             loss = F.cross_entropy(logits, y)
             self.log_metric("adv_loss", loss)
         else:
-            with torch.no_grad():
+            # The attack's clean target comes from the model in eval mode, like the attack itself (TRADES reference:
+            # both under model.eval()); the loss terms below run in train mode.
+            with torch.no_grad(), eval_mode(clf):
                 p_clean = F.softmax(clf(x).float(), dim=-1)
             if self.args.trades_attack_loss == "kl":
                 # KL(p‖p) has zero gradient at δ = 0: start inside the ball (TRADES starts from x + 0.001·N(0, I))

@@ -95,11 +95,26 @@ class RobustTrainer(Trainer):
 
     # -- attack ----------------------------------------------------------------------------------------------------
     @property
-    def steps_per_epoch(self) -> float:
-        world = max(self.args.world_size, 1)
-        per_step = self.args.per_device_train_batch_size * world * self.args.gradient_accumulation_steps
-        n = len(self.train_dataset) if self.train_dataset is not None else per_step
-        return max(math.ceil(n / per_step), 1)
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch, as the Trainer counts them for its own epoch boundaries.
+
+        Taken from the Trainer's prepared training dataloader when training starts (so `dataloader_drop_last`, the
+        number of processes and gradient accumulation count exactly as they do for the Trainer); before that, the
+        same count is derived from the dataset size.
+        """
+        if getattr(self, "_steps_per_epoch", None):
+            return self._steps_per_epoch
+        a = self.args
+        per_batch = a.per_device_train_batch_size * max(a.world_size, 1)
+        n = len(self.train_dataset) if self.train_dataset is not None else per_batch
+        batches = n // per_batch if a.dataloader_drop_last else math.ceil(n / per_batch)
+        return max(math.ceil(batches / a.gradient_accumulation_steps), 1)
+
+    def set_initial_training_values(self, args, dataloader, *rest, **kwargs):
+        values = super().set_initial_training_values(args, dataloader, *rest, **kwargs)
+        # (num_train_epochs, num_update_steps_per_epoch, ...): the count the Trainer uses for epoch boundaries
+        self._steps_per_epoch = max(int(values[1]), 1)
+        return values
 
     @property
     def current_epsilon(self) -> float:
