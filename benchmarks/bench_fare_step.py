@@ -152,7 +152,7 @@ def main(argv=None):
     results = []
     for arch in a.models:
         if arch == "tiny":
-            from vlmrobust.data.fixtures import build_tiny_open_clip
+            from vlmrobust.testing import build_tiny_open_clip
 
             tmp = tempfile.mkdtemp()
             model_id = f"local-dir:{build_tiny_open_clip(tmp, image_size=32, patch_size=4, width=64)}"

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_open_clip_dir(tmp_path_factory):
-    from vlmrobust.data.fixtures import build_tiny_open_clip
+    from vlmrobust.testing import build_tiny_open_clip
 
     return build_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip"), seed=0)
 
@@ -20,14 +20,14 @@ def tiny_open_clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_open_clip_dropout_dir(tmp_path_factory):
     """The tiny open_clip CLIP with patch dropout 0.5: train and eval mode give different outputs."""
-    from vlmrobust.data.fixtures import build_tiny_open_clip
+    from vlmrobust.testing import build_tiny_open_clip
 
     return build_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip_dropout"), seed=0, patch_dropout=0.5)
 
 
 @pytest.fixture(scope="session")
 def tiny_hf_clip_dir(tmp_path_factory):
-    from vlmrobust.data.fixtures import build_tiny_hf_clip
+    from vlmrobust.testing import build_tiny_hf_clip
 
     return build_tiny_hf_clip(tmp_path_factory.mktemp("tiny_hf_clip"), seed=0)
 

@@ -9,7 +9,7 @@ import pytest
 
 from vlmrobust.eval import SuiteError, load_suite, run_suite
 from vlmrobust.eval.runner import load_results
-from vlmrobust.eval.vqa import CorpusCider, cider_status, compute_cider
+from vlmrobust.metrics import CorpusCider, cider_status, compute_cider
 
 CIDER_OK, CIDER_WHY = cider_status()
 needs_cider = pytest.mark.skipif(not CIDER_OK, reason=CIDER_WHY)

@@ -32,7 +32,7 @@ EPS = 4 / 255
 @pytest.fixture(scope="session")
 def digits_clip_dir(tmp_path_factory):
     """A tiny CLIP briefly pre-trained on digits: accurate but not robust (about 5 s on one idle core)."""
-    from vlmrobust.models.tiny_digits import pretrain_tiny_digits_clip
+    from vlmrobust.testing import pretrain_tiny_digits_clip
 
     return pretrain_tiny_digits_clip(tmp_path_factory.mktemp("digits_clip"), steps=100, batch_size=64,
                                      progress=False)

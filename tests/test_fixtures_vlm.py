@@ -18,7 +18,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from vlmrobust.data.fixtures_vlm import (
+from vlmrobust.testing import (
     LLAVA_SPECIAL_TOKENS,
     QWEN_SPECIAL_TOKENS,
     SHAPES_VQA_VOCAB,

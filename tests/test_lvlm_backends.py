@@ -212,7 +212,7 @@ def test_swap_incompatible_tower_names_the_fix(llava, tmp_path):
 
 
 def test_processor_from_another_model_is_refused(llava):
-    from vlmrobust.data.fixtures_vlm import make_tiny_llava, make_tiny_qwen2_vl
+    from vlmrobust.testing import make_tiny_llava, make_tiny_qwen2_vl
 
     other_model, _ = make_tiny_llava(image_size=48)
     with pytest.raises(ValueError, match="processor belongs to another model.*same id / folder"):

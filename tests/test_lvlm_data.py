@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from vlmrobust.data.shapes_vqa import QUESTION_TYPES, ShapesVQA
-from vlmrobust.data.vqa import VQACollator, majority_answer, normalize_answer
-from vlmrobust.eval.vqa import cider_status, compute_cider, evaluate_vqa, vqa_accuracy
+from vlmrobust.data.vqa import VQACollator
+from vlmrobust.eval.vqa import evaluate_vqa
+from vlmrobust.metrics import cider_status, compute_cider, majority_answer, normalize_answer, vqa_accuracy
 from vlmrobust.models import create_model
 
 

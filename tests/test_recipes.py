@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 @pytest.fixture(scope="module")
 def digits_clip(tmp_path_factory):
-    from vlmrobust.models.tiny_digits import pretrain_tiny_digits_clip
+    from vlmrobust.testing import pretrain_tiny_digits_clip
 
     return pretrain_tiny_digits_clip(tmp_path_factory.mktemp("digits_clip"), steps=150, progress=False)
 

@@ -100,7 +100,7 @@ def ensemble_attack(model, pixels: Tensor, questions: Sequence[str], references:
     """
     from collections import Counter
 
-    from ..data.vqa import normalize_answer
+    from ..metrics import normalize_answer
 
     best_x = pixels.detach().clone()
     best_score = score_fn(best_x, torch.arange(len(questions))).detach().float().cpu()

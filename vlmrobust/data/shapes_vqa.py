@@ -2,7 +2,7 @@
 
 Questions ask for the colour or the shape of a single object, the number of objects (1-4), whether a named
 coloured shape is present (yes / no), or whether the object is on the left or the right. Every answer is one word
-from [`SHAPES_VQA_VOCAB`](fixtures_vlm.py), and each question has 10 reference answers like VQAv2's (numbers are
+from [`SHAPES_VQA_VOCAB`](../testing/vocab.py), and each question has 10 reference answers like VQAv2's (numbers are
 given as digits by some "annotators" and as words by others, which the official normalisation merges; about one
 question in five has one dissenting annotator).
 
@@ -154,7 +154,7 @@ class ShapesVQA(Dataset):
 
     def chance_accuracy(self) -> dict[str, float]:
         """Majority-answer accuracy per question type and overall (always answering each type's commonest answer)."""
-        from ..eval.vqa import vqa_accuracy
+        from ..metrics import vqa_accuracy
 
         by_type: dict[str, list[dict]] = defaultdict(list)
         for item in self.items:

@@ -1,5 +1,5 @@
-"""VQA / captioning data: loaders (local official JSON + image folders, or `datasets`), the official VQA answer
-normalisation, and the collator that masks prompt and image tokens out of the labels.
+"""VQA / captioning data: loaders (local official JSON + image folders, or `datasets`) and the collator that masks
+prompt and image tokens out of the labels (the answer normalisation is in `vlmrobust.metrics`).
 
 Every item is a dict `{"image": PIL.Image, "question": str, "answers": list[str], "question_id": ...,
 "question_type": str}` (captions: `question` is the captioning prompt and `answers` the reference captions).
@@ -9,131 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = -100
-
-# -- official VQA answer normalisation (VQA evaluation toolkit, vqaEval.py) ------------------------------------------
-_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
-    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
-    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
-    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
-    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
-    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at",
-    "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
-    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
-    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
-    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
-    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
-    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
-    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
-    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
-    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
-    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
-    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
-    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
-}
-_MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-               "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = ("a", "an", "the")
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: the toolkit's pattern, kept for identical results
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-_PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-
-
-def process_punctuation(text: str) -> str:
-    """The toolkit's `processPunctuation`."""
-    out = text
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
-
-
-def process_digit_article(text: str) -> str:
-    """The toolkit's `processDigitArticle`: lower-case, number words -> digits, drop articles, fix contractions."""
-    words = [_MANUAL_MAP.get(w, w) for w in text.lower().split()]
-    words = [w for w in words if w not in _ARTICLES]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
-
-
-def normalize_answer(answer: str) -> str:
-    """Official VQA answer normalisation: whitespace, punctuation, digits / articles, contractions."""
-    answer = str(answer).replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
-
-
-# -- collation with label masking -------------------------------------------------------------------------------------
-def build_supervised_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None = None, *,
-                           eot_token_id: int | None = None, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Tokenise `prompts` (+ `answers`) into `input_ids`, `attention_mask` and, with answers, `labels`.
-
-    Prompt and answer are tokenised separately and concatenated, so the boundary is exact: `labels` is -100 on
-    every prompt token (chat template, image placeholders, question) and on padding, and equals `input_ids` on the
-    answer tokens and the end-of-turn token `eot_token_id` appended after them.
-
-    Args:
-        tokenizer: the model's tokenizer (its own special tokens, e.g. LLaVA's BOS, are added to the prompt).
-        prompts (`Sequence[str]`): full prompts with image placeholders already expanded.
-        answers (`Sequence[str]`, *optional*): target strings, one per prompt.
-        eot_token_id (`int`, *optional*): appended to each answer (and supervised); skipped when None.
-        padding_side (`str`, *optional*, defaults to `"right"`): `"right"` for losses, `"left"` for generation.
-    """
-    if answers is not None and len(answers) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows, labels = [], []
-    for i, prompt in enumerate(prompts):
-        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        lab = [IGNORE_INDEX] * len(ids)
-        if answers is not None:
-            ans = list(tokenizer(answers[i], add_special_tokens=False)["input_ids"])
-            if eot_token_id is not None:
-                ans.append(int(eot_token_id))
-            ids += ans
-            lab += ans
-        rows.append(ids)
-        labels.append(lab)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    label_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (ids, lab) in enumerate(zip(rows, labels)):
-        n = len(ids)
-        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
-        input_ids[i, sl] = torch.tensor(ids)
-        attention[i, sl] = 1
-        label_t[i, sl] = torch.tensor(lab)
-    batch = {"input_ids": input_ids, "attention_mask": attention}
-    if answers is not None:
-        batch["labels"] = label_t
-    return batch
-
-
-def majority_answer(answers: Sequence[str]) -> str:
-    """Most frequent reference answer after normalisation (ties: first seen); the training target."""
-    norm = [normalize_answer(a) for a in answers]
-    best = Counter(norm).most_common(1)[0][0]
-    return answers[norm.index(best)]
+from ..metrics import majority_answer
 
 
 class VQACollator:

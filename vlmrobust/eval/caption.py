@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .vqa import CorpusCider, _key, cider_status
+from ..metrics import CorpusCider, cider_status
+from .vqa import _key
 
 
 def caption_scores(model, scorer: CorpusCider, pixels: torch.Tensor, prompts: Sequence[str], ids: Sequence,

@@ -339,7 +339,7 @@ class _ModelSlot:
     def cider(self, spec: DatasetSpec):
         """CIDEr scorer (IDF of the references of the whole evaluated image set) of a captioning dataset."""
         if spec.name not in self._cider:
-            from .vqa import CorpusCider
+            from ..metrics import CorpusCider
 
             data = self.dataset(spec)
             refs = {i: list(data[i]["answers"]) for i in range(len(data))}
@@ -612,7 +612,8 @@ class _Runner:
             yield idx, pixels, [it["question"] for it in items], [list(it["answers"]) for it in items], items
 
     def _vqa_score_fn(self, slot: _ModelSlot, spec: DatasetSpec, questions: list[str], refs: list[list[str]]):
-        from .vqa import _answer, vqa_accuracy
+        from ..metrics import vqa_accuracy
+        from .vqa import _answer
 
         vs = spec.vqa
         candidates = self._vqa_candidates(slot, spec)
@@ -671,7 +672,7 @@ class _Runner:
     def _vqa_attack(self, model: str, slot: _ModelSlot, spec: DatasetSpec, atk: VQAAttackSpec, eps: float,
                     parent: list[float], clean_cell: dict) -> dict:
         from ..attacks.vlm import ensemble_attack
-        from ..data.vqa import majority_answer
+        from ..metrics import majority_answer
 
         scores = [float(v) for v in parent]
         alive = [i for i, v in enumerate(scores) if v > 0]
@@ -709,7 +710,7 @@ class _Runner:
         """Clean CIDEr, then each attack's ε grid in ascending order. Scores are per-image CIDEr-D ×100 against the
         IDF of the whole evaluated set's references (fixed, so their mean is the corpus CIDEr); each ε starts from
         the next smaller ε's worst case and re-attacks only images that still score above 0."""
-        from .vqa import cider_status
+        from ..metrics import cider_status
 
         ok, message = cider_status()
         if not ok:  # said plainly; with --skip-missing it is listed under "Skipped datasets" in the report

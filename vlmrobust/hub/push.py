@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from ..layout import detect_layout, missing_files
+
 #: files that only matter for resuming training; kept out of a published model
 _TRAINING_ONLY = ["optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json", "training_args.bin",
                   "checkpoint-*/**", "global_step*/**", "*.tmp", ".*"]
@@ -16,15 +18,12 @@ def check_publishable(folder: str | os.PathLike) -> str:
     path = Path(folder)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder: give the output_dir of a vlmrobust run.")
-    if (path / "open_clip_config.json").is_file() and (path / "open_clip_model.safetensors").is_file():
-        backend = "open_clip"
-    elif (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        backend = "transformers"
-    elif (path / "radapt_config.json").is_file():
-        backend = "radapt"
-    else:
-        raise ValueError(f"{path} holds no checkpoint in a known layout (open_clip_config.json + "
-                         "open_clip_model.safetensors, or transformers' config.json + *.safetensors).")
+    backend = detect_layout(path)
+    if backend is None or missing_files(path, backend):
+        missing = f" ({backend} layout without {', '.join(missing_files(path, backend))})" if backend else ""
+        raise ValueError(f"{path} holds no complete checkpoint in a known layout{missing}: open_clip_config.json + "
+                         "open_clip_model.safetensors, transformers' config.json + *.safetensors, or R-Adapt's "
+                         "radapt_config.json + radapt_anchor.safetensors.")
     if not (path / "README.md").is_file():
         raise ValueError(f"{path} has no README.md model card: the recipes write one next to results.json; "
                          "write one with vlmrobust.hub.model_card.write_model_card before publishing.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..layout import detect_layout
 from ..registry import Registry
 from .base import VisionLanguageModel
 
@@ -37,10 +38,11 @@ def _local_dir(spec: str, **kw) -> VisionLanguageModel:
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"'local-dir:{spec}': folder not found. Give the path of a saved checkpoint.")
-    if (path / "radapt_config.json").is_file():
+    layout = detect_layout(path)
+    if layout == "radapt":
         raise ValueError(f"'{path}' is an R-Adapt folder (anchor + settings, no backbone weights): load it with "
                          f"'radapt:{spec}'.")
-    if (path / "config.json").is_file() and not (path / "open_clip_config.json").is_file():
+    if layout == "transformers":
         raise ValueError(f"'{path}' is in transformers' layout, not open_clip's: load it with 'hf-clip:{spec}'.")
     return load_open_clip(f"local-dir:{spec}", **kw)
 
@@ -52,17 +54,10 @@ def _hf_clip(spec: str, **kw) -> VisionLanguageModel:
     return load_hf_clip(spec, **kw)
 
 
-@BACKENDS.register("radapt")
-def _radapt(spec: str, **kw) -> VisionLanguageModel:
-    from .radapt import load_radapt
-
-    return load_radapt(spec, **kw)
-
-
 @BACKENDS.register("vlmrobust")
 def _builtin(spec: str, **kw) -> VisionLanguageModel:
+    from ..testing.stand_in import TINY_DIGITS_NAME, get_tiny_digits_clip
     from .open_clip_backend import load_open_clip
-    from .tiny_digits import TINY_DIGITS_NAME, get_tiny_digits_clip
 
     if spec != TINY_DIGITS_NAME:
         raise ValueError(f"Unknown built-in model 'vlmrobust:{spec}'. Built-ins: 'vlmrobust:{TINY_DIGITS_NAME}'.")

@@ -190,7 +190,7 @@ def load_llava(name_or_path: str, *, device: str | torch.device = "cpu", torch_d
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     if name_or_path == "tiny":
-        from ..data.fixtures_vlm import make_tiny_llava
+        from ..testing.tiny_llava import make_tiny_llava
 
         model, own = make_tiny_llava(seed=seed, **(tiny_kwargs or {}))
     else:

@@ -100,8 +100,6 @@ class LVLM(VisionLanguageModel):
                 defaults to `(image_size, image_size)`.
             padding_side (`str`, *optional*): `"right"` (default with answers) or `"left"` (default without).
         """
-        from ..data.vqa import build_supervised_batch
-
         h, w = image_hw or (self.image_size, self.image_size)
         prompts = [self.expand_image_tokens(self.prompt(q), h, w) for q in questions]
         batch = build_supervised_batch(
@@ -185,6 +183,54 @@ class LVLM(VisionLanguageModel):
     def encode_text(self, texts, normalize: bool = False) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} generates text; it has no text embedding for zero-shot "
                                   "classification. Use answer_loss / generate / rank_answers.")
+
+
+def build_supervised_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None = None, *,
+                           eot_token_id: int | None = None, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Tokenise `prompts` (+ `answers`) into `input_ids`, `attention_mask` and, with answers, `labels`.
+
+    Prompt and answer are tokenised separately and concatenated, so the boundary is exact: `labels` is -100 on
+    every prompt token (chat template, image placeholders, question) and on padding, and equals `input_ids` on the
+    answer tokens and the end-of-turn token `eot_token_id` appended after them.
+
+    Args:
+        tokenizer: the model's tokenizer (its own special tokens, e.g. LLaVA's BOS, are added to the prompt).
+        prompts (`Sequence[str]`): full prompts with image placeholders already expanded.
+        answers (`Sequence[str]`, *optional*): target strings, one per prompt.
+        eot_token_id (`int`, *optional*): appended to each answer (and supervised); skipped when None.
+        padding_side (`str`, *optional*, defaults to `"right"`): `"right"` for losses, `"left"` for generation.
+    """
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, labels = [], []
+    for i, prompt in enumerate(prompts):
+        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        lab = [IGNORE_INDEX] * len(ids)
+        if answers is not None:
+            ans = list(tokenizer(answers[i], add_special_tokens=False)["input_ids"])
+            if eot_token_id is not None:
+                ans.append(int(eot_token_id))
+            ids += ans
+            lab += ans
+        rows.append(ids)
+        labels.append(lab)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    label_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, lab) in enumerate(zip(rows, labels)):
+        n = len(ids)
+        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        input_ids[i, sl] = torch.tensor(ids)
+        attention[i, sl] = 1
+        label_t[i, sl] = torch.tensor(lab)
+    batch = {"input_ids": input_ids, "attention_mask": attention}
+    if answers is not None:
+        batch["labels"] = label_t
+    return batch
 
 
 def sequence_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

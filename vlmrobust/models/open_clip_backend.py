@@ -12,10 +12,8 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from ..layout import OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_WEIGHTS_NAME
 from .base import ImageEncoder, VisionLanguageModel
-
-OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
 def _strip_normalize(preprocess: Callable) -> tuple[Callable, tuple[float, ...], tuple[float, ...]]:
@@ -86,7 +84,7 @@ class OpenCLIP(VisionLanguageModel):
 
         Plain open_clip loads the result without vlmrobust: `open_clip.create_model_and_transforms("local-dir:<dir>")`.
         """
-        from ..hub.open_clip_io import save_open_clip
+        from ..layout import save_open_clip
 
         save_open_clip(self.model, save_directory, self.model_cfg, self.preprocess_cfg, state_dict=state_dict,
                        extra_config=extra_config)

@@ -211,7 +211,7 @@ def load_qwen_vl(name_or_path: str, *, device: str | torch.device = "cpu", torch
     )
 
     if name_or_path in ("tiny", "tiny-2.5"):
-        from ..data.fixtures_vlm import make_tiny_qwen2_5_vl, make_tiny_qwen2_vl
+        from ..testing.tiny_qwen import make_tiny_qwen2_5_vl, make_tiny_qwen2_vl
 
         model, own = (make_tiny_qwen2_vl if name_or_path == "tiny" else make_tiny_qwen2_5_vl)(seed=seed, **(tiny_kwargs or {}))
     else:

@@ -21,11 +21,10 @@ from torch import nn
 from transformers import Trainer
 
 from ..attacks import APGD, PGD
+from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPEN_CLIP_WEIGHTS_NAME
 from ..models.base import VisionLanguageModel
 from ..utils.io import atomic_save_safetensors
 from .base_config import RobustTrainingArguments
-
-EXTRA_WEIGHTS_NAME = "vlmrobust_extra.safetensors"
 
 
 def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
@@ -263,10 +262,10 @@ class RobustTrainer(Trainer):
 
         model = model if model is not None else self.model
         ckpt = Path(resume_from_checkpoint)
-        weights = [ckpt / n for n in ("open_clip_model.safetensors", "model.safetensors") if (ckpt / n).is_file()]
+        weights = [ckpt / n for n in (OPEN_CLIP_WEIGHTS_NAME, HF_WEIGHTS_NAME) if (ckpt / n).is_file()]
         if not weights:
-            raise FileNotFoundError(f"No vlmrobust checkpoint weights in {ckpt} (open_clip_model.safetensors / "
-                                    "model.safetensors): is this a checkpoint folder written by a vlmrobust trainer?")
+            raise FileNotFoundError(f"No vlmrobust checkpoint weights in {ckpt} ({OPEN_CLIP_WEIGHTS_NAME} / "
+                                    f"{HF_WEIGHTS_NAME}): is this a checkpoint folder written by a vlmrobust trainer?")
         full = load_file(weights[0], device="cpu")
         sd = {k: full[n] for k, n in self._native_keys.items() if n in full}
         missing = [k for k, n in self._native_keys.items() if n not in full]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from ..hub.open_clip_io import VLMROBUST_CONFIG_NAME
-from ..models.radapt import RADAPT_WEIGHTS_NAME, RAdaptModel
+from ..layout import RADAPT_WEIGHTS_NAME, VLMROBUST_CONFIG_NAME
+from ..models.radapt import RAdaptModel
 from .base_trainer import RobustTrainer, require_vlm
 from .fare_trainer import fare_distance
 from .radapt_config import RAdaptConfig

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..layout import OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_WEIGHTS_NAME
+
 TINY_DIGITS_NAME = "tiny-digits-clip"
 TINY_DIGITS_VERSION = "v1"
 
@@ -40,8 +42,8 @@ def pretrain_tiny_digits_clip(output_dir: str | os.PathLike, *, steps: int = 800
     from open_clip.tokenizer import SimpleTokenizer
 
     from ..data import DIGITS_TEMPLATES, digits_captions, load_digits_splits
-    from ..data.fixtures import OPENAI_MEAN, OPENAI_STD, tiny_open_clip_config
-    from ..hub.open_clip_io import save_open_clip
+    from ..layout import save_open_clip
+    from .tiny_clip import OPENAI_MEAN, OPENAI_STD, tiny_open_clip_config
 
     cfg = tiny_open_clip_config(image_size, patch_size, width, layers, embed_dim, context_length, heads=4)
     train, _ = load_digits_splits(image_size=image_size)
@@ -90,7 +92,7 @@ def pretrain_tiny_digits_clip(output_dir: str | os.PathLike, *, steps: int = 800
 def get_tiny_digits_clip(progress: bool = True, **overrides) -> Path:
     """Path of the cached stand-in checkpoint, pre-training it first when absent (atomic: built aside, renamed)."""
     target = cache_dir() / f"{TINY_DIGITS_NAME}-{TINY_DIGITS_VERSION}"
-    if (target / "open_clip_model.safetensors").is_file() and (target / "open_clip_config.json").is_file():
+    if (target / OPEN_CLIP_WEIGHTS_NAME).is_file() and (target / OPEN_CLIP_CONFIG_NAME).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -99,7 +101,7 @@ def get_tiny_digits_clip(progress: bool = True, **overrides) -> Path:
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
-            if not (target / "open_clip_model.safetensors").is_file():
+            if not (target / OPEN_CLIP_WEIGHTS_NAME).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,7 +49,7 @@ def build_tiny_open_clip(
     """
     from open_clip.model import CLIP
 
-    from ..hub.open_clip_io import save_open_clip
+    from ..layout import save_open_clip
 
     cfg = tiny_open_clip_config(image_size, patch_size, width, layers, embed_dim, context_length,
                                 heads=max(1, width // 16), patch_dropout=patch_dropout)
