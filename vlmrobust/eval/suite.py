@@ -74,7 +74,7 @@ from ..attacks import ATTACKS, check_budget
 from ..attacks.base import canonical_norm
 from ..registry import Registry
 
-#: suite name -> path of its YAML file. The files in `eval_suites/` register themselves; users add their own.
+#: suite name -> path of its YAML file. The files in `vlmrobust/eval_suites/` register themselves; users add their own.
 SUITES: Registry[Path] = Registry("eval suite")
 
 #: Components that need a minimum number of classes (DLR losses use the 3rd / 4th largest logit).
@@ -113,9 +113,10 @@ class SuiteError(ValueError):
 
 
 def suites_dir() -> Path:
-    """Folder of the shipped suites: `$VLMROBUST_SUITES_DIR`, else `eval_suites/` beside the package."""
+    """Folder of the shipped suites: `$VLMROBUST_SUITES_DIR`, else `vlmrobust/eval_suites/` (package data, so an
+    installed wheel has them too)."""
     env = os.environ.get("VLMROBUST_SUITES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "eval_suites"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "eval_suites"
 
 
 def _register_shipped() -> None:
