@@ -53,6 +53,11 @@ class AttackSpy:
         return self.x_adv
 
 
+def _logged(trainer) -> dict[str, float]:
+    """The metrics the last compute_loss recorded (what the Trainer will log), by name."""
+    return {k: float(v[-1]) for k, v in trainer._metrics.items()}
+
+
 def _x_and_adv(dataset, n=4, eps=4 / 255, seed=3):
     x = dataset.images[:n]
     g = torch.Generator().manual_seed(seed)
@@ -101,6 +106,9 @@ def test_fare_loss_is_the_formula(kind, tiny_open_clip_dir, image_dataset, tmp_p
 
     expected = dist(enc(x_adv), ref(x).detach()).mean()
     torch.testing.assert_close(loss, expected)
+    logged = _logged(trainer)
+    assert logged["adv_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert logged["clean_loss"] == pytest.approx(float(dist(enc(x), ref(x)).mean()), rel=1e-5)
     _assert_same_grads(_grads(loss, params), _grads(expected, params))
     # each plausible mistake gives another number on this case
     with torch.no_grad():
@@ -145,6 +153,9 @@ def test_tecoa_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
     loss = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y})
     expected = F.cross_entropy(logits(x_adv), y)
     torch.testing.assert_close(loss, expected)
+    logged = _logged(trainer)
+    assert logged["adv_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert logged["adv_accuracy"] == pytest.approx(float((logits(x_adv).argmax(-1) == y).float().mean()))
     _assert_same_grads(_grads(loss, params), _grads(expected, params))
     with torch.no_grad():
         wrong = {"clean images": F.cross_entropy(logits(x), y), "logit scale 100": F.cross_entropy(logits(x_adv, 100), y),
@@ -185,6 +196,9 @@ def test_classic_at_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_p
     loss = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y})
     expected = F.cross_entropy(logits(x_adv), y)
     torch.testing.assert_close(loss, expected)
+    logged = _logged(trainer)
+    assert logged["adv_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert logged["adv_accuracy"] == pytest.approx(float((logits(x_adv).argmax(-1) == y).float().mean()))
     _assert_same_grads(_grads(loss, params), _grads(expected, params))
     with torch.no_grad():
         for name, value in {"clean images": F.cross_entropy(logits(x), y),
@@ -214,6 +228,10 @@ def test_trades_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path)
     clean, adv = clf(x), clf(x_adv)
     expected = F.cross_entropy(clean, y) + beta * kl(clean, adv).mean()
     torch.testing.assert_close(loss, expected)
+    logged = _logged(trainer)
+    assert logged["clean_loss"] == pytest.approx(float(F.cross_entropy(clean, y)), rel=1e-5)
+    assert logged["trades_kl"] == pytest.approx(float(kl(clean, adv).mean()), rel=1e-4)
+    assert logged["adv_accuracy"] == pytest.approx(float((adv.argmax(-1) == y).float().mean()))
     # the gradient flows through both the clean and the adversarial logits of the KL (TRADES does not detach)
     _assert_same_grads(_grads(loss, params), _grads(expected, params))
     detached = F.cross_entropy(clean, y) + beta * kl(clean.detach(), adv).mean()
@@ -231,6 +249,54 @@ def test_trades_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(call["target"], F.softmax(clean, -1))
         torch.testing.assert_close(call["loss_fn"](call["forward"](x_adv), call["target"]), kl(clean, adv))
+
+
+def test_trades_with_a_ce_inner_attack(tiny_open_clip_dir, image_dataset, tmp_path):
+    model, trainer = _adv_trainer(tiny_open_clip_dir, image_dataset, tmp_path, loss="trades", trades_beta=2.0,
+                                  trades_attack_loss="ce")
+    x, x_adv = image_dataset.images[:4], image_dataset.images[8:12]
+    y = image_dataset.labels[:4]
+    spy = AttackSpy(x_adv)
+    trainer.adversarial_examples = spy
+    clf = trainer.model
+    loss = trainer.compute_loss(clf, {"pixel_values": x, "labels": y})
+    clean, adv = clf(x), clf(x_adv)
+    p = F.softmax(clean, -1)
+    expected = F.cross_entropy(clean, y) + 2.0 * (p * (F.log_softmax(clean, -1) - F.log_softmax(adv, -1))).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+    (call,) = spy.calls
+    assert call["forward"] is clf and torch.equal(call["target"], y) and call["loss_fn"] is ce_loss
+
+
+def test_radapt_plus_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
+    from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
+
+    trainer = RAdaptTrainer(create_model(f"local-dir:{tiny_open_clip_dir}"),
+                            _args(RAdaptConfig, tmp_path, alpha=0.5), train_dataset=image_dataset)
+    enc = trainer.model
+    with torch.no_grad():  # an anchor that is not the training-free one
+        for a in enc.anchors.values():
+            a.add_(0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(2)))
+    x, x_adv = _x_and_adv(image_dataset)
+    spy = AttackSpy(x_adv)
+    trainer.adversarial_examples = spy
+    loss = trainer.compute_loss(enc, {"pixel_values": x})
+    with torch.no_grad(), enc.disable_adapter():
+        standard_clean, standard_adv = enc(x), enc(x_adv)
+    expected = ((enc(x_adv) - standard_clean) ** 2).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    _assert_same_grads(_grads(loss, params), _grads(expected, params))
+    with torch.no_grad():
+        for name, value in {"adapter on in the target": ((enc(x_adv) - enc(x)) ** 2).sum(-1).mean(),
+                            "adapter off in the trained output": ((standard_adv - standard_clean) ** 2).sum(-1).mean(),
+                            "target on x + δ": ((enc(x_adv) - standard_adv) ** 2).sum(-1).mean()}.items():
+            assert _differs(value, expected), name
+    logged = _logged(trainer)
+    assert logged["adv_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    (call,) = spy.calls
+    torch.testing.assert_close(call["target"], standard_clean)
+    assert call["forward"] is enc
 
 
 # -- train / eval mode, on a model with dropout -------------------------------------------------------------------
