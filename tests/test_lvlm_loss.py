@@ -30,12 +30,13 @@ def _hand_ce(logits, labels, reduction):
 
 def test_sequence_ce_is_the_shifted_masked_cross_entropy():
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 6, 5, generator=g) * 3
+    logits = torch.randn(4, 6, 5, generator=g) * 3
     m = IGNORE_INDEX
     labels = torch.tensor([
         [m, m, 2, 4, m, m],  # two answer tokens, then padding
         [3, m, m, 1, 0, 2],  # position 0 is labelled but has no preceding logit: never scored
         [m, m, m, m, m, m],  # nothing supervised: loss 0, not NaN
+        [m, m, m, m, m, 4],  # one supervised token: its mean is its own loss
     ])
     for reduction in ("mean", "sum"):
         torch.testing.assert_close(sequence_ce(logits, labels, reduction), _hand_ce(logits, labels, reduction))

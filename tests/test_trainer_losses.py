@@ -130,6 +130,39 @@ def test_fare_loss_is_the_formula(kind, tiny_open_clip_dir, image_dataset, tmp_p
         torch.testing.assert_close(call["loss_fn"](call["forward"](x_adv), call["target"]), dist(enc(x_adv), ref(x)))
 
 
+def test_fare_distance_on_vectors_and_token_features():
+    from vlmrobust.trainers import fare_distance
+
+    g = torch.Generator().manual_seed(0)
+    emb, target = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    sq = ((emb - target) ** 2).sum(-1)
+    torch.testing.assert_close(fare_distance(emb, target), sq)  # the paper's squared L2 is the default
+    torch.testing.assert_close(fare_distance(emb, target, "l2"), sq.sqrt())
+    small = target + 1e-3  # distances far below 1: a clamp meant for 0 must not touch them
+    torch.testing.assert_close(fare_distance(small, target, "l2"), torch.full((3,), 1e-3 * 5 ** 0.5), rtol=1e-4,
+                               atol=0)
+    # an LVLM tower's (B, T, D) token features count as one flattened vector per sample
+    tokens, tok_target = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    torch.testing.assert_close(fare_distance(tokens, tok_target), ((tokens - tok_target) ** 2).sum((1, 2)))
+    torch.testing.assert_close(fare_distance(tokens, tok_target, "l2"), ((tokens - tok_target) ** 2).sum((1, 2)).sqrt())
+
+
+def test_compute_loss_outputs_and_optional_clean_loss(tiny_open_clip_dir, image_dataset, tmp_path):
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    trainer = FARETrainer(model, _args(FAREConfig, tmp_path, log_clean_loss=False), train_dataset=image_dataset)
+    x, x_adv = _x_and_adv(image_dataset)
+    trainer.adversarial_examples = AttackSpy(x_adv)
+    loss, outputs = trainer.compute_loss(trainer.model, {"pixel_values": x}, return_outputs=True)
+    assert loss.dim() == 0 and set(outputs) == {"embeddings"}
+    assert "clean_loss" not in trainer._metrics  # switched off: no extra forward pass
+    tecoa = TeCoATrainer(create_model(f"local-dir:{tiny_open_clip_dir}"), _args(TeCoAConfig, tmp_path / "t"),
+                         classnames=image_dataset.classnames, train_dataset=image_dataset)
+    tecoa.adversarial_examples = AttackSpy(x_adv)
+    loss, outputs = tecoa.compute_loss(tecoa.model, {"pixel_values": x, "labels": image_dataset.labels[:4]},
+                                       return_outputs=True)
+    assert outputs["logits"].shape == (4, len(image_dataset.classnames))
+
+
 # -- TeCoA --------------------------------------------------------------------------------------------------------
 def test_tecoa_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
     model = create_model(f"local-dir:{tiny_open_clip_dir}")
@@ -179,6 +212,20 @@ def _adv_trainer(model_dir, dataset, out, **kw):
         trainer.model.head.weight.add_(0.1 * torch.randn(trainer.model.head.weight.shape,
                                                          generator=torch.Generator().manual_seed(5)))
     return model, trainer
+
+
+def test_classifier_head_starts_as_the_zero_shot_head(tiny_open_clip_dir, image_dataset):
+    from vlmrobust.trainers import CosineClassifier
+
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    text = model.class_embeddings(image_dataset.classnames, image_dataset.templates) * 3.0  # unnormalised on purpose
+    clf = CosineClassifier(model.image_encoder, text)
+    torch.testing.assert_close(clf.head.weight.norm(dim=-1), torch.ones(len(image_dataset.classnames)))
+    assert clf.head.bias is None and clf.logit_scale == 100.0
+    x = image_dataset.images[:4]
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), model.zero_shot_classifier(image_dataset.classnames, image_dataset.templates,
+                                                                      logit_scale=100.0)(x))
 
 
 def test_classic_at_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
