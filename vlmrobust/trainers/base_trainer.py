@@ -22,6 +22,7 @@ from transformers import Trainer
 
 from ..attacks import APGD, PGD
 from ..models.base import VisionLanguageModel
+from ..utils.distributed import check_zero_stage
 from ..utils.io import atomic_save_safetensors
 from .base_config import RobustTrainingArguments
 
@@ -43,6 +44,37 @@ def require_vlm(model, trainer_name: str) -> None:
         )
 
 
+def attach_activation_checkpointing(module: nn.Module) -> nn.Module:
+    """Give the trained module the `activation_checkpointing_enable` the Trainer calls for `--activation_checkpointing`
+    (alias `--gradient_checkpointing`).
+
+    It switches checkpointing on in every outermost `transformers` model inside (an LVLM's vision tower) and in
+    every open_clip tower (`set_grad_checkpointing`). Checkpointing is only active in training mode: the attack runs
+    in eval mode and keeps its activations, the training forward / backward recomputes them.
+    """
+    if hasattr(module, "activation_checkpointing_enable"):
+        return module
+    from transformers import PreTrainedModel
+
+    hf = [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    hf = [m for m in hf if not any(o is not m and any(c is m for c in o.modules()) for o in hf)]
+    oc = [m for m in module.modules() if not isinstance(m, PreTrainedModel) and hasattr(m, "set_grad_checkpointing")
+          and not any(any(c is m for c in h.modules()) for h in hf)]
+    if not hf and not oc:
+        raise ValueError(f"--activation_checkpointing: no transformers model or open_clip tower inside "
+                         f"{type(module).__name__} supports it; train without it.")
+
+    def enable(activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False):
+        for m in hf:
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                              every_n_layers=every_n_layers, offload=offload)
+        for m in oc:
+            m.set_grad_checkpointing(True)
+
+    module.activation_checkpointing_enable = enable
+    return module
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with every parameter frozen, in eval mode (for reference / teacher models)."""
     ref = copy.deepcopy(module)
@@ -57,6 +89,10 @@ class RobustTrainer(Trainer):
     `compute_loss`; they call :meth:`adversarial_examples` for the inner maximisation and may override
     :meth:`on_full_backward` for gradient surgery.
 
+    Class attributes:
+        supported_zero_stages (`tuple[int, ...]`): DeepSpeed ZeRO stages the method supports (0: no DeepSpeed, plain
+            / DDP); any other stage is refused at start with a message naming these.
+
     Args:
         model (`VisionLanguageModel`): the full model (e.g. from `create_model`). Only the module returned by
             `trainable_module` is handed to the Trainer, which keeps 0-dim parameters such as open_clip's
@@ -68,13 +104,17 @@ class RobustTrainer(Trainer):
 
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
+    supported_zero_stages: tuple[int, ...] = (0, 1, 2, 3)
 
     def __init__(self, model: VisionLanguageModel, args: RobustTrainingArguments, train_dataset=None,
                  data_collator: Callable | None = None, **kwargs):
         require_vlm(model, type(self).__name__)
+        check_zero_stage(args, self.supported_zero_stages, type(self).__name__)
         self.vlm = model
         self.vlm.requires_grad_(False)
         trainable = self.trainable_module(model, args)
+        if args.activation_checkpointing or args.gradient_checkpointing:
+            attach_activation_checkpointing(trainable)
         self._native_keys = self._map_to_native(trainable)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._micro_step = (-1, 0)  # (global_step, micro-batch index within it)
