@@ -117,7 +117,9 @@ class RobustTrainer(Trainer):
             attach_activation_checkpointing(trainable)
         self._native_keys = self._map_to_native(trainable)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._micro_step = (-1, 0)  # (global_step, micro-batch index within it)
+        self._micro_step = (-1, 0)  # (global_step, attack call within it)
+        self._micro_batch = (-1, 0)  # (global_step, micro-batch index within it on this rank)
+        self._attack_call = 0  # attack calls within the current micro-batch
         super().__init__(model=trainable, args=args, train_dataset=train_dataset,
                          data_collator=data_collator or image_collator, **kwargs)
 
@@ -155,6 +157,20 @@ class RobustTrainer(Trainer):
         rank = self.args.process_index
         return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k * 7 + rank * 104_729) % (2**63 - 1)
 
+    def _sample_seeds(self, n: int) -> torch.Tensor:
+        """Per-image seeds of the random start, keyed to each image's position in the *global* batch.
+
+        accelerate hands micro-batch k of rank r (of N, per-device batch B) the global batch number k·N + r of the
+        optimizer step, so image i sits at position (k·N + r)·B + i: 1 process with batch N·B and N processes
+        with batch B (or any split into accumulation steps) give every image the same start.
+        """
+        a = self.args
+        k = self._micro_batch[1] if self._micro_batch[0] == self.state.global_step else 0
+        first = (k * max(a.world_size, 1) + a.process_index) * a.per_device_train_batch_size
+        base = (int(a.attack_seed) * 1_000_003 + self.state.global_step * 1_009 + self._attack_call * 7) % 2**61
+        self._attack_call += 1
+        return (base + torch.arange(first, first + n, dtype=torch.int64) * 104_729) % 2**61
+
     def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                              target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,
                              module: nn.Module | None = None, random_start: bool | None = None) -> torch.Tensor:
@@ -173,6 +189,7 @@ class RobustTrainer(Trainer):
             return images.detach()
         a = self.args
         rs = a.attack_random_start if random_start is None else random_start
+        sample_seeds = self._sample_seeds(images.shape[0]) if a.attack_seed_scope == "sample" else None
         was_training = module.training if module is not None else None
         if module is not None:
             module.eval()
@@ -180,9 +197,11 @@ class RobustTrainer(Trainer):
             if a.attack == "pgd":
                 atk = PGD(forward, norm=a.attack_norm, eps=eps, alpha=a.attack_step_size, steps=a.attack_steps,
                           random_start=rs, momentum=a.attack_momentum, loss_fn=loss_fn, seed=seed)
+                atk.sample_seeds = sample_seeds
                 return atk(images, target).detach()
             atk = APGD(forward, norm=a.attack_norm, eps=eps, steps=a.attack_steps, loss=loss_fn, seed=seed,
                        random_start=rs, early_stop=False)
+            atk.sample_seeds = sample_seeds
             return atk.perturb(images, target).x_max_loss.detach()
         finally:
             if module is not None:
@@ -235,6 +254,9 @@ class RobustTrainer(Trainer):
             param.grad = grad
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        step = self.state.global_step
+        self._micro_batch = (step, self._micro_batch[1] + 1 if self._micro_batch[0] == step else 0)
+        self._attack_call = 0
         model.train()
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
