@@ -13,7 +13,7 @@ import copy
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -206,6 +206,21 @@ class RobustTrainer(Trainer):
         finally:
             if module is not None:
                 module.train(was_training)
+
+    def _prepare_input(self, data):
+        """Move inputs to the device *without* DeepSpeed's cast of float inputs to its bf16 / fp16 dtype.
+
+        [0, 1] pixels, and so the attack's perturbation, stay fp32 under a bf16 / fp16 DeepSpeed config: bf16 has
+        8 mantissa bits (steps of 1/256 near 1), which would round an ε = 4/255 ball to a few values per pixel. The
+        encoders normalise in fp32 and cast to the tower's dtype themselves.
+        """
+        if isinstance(data, Mapping):
+            return type(data)({k: self._prepare_input(v) for k, v in data.items()})
+        if isinstance(data, (tuple, list)):
+            return type(data)(self._prepare_input(v) for v in data)
+        if isinstance(data, torch.Tensor):
+            return data.to(device=self.args.device)
+        return data
 
     def unwrapped(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
