@@ -100,6 +100,13 @@ class KillAfter(TrainerCallback):
             os._exit(17)
 
 
+def innermost(optimizer):
+    """The torch / DeepSpeed optimizer inside accelerate's and ZeRO's wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def parse_job(job):
     name, *flags = job.split("@")
     o = {"ga": 1, "adam": False, "bf16": False, "ckpt": False, "kill": 0, "resume": False}
@@ -158,7 +165,7 @@ def run_job(job, out, opts):
         info = {"world_size": trainer.args.world_size, "per_device": per_device, "ga": o["ga"],
                 "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage
                 if trainer.is_deepspeed_enabled else 0,
-                "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
+                "optimizer": type(innermost(trainer.optimizer)).__name__,
                 "global_step": trainer.state.global_step, "resumed_from": resume, "train_s": round(seconds, 2),
                 "attack_dtypes": sorted(trainer.attack_dtypes)}
         with open(os.path.join(job_dir, "info.json"), "w") as f:

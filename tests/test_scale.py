@@ -73,7 +73,8 @@ def launch(config, script, args, env, *, launch_args=(), timeout=900, check=True
     t0 = time.time()
     proc = subprocess.run([*cmd, str(script), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    TIMINGS[f"{config} {' '.join(map(str, launch_args))}".strip()] = round(time.time() - t0, 1)
+    key = f"{config} {' '.join(map(str, launch_args))} {Path(script).name} {' '.join(map(str, args))[:60]}"
+    TIMINGS[key] = round(time.time() - t0, 1)
     if check:
         _check(proc, f"accelerate launch {config}")
     return proc
