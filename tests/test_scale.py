@@ -190,6 +190,49 @@ def test_methods_refuse_unsupported_zero_stages(tiny_open_clip_dir, image_datase
         assert 3 in METHODS.get(name).trainer_class.supported_zero_stages, name
 
 
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_per_sample_random_starts_do_not_depend_on_the_batch_split(attack, norm):
+    """With `sample_seeds`, an image's random start (and so its adversarial example) is the same in any batch."""
+    from vlmrobust.attacks import APGD, PGD
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    seeds = torch.tensor([11, 12, 13, 14])
+    eps = 4 / 255 if norm == "Linf" else 0.5
+
+    def run(idx, seed):
+        if attack == "pgd":
+            atk = PGD(net, norm=norm, eps=eps, steps=2, random_start=True, seed=seed)
+            atk.sample_seeds = seeds[idx]
+            return atk(x[idx], y[idx])
+        atk = APGD(net, norm=norm, eps=eps, steps=2, random_start=True, seed=seed, early_stop=False)
+        atk.sample_seeds = seeds[idx]
+        return atk.perturb(x[idx], y[idx]).x_max_loss
+
+    whole = run(torch.arange(4), seed=0)
+    split = torch.cat([run(torch.tensor([0, 1]), seed=5), run(torch.tensor([2, 3]), seed=9)])
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-6)
+    assert not torch.equal(whole, x)
+
+
+def test_trainer_keys_random_starts_to_the_global_batch_position(tiny_open_clip_dir, image_dataset):
+    """Micro-batch k of rank r (of N, batch B) starts at global position (k*N + r)*B."""
+    from vlmrobust.models import create_model
+    from vlmrobust.trainers import FAREConfig, FARETrainer
+
+    args = FAREConfig(output_dir="o", use_cpu=True, per_device_train_batch_size=2, report_to="none")
+    trainer = FARETrainer(create_model(f"local-dir:{tiny_open_clip_dir}"), args, train_dataset=image_dataset)
+    trainer._micro_batch = (0, 1)  # second micro-batch of step 0, 1 process
+    one = trainer._sample_seeds(2)
+    trainer._attack_call = 0
+    trainer._micro_batch = (0, 0)
+    object.__setattr__(args, "per_device_train_batch_size", 4)
+    four = trainer._sample_seeds(4)
+    torch.testing.assert_close(one, four[2:])
+
+
 def test_activation_checkpointing_on_lvlm_towers_gives_the_same_gradients(tmp_path):
     """FARE on the LLaVA / Qwen-VL towers with --activation_checkpointing: same weights, recomputed activations."""
     from vlmrobust.models import create_model
