@@ -32,6 +32,7 @@ from vlmrobust.models import create_model
 from vlmrobust.models.radapt import PARADIGMS, GaussianInputFilter, RAdaptModel, model_id
 from vlmrobust.script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets
 from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
+from vlmrobust.utils.distributed import outside_zero3_init
 
 LABELS = {"training-free": "R-Adapt (training-free)", "model-guided": "R-Adapt (model-guided)",
           "radapt-plus": "R-Adapt+"}
@@ -86,15 +87,17 @@ def main(argv=None) -> dict:
         raise ValueError("The model-guided paradigm needs --guide_model, e.g. local-dir:outputs/quickstart-fare "
                          "(made by recipes/fare_clip.py) or a released FARE checkpoint such as "
                          "hf-hub:chs20/fare4-clip.")
+    _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
     root = Path(args.output_dir)
     t_start = time.time()
-    with state.main_process_first():
+    with state.main_process_first(), outside_zero3_init():  # whole on every rank; ZeRO-3 partitions the anchor
         base = create_model(script.model_name_or_path)
     guide = None
     if args.guide_model:
-        guide = create_model(args.guide_model)
+        with outside_zero3_init():
+            guide = create_model(args.guide_model)
         guide.requires_grad_(False)
     train_ds, eval_ds = load_datasets(script, base, seed=args.seed)
     results, timings = {}, {}
@@ -115,7 +118,8 @@ def main(argv=None) -> dict:
         base = model.unload()
         state.wait_for_everyone()
         if script.eval_after:  # reload through create_model: what users get
-            reloaded = create_model(f"radapt:{root / p}")
+            with outside_zero3_init():
+                reloaded = create_model(f"radapt:{root / p}")
             _eval(LABELS[p], reloaded, f"eval {p}")
             reloaded.unload()
     if guide is not None and ra.eval_guide:

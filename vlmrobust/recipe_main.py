@@ -11,6 +11,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets, reload_spec
+from .utils.distributed import outside_zero3_init
 
 
 def _resolve_resume(args) -> str | None:
@@ -36,10 +37,13 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
 
     parser = RecipeParser((ScriptArguments, config_class))
     script, args = parser.parse_args_and_config(argv)
+    _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
     t_start = time.time()
-    with state.main_process_first():  # the stand-in checkpoint is pre-trained once, by the main process
+    # the stand-in checkpoint is pre-trained once, by the main process; every rank holds the whole model (ZeRO-3
+    # partitions the trained tower when the Trainer wraps it)
+    with state.main_process_first(), outside_zero3_init():
         model = create_model(script.model_name_or_path)
     train_ds, eval_ds = load_datasets(script, model, seed=args.seed)
     results, timings = {}, {}
@@ -65,7 +69,8 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
                 clf, eval_ds, script.eval_epsilons, attack=script.eval_attack, steps=script.eval_attack_steps,
                 batch_size=script.eval_batch_size, seed=args.seed, desc="eval after", bf16=args.bf16)
         else:  # reload the saved checkpoint through the backend's loader: what users will get
-            trained = create_model(reload_spec(model, args.output_dir))
+            with outside_zero3_init():
+                trained = create_model(reload_spec(model, args.output_dir))
             results["after"] = evaluate(trained, eval_ds, script, "eval after", seed=args.seed, bf16=args.bf16)
     if state.is_main_process and results:
         timings["total_s"] = round(time.time() - t_start, 1)

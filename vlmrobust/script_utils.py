@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .utils.distributed import launched_on_cpu
+
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 
 
@@ -30,7 +32,9 @@ def _fraction(v):
 class RecipeParser(HfArgumentParser):
     """`HfArgumentParser` that reads defaults from `--config file.yaml`; command-line flags override them.
 
-    Budgets may be written as fractions (`epsilon: 4/255`, `--epsilon 4/255`).
+    Budgets may be written as fractions (`epsilon: 4/255`, `--epsilon 4/255`). Under a CPU `accelerate launch`
+    (`--cpu`, or `use_cpu: true` in the accelerate config) `use_cpu` is set too: the launcher only exports
+    `ACCELERATE_USE_CPU`, and without `use_cpu` the training arguments count one process under DeepSpeed.
     """
 
     def parse_args_and_config(self, args: Sequence[str] | None = None):
@@ -56,6 +60,9 @@ class RecipeParser(HfArgumentParser):
             for action in self._actions:
                 if action.dest in cfg:
                     action.required = False
+        if launched_on_cpu() and any(f.name == "use_cpu" for dc in self.dataclass_types
+                                     for f in dataclasses.fields(dc)):
+            self.set_defaults(use_cpu=True)
         args = [str(_fraction(a)) if _FRACTION.match(a) else a for a in args]
         return self.parse_args_into_dataclasses(args=args)
 

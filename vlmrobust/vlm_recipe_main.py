@@ -160,18 +160,24 @@ def load_vqa_datasets(script: LVLMScriptArguments, model, seed: int = 0):
 
 def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     """Parse `(LVLMScriptArguments, config_class)`, then [SFT] → eval → FARE on the tower → save → reload → eval."""
+    from accelerate import PartialState
     from transformers import set_seed
 
     from .eval.vqa import evaluate_vqa
     from .models import create_model
     from .script_utils import RecipeParser
+    from .utils.distributed import outside_zero3_init
     from .utils.io import atomic_write_json
 
     script, args = RecipeParser((LVLMScriptArguments, config_class)).parse_args_and_config(argv)
+    _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
+    state = PartialState()
     set_seed(args.seed)
     t_start = time.time()
     kw = {"fare_target": script.fare_target} if script.fare_target else {}
-    model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
+    # whole on every rank (FARE copies the frozen reference tower from it); ZeRO-3 partitions the trained tower only
+    with outside_zero3_init():
+        model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
     train_ds, eval_ds = load_vqa_datasets(script, model, seed=args.seed)
     timings, results = {}, {}
     if script.sft_steps > 0:
@@ -180,14 +186,15 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
         finetune_vqa(model, train_ds, steps=script.sft_steps, batch_size=script.sft_batch_size,
                      lr=script.sft_learning_rate, seed=args.seed)
         timings["sft_s"] = round(time.time() - t0, 1)
-        model.save_pretrained(Path(args.output_dir) / "sft")  # the starting point, in transformers' layout
+        if state.is_main_process:  # every rank ran the same seeded SFT; one writes the starting point
+            model.save_pretrained(Path(args.output_dir) / "sft")  # in transformers' layout
 
     def _eval(m, name):
         return evaluate_vqa(m, eval_ds, script.eval_epsilons, steps=script.eval_attack_steps,
                             batch_size=script.eval_batch_size, answer_mode=script.answer_mode,
                             ensemble=script.eval_ensemble, seed=args.seed, desc=name)
 
-    if script.eval_before:
+    if script.eval_before and state.is_main_process:
         results["before"] = _eval(model, "before")
         print(f"[eval before] {json.dumps({k: results['before'][k] for k in ('clean', 'robust')})}")
     trainer = trainer_class(model, args, train_dataset=PixelsOnly(train_ds, model.preprocess))
@@ -195,9 +202,11 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     train_out = trainer.train()
     timings["train_s"] = round(time.time() - t0, 1)
     trainer.save_model(args.output_dir)
-    if script.eval_after:
+    state.wait_for_everyone()
+    if script.eval_after and state.is_main_process:
         backend = script.model_name_or_path.split(":", 1)[0]
-        trained = create_model(f"{backend}:{args.output_dir}", **kw)
+        with outside_zero3_init():
+            trained = create_model(f"{backend}:{args.output_dir}", **kw)
         results["after"] = _eval(trained, "after")
         print(f"[eval after]  {json.dumps({k: results['after'][k] for k in ('clean', 'robust')})}")
     timings["total_s"] = round(time.time() - t_start, 1)
@@ -206,6 +215,8 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
                "timings": timings, "results": results}
     if script.dataset_name == "shapes":
         summary["chance"] = eval_ds.chance_accuracy()
-    atomic_write_json(Path(args.output_dir) / "results.json", summary)
-    print(f"Wrote {args.output_dir}/results.json and the checkpoint ({json.dumps(timings)})")
+    if state.is_main_process:
+        atomic_write_json(Path(args.output_dir) / "results.json", summary)
+        print(f"Wrote {args.output_dir}/results.json and the checkpoint ({json.dumps(timings)})")
+    state.wait_for_everyone()
     return summary

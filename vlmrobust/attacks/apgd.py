@@ -241,7 +241,9 @@ class APGD(Attack):
             else:
                 idx = torch.arange(batch, device=x.device)
             sub_target, loss_fn = make_target(idx)
+            self._init_index = idx
             run = self._run(x[idx], sub_target, loss_fn, None if labels is None else labels[idx], generator)
+            self._init_index = None
             better = run.loss_best > state["loss"][idx]
             state["loss"][idx] = torch.where(better, run.loss_best, state["loss"][idx])
             state["delta_best"][idx] = torch.where(self._view(better, x), run.delta_best, state["delta_best"][idx])

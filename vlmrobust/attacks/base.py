@@ -176,7 +176,17 @@ class Attack:
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed. Defaults to the dtype of the module's first floating parameter (or of the
             images for a plain function). The perturbation itself always stays fp32.
+
+    Attributes:
+        sample_seeds (`torch.Tensor`, *optional*):
+            One seed per image of the next batch (int64, `[B]`). When set, each image's random start is drawn from
+            its own generator, so an image gets the same start whichever batch or process it lands in (the
+            trainers key it to the image's position in the global batch: 1 process and N processes agree).
     """
+
+    sample_seeds: Tensor | None = None
+    _init_index: Tensor | None = None  # rows of the batch the next random start is for (APGD's sub-batches)
+    _init_round: int = 0
 
     supported_norms: tuple[str, ...] = ("Linf", "L2")
 
@@ -253,6 +263,9 @@ class Attack:
                 target = target.detach().to(x.device).clone()
             generator = torch.Generator(device=x.device)
             generator.manual_seed(self.seed)
+            if self.sample_seeds is not None and len(self.sample_seeds) != x.shape[0]:
+                raise ValueError(f"sample_seeds has {len(self.sample_seeds)} entries for a batch of {x.shape[0]}.")
+            self._init_index, self._init_round = None, 0
             result = self._perturb(x, target, generator)
         x_adv = cast_toward(self._clip(x, result.x_adv.float()), x, images.dtype)
         x_max = cast_toward(self._clip(x, result.x_max_loss.float()), x, images.dtype)
@@ -340,6 +353,8 @@ class Attack:
 
     def _random_init(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Uniform sample from the ε-ball, projected into the box."""
+        if self.sample_seeds is not None:
+            return self._project(x, self._per_sample_init(x))
         if self.norm == "Linf":
             delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * self.eps
         else:
@@ -350,6 +365,23 @@ class Attack:
             radius = self.eps * torch.rand(x.shape[0], generator=generator, device=x.device) ** (1.0 / d)
             delta = direction * self._view(radius, x)
         return self._project(x, delta)
+
+    def _per_sample_init(self, x: Tensor) -> Tensor:
+        """The random start of each row of `x` from its own seed (`sample_seeds`, mixed with the restart count)."""
+        seeds = self.sample_seeds if self._init_index is None else self.sample_seeds[self._init_index.cpu()]
+        k, self._init_round = self._init_round, self._init_round + 1
+        d = x[0].numel()
+        rows = []
+        for s in seeds.tolist():
+            g = torch.Generator(device=x.device)
+            g.manual_seed((int(s) * 1_000_003 + k * 7_919) % (2**63 - 1))
+            if self.norm == "Linf":
+                rows.append((torch.rand(x.shape[1:], generator=g, device=x.device) * 2 - 1) * self.eps)
+            else:
+                direction = torch.randn(x.shape[1:], generator=g, device=x.device)
+                radius = self.eps * torch.rand((), generator=g, device=x.device) ** (1.0 / d)
+                rows.append(direction / (direction.norm() + 1e-12) * radius)
+        return torch.stack(rows)
 
     def _step_direction(self, grad: Tensor) -> Tensor:
         """Steepest-ascent direction of unit norm: sign for L∞, normalised gradient for L2."""

@@ -31,6 +31,11 @@ class RobustTrainingArguments(TrainingArguments):
             offers 0.9).
         attack_seed (`int`, *optional*): base seed of the attack's own generator; defaults to `seed`. The attack at
             optimizer step t, micro-batch k on rank r uses a seed derived from (attack_seed, t, k, r), so resumed runs repeat it.
+        attack_seed_scope (`str`, *optional*, defaults to `"sample"`): what the random start is keyed to.
+            `"sample"`: each image's start comes from (attack_seed, step, the image's position in the global
+            batch), so 1 process and N processes (and any gradient-accumulation split of the same global batch)
+            train the same model. `"rank"`: one draw per micro-batch keyed to (attack_seed, step, micro-batch,
+            rank), the behaviour of vlmrobust 0.1.0 before this option, which the README's quickstart tables were measured with.
         epsilon_schedule (`str`, *optional*, defaults to `"constant"`): `"constant"` or `"linear"`
             (Epsilon-Scheduling, arXiv 2509.23325: 0 until T1, linear ramp to ε at T2, then constant).
         epsilon_schedule_start (`float`, *optional*, defaults to 0): T1.
@@ -47,6 +52,9 @@ class RobustTrainingArguments(TrainingArguments):
     attack_random_start: bool = field(default=True, metadata={"help": "Random uniform start in the eps-ball."})
     attack_momentum: float = field(default=0.0, metadata={"help": "Momentum on the PGD step (FARE ref.: 0.9)."})
     attack_seed: int | None = field(default=None, metadata={"help": "Attack seed (defaults to --seed)."})
+    attack_seed_scope: str = field(default="sample", metadata={
+        "help": "'sample': random starts keyed to the image's position in the global batch (same model on 1 or N "
+                "processes); 'rank': keyed to (micro-batch, rank)."})
     epsilon_schedule: str = field(default="constant", metadata={"help": "'constant' or 'linear' (Eps-Scheduling)."})
     epsilon_schedule_start: float = field(default=0.0, metadata={"help": "T1: eps is 0 before it."})
     epsilon_schedule_end: float = field(default=0.0, metadata={"help": "T2: eps reaches its target here."})
@@ -71,6 +79,8 @@ class RobustTrainingArguments(TrainingArguments):
                     f"attack_step_size={self.attack_step_size} is larger than the [0,1] pixel range: "
                     f"did you mean {self.attack_step_size:g}/255?"
                 )
+        if self.attack_seed_scope not in ("sample", "rank"):
+            raise ValueError(f"attack_seed_scope must be 'sample' or 'rank', got '{self.attack_seed_scope}'.")
         if self.attack_seed is None:
             self.attack_seed = self.seed
         _ = self.epsilon_scheduler  # validates the schedule fields

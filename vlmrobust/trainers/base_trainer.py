@@ -13,7 +13,7 @@ import copy
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from transformers import Trainer
 from ..attacks import APGD, PGD
 from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPEN_CLIP_WEIGHTS_NAME
 from ..models.base import VisionLanguageModel
+from ..utils.distributed import check_zero_stage
 from ..utils.io import atomic_save_safetensors
 from .base_config import RobustTrainingArguments
 
@@ -42,6 +43,37 @@ def require_vlm(model, trainer_name: str) -> None:
         )
 
 
+def attach_activation_checkpointing(module: nn.Module) -> nn.Module:
+    """Give the trained module the `activation_checkpointing_enable` the Trainer calls for `--activation_checkpointing`
+    (alias `--gradient_checkpointing`).
+
+    It switches checkpointing on in every outermost `transformers` model inside (an LVLM's vision tower) and in
+    every open_clip tower (`set_grad_checkpointing`). Checkpointing is only active in training mode: the attack runs
+    in eval mode and keeps its activations, the training forward / backward recomputes them.
+    """
+    if hasattr(module, "activation_checkpointing_enable"):
+        return module
+    from transformers import PreTrainedModel
+
+    hf = [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    hf = [m for m in hf if not any(o is not m and any(c is m for c in o.modules()) for o in hf)]
+    oc = [m for m in module.modules() if not isinstance(m, PreTrainedModel) and hasattr(m, "set_grad_checkpointing")
+          and not any(any(c is m for c in h.modules()) for h in hf)]
+    if not hf and not oc:
+        raise ValueError(f"--activation_checkpointing: no transformers model or open_clip tower inside "
+                         f"{type(module).__name__} supports it; train without it.")
+
+    def enable(activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False):
+        for m in hf:
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                              every_n_layers=every_n_layers, offload=offload)
+        for m in oc:
+            m.set_grad_checkpointing(True)
+
+    module.activation_checkpointing_enable = enable
+    return module
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with every parameter frozen, in eval mode (for reference / teacher models)."""
     ref = copy.deepcopy(module)
@@ -56,6 +88,10 @@ class RobustTrainer(Trainer):
     `compute_loss`; they call :meth:`adversarial_examples` for the inner maximisation and may override
     :meth:`on_full_backward` for gradient surgery.
 
+    Class attributes:
+        supported_zero_stages (`tuple[int, ...]`): DeepSpeed ZeRO stages the method supports (0: no DeepSpeed, plain
+            / DDP); any other stage is refused at start with a message naming these.
+
     Args:
         model (`VisionLanguageModel`): the full model (e.g. from `create_model`). Only the module returned by
             `trainable_module` is handed to the Trainer, which keeps 0-dim parameters such as open_clip's
@@ -67,16 +103,22 @@ class RobustTrainer(Trainer):
 
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
+    supported_zero_stages: tuple[int, ...] = (0, 1, 2, 3)
 
     def __init__(self, model: VisionLanguageModel, args: RobustTrainingArguments, train_dataset=None,
                  data_collator: Callable | None = None, **kwargs):
         require_vlm(model, type(self).__name__)
+        check_zero_stage(args, self.supported_zero_stages, type(self).__name__)
         self.vlm = model
         self.vlm.requires_grad_(False)
         trainable = self.trainable_module(model, args)
+        if args.activation_checkpointing or args.gradient_checkpointing:
+            attach_activation_checkpointing(trainable)
         self._native_keys = self._map_to_native(trainable)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._micro_step = (-1, 0)  # (global_step, micro-batch index within it)
+        self._micro_step = (-1, 0)  # (global_step, attack call within it)
+        self._micro_batch = (-1, 0)  # (global_step, micro-batch index within it on this rank)
+        self._attack_call = 0  # attack calls within the current micro-batch
         super().__init__(model=trainable, args=args, train_dataset=train_dataset,
                          data_collator=data_collator or image_collator, **kwargs)
 
@@ -129,6 +171,20 @@ class RobustTrainer(Trainer):
         rank = self.args.process_index
         return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k * 7 + rank * 104_729) % (2**63 - 1)
 
+    def _sample_seeds(self, n: int) -> torch.Tensor:
+        """Per-image seeds of the random start, keyed to each image's position in the *global* batch.
+
+        accelerate hands micro-batch k of rank r (of N, per-device batch B) the global batch number k·N + r of the
+        optimizer step, so image i sits at position (k·N + r)·B + i: 1 process with batch N·B and N processes
+        with batch B (or any split into accumulation steps) give every image the same start.
+        """
+        a = self.args
+        k = self._micro_batch[1] if self._micro_batch[0] == self.state.global_step else 0
+        first = (k * max(a.world_size, 1) + a.process_index) * a.per_device_train_batch_size
+        base = (int(a.attack_seed) * 1_000_003 + self.state.global_step * 1_009 + self._attack_call * 7) % 2**61
+        self._attack_call += 1
+        return (base + torch.arange(first, first + n, dtype=torch.int64) * 104_729) % 2**61
+
     def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                              target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,
                              module: nn.Module | None = None, random_start: bool | None = None) -> torch.Tensor:
@@ -147,6 +203,7 @@ class RobustTrainer(Trainer):
             return images.detach()
         a = self.args
         rs = a.attack_random_start if random_start is None else random_start
+        sample_seeds = self._sample_seeds(images.shape[0]) if a.attack_seed_scope == "sample" else None
         was_training = module.training if module is not None else None
         if module is not None:
             module.eval()
@@ -154,13 +211,30 @@ class RobustTrainer(Trainer):
             if a.attack == "pgd":
                 atk = PGD(forward, norm=a.attack_norm, eps=eps, alpha=a.attack_step_size, steps=a.attack_steps,
                           random_start=rs, momentum=a.attack_momentum, loss_fn=loss_fn, seed=seed)
+                atk.sample_seeds = sample_seeds
                 return atk(images, target).detach()
             atk = APGD(forward, norm=a.attack_norm, eps=eps, steps=a.attack_steps, loss=loss_fn, seed=seed,
                        random_start=rs, early_stop=False)
+            atk.sample_seeds = sample_seeds
             return atk.perturb(images, target).x_max_loss.detach()
         finally:
             if module is not None:
                 module.train(was_training)
+
+    def _prepare_input(self, data):
+        """Move inputs to the device *without* DeepSpeed's cast of float inputs to its bf16 / fp16 dtype.
+
+        [0, 1] pixels, and so the attack's perturbation, stay fp32 under a bf16 / fp16 DeepSpeed config: bf16 has
+        8 mantissa bits (steps of 1/256 near 1), which would round an ε = 4/255 ball to a few values per pixel. The
+        encoders normalise in fp32 and cast to the tower's dtype themselves.
+        """
+        if isinstance(data, Mapping):
+            return type(data)({k: self._prepare_input(v) for k, v in data.items()})
+        if isinstance(data, (tuple, list)):
+            return type(data)(self._prepare_input(v) for v in data)
+        if isinstance(data, torch.Tensor):
+            return data.to(device=self.args.device)
+        return data
 
     def unwrapped(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
@@ -209,6 +283,9 @@ class RobustTrainer(Trainer):
             param.grad = grad
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        step = self.state.global_step
+        self._micro_batch = (step, self._micro_batch[1] + 1 if self._micro_batch[0] == step else 0)
+        self._attack_call = 0
         model.train()
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
