@@ -70,6 +70,9 @@ def test_vqa_accuracy_normalises_both_sides_and_the_strict_mode():
     assert vqa_accuracy("the dog!", ["dog"] * 10, strict_official=True) == 0.0
     assert vqa_accuracy("the dog!", ["dog"] * 9 + ["cat"], strict_official=True) == 1.0
     assert vqa_accuracy("the dog!", ["dog"] * 9 + ["cat"]) == 1.0
+    # tabs / newlines in answers are spaces, in the strict mode too
+    assert vqa_accuracy("red\tcar\n", ["red car"] * 10, strict_official=True) == 1.0
+    assert vqa_accuracy("red car", ["red\ncar"] * 5 + ["red\tcar"] * 5, strict_official=True) == 1.0
     with pytest.raises(ValueError, match="reference"):
         vqa_accuracy("x", [])
 
@@ -91,23 +94,30 @@ def test_expected_robustness_is_the_weighted_mean_over_the_grid():
 
 
 def test_borda_ranks_on_common_columns_with_average_ties():
+    # names out of alphabetical order, and the model with an extra column last
     scores = {
-        "a": {"d1": {"clean": 0.9, "rob": 0.5}, "d2": {"clean": 0.8}},
-        "b": {"d1": {"clean": 0.9, "rob": 0.7}, "d2": {"clean": 0.6}, "d3": {"clean": 1.0}},
-        "c": {"d1": {"clean": 0.7, "rob": 0.1}, "d2": {"clean": 0.7}},
+        "zeta": {"d1": {"clean": 0.9, "rob": 0.5}, "d2": {"clean": 0.8}},
+        "alpha": {"d1": {"clean": 0.7, "rob": 0.1}, "d2": {"clean": 0.7}},
+        "mu": {"d1": {"clean": 0.9, "rob": 0.7}, "d2": {"clean": 0.6}, "d3": {"clean": 1.0}},
     }
     rows = {r["model"]: r for r in borda_ranking(scores)}
-    # columns every model has: d1/clean (a, b tie: 1.5 each, c 3), d1/rob (b 1, a 2, c 3), d2/clean (a 1, c 2, b 3)
-    assert rows["a"]["borda"] == pytest.approx(1.5 + 2 + 1) and rows["b"]["borda"] == pytest.approx(1.5 + 1 + 3)
-    assert rows["c"]["borda"] == pytest.approx(3 + 3 + 2)
-    assert rows["a"]["n_columns"] == 3 and rows["a"]["mean_rank"] == pytest.approx(4.5 / 3)
-    assert [r["model"] for r in borda_ranking(scores)] == ["a", "b", "c"]
+    # columns every model has: d1/clean (zeta, mu tie: 1.5 each, alpha 3), d1/rob (mu 1, zeta 2, alpha 3),
+    # d2/clean (zeta 1, alpha 2, mu 3); d3 is mu's alone and does not count
+    assert rows["zeta"]["borda"] == pytest.approx(1.5 + 2 + 1) and rows["mu"]["borda"] == pytest.approx(1.5 + 1 + 3)
+    assert rows["alpha"]["borda"] == pytest.approx(3 + 3 + 2)
+    assert rows["zeta"]["n_columns"] == 3 and rows["zeta"]["mean_rank"] == pytest.approx(4.5 / 3)
+    assert [r["model"] for r in borda_ranking(scores)] == ["zeta", "mu", "alpha"]
     assert [r["place"] for r in borda_ranking(scores)] == [1, 2, 3]
+    # equal totals: by name
+    assert [r["model"] for r in borda_ranking({"b": {"d": {"c": 0.5}}, "a": {"d": {"c": 0.5}}})] == ["a", "b"]
+    # nothing in common: no column counts, the mean rank is undefined
+    apart = borda_ranking({"a": {"d1": {"c": 0.5}}, "b": {"d2": {"c": 0.5}}})
+    assert all(r["n_columns"] == 0 and r["borda"] == 0 and math.isnan(r["mean_rank"]) for r in apart)
     assert borda_ranking({}) == []
 
 
 def test_corruption_errors_by_hand():
-    acc = {"fog": {1: 0.8, 3: 0.4}, "snow": {1: 0.6}, "new": {2: 0.5}}
+    acc = {"fog": {1: 0.8, 3: 0.4}, "new": {2: 0.5}, "snow": {1: 0.6}}  # a type without reference before others
     ref = {"fog": [0.5, 0.6, 0.8, 0.9, 1.0], "snow": [0.4, 0.5, 0.6, 0.7, 0.8]}
     out = corruption_errors(acc, ref)
     assert out["mean_accuracy"] == pytest.approx((0.8 + 0.4 + 0.6 + 0.5) / 4)
@@ -118,6 +128,8 @@ def test_corruption_errors_by_hand():
     assert out["ce"] == pytest.approx({"fog": (0.2 + 0.6) / (0.5 + 0.8), "snow": 0.4 / 0.4})
     assert out["mce"] == pytest.approx(((0.8 / 1.3) + 1.0) / 2) and out["mce_types"] == ["fog", "snow"]
     assert corruption_errors(acc)["mce"] is None and corruption_errors({}) == {}
+    # a reference with no error at the severities present cannot normalise: that type is left out of mCE
+    assert corruption_errors({"fog": {1: 0.9}}, {"fog": [0.0, 0.1, 0.2, 0.3, 0.4]})["ce"] == {}
 
 
 def test_margin_threshold_and_estimate_by_hand():
@@ -134,6 +146,10 @@ def test_margin_threshold_and_estimate_by_hand():
     # above λ = 3.5 and correct: 5.0, 4.0, 6.0, 3.6 (9.0 is wrong) -> 4 of 10
     assert est.threshold == pytest.approx(3.5) and est.estimate == pytest.approx(0.4)
     assert est.subset_robust_accuracy == pytest.approx(2 / 6) and est.subset_size == 6
+    # a point exactly at λ is not above it
+    at = estimate_robust_accuracy(torch.tensor([5.0, 3.0, 1.0, 4.0]), torch.ones(4, dtype=torch.bool), torch.arange(3),
+                                  torch.tensor([True, False, False]))
+    assert at.threshold == pytest.approx(4.0) and at.estimate == pytest.approx(0.25)
 
 
 def test_kendall_tau_by_hand():
@@ -143,3 +159,4 @@ def test_kendall_tau_by_hand():
     # one discordant pair of 6: (5 - 1) / 6
     assert kendall_tau(a, torch.tensor([1.0, 3.0, 2.0, 4.0]))[0] == pytest.approx(4 / 6)
     assert all(math.isnan(v) for v in kendall_tau(a[:1], a[:1]))
+    assert kendall_tau(a[:2], a[:2])[0] == pytest.approx(1.0)  # two points are enough
