@@ -155,6 +155,13 @@ def test_compute_loss_outputs_and_optional_clean_loss(tiny_open_clip_dir, image_
     loss, outputs = trainer.compute_loss(trainer.model, {"pixel_values": x}, return_outputs=True)
     assert loss.dim() == 0 and set(outputs) == {"embeddings"}
     assert "clean_loss" not in trainer._metrics  # switched off: no extra forward pass
+    from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
+
+    radapt = RAdaptTrainer(create_model(f"local-dir:{tiny_open_clip_dir}"),
+                           _args(RAdaptConfig, tmp_path / "r", log_clean_loss=False), train_dataset=image_dataset)
+    radapt.adversarial_examples = AttackSpy(x_adv)
+    radapt.compute_loss(radapt.model, {"pixel_values": x})
+    assert "clean_loss" not in radapt._metrics and "adv_loss" in radapt._metrics
     tecoa = TeCoATrainer(create_model(f"local-dir:{tiny_open_clip_dir}"), _args(TeCoAConfig, tmp_path / "t"),
                          classnames=image_dataset.classnames, train_dataset=image_dataset)
     tecoa.adversarial_examples = AttackSpy(x_adv)
@@ -313,13 +320,15 @@ def test_trades_with_a_ce_inner_attack(tiny_open_clip_dir, image_dataset, tmp_pa
     torch.testing.assert_close(loss, expected)
     (call,) = spy.calls
     assert call["forward"] is clf and torch.equal(call["target"], y) and call["loss_fn"] is ce_loss
+    assert call["images"] is x
 
 
-def test_radapt_plus_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
+@pytest.mark.parametrize("kind", ["l2sq", "l2"])
+def test_radapt_plus_loss_is_the_formula(kind, tiny_open_clip_dir, image_dataset, tmp_path):
     from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
 
     trainer = RAdaptTrainer(create_model(f"local-dir:{tiny_open_clip_dir}"),
-                            _args(RAdaptConfig, tmp_path, alpha=0.5), train_dataset=image_dataset)
+                            _args(RAdaptConfig, tmp_path, alpha=0.5, fare_loss=kind), train_dataset=image_dataset)
     enc = trainer.model
     with torch.no_grad():  # an anchor that is not the training-free one
         for a in enc.anchors.values():
@@ -327,23 +336,32 @@ def test_radapt_plus_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_
     x, x_adv = _x_and_adv(image_dataset)
     spy = AttackSpy(x_adv)
     trainer.adversarial_examples = spy
-    loss = trainer.compute_loss(enc, {"pixel_values": x})
+    loss, outputs = trainer.compute_loss(enc, {"pixel_values": x}, return_outputs=True)
+    assert set(outputs) == {"embeddings"}
     with torch.no_grad(), enc.disable_adapter():
         standard_clean, standard_adv = enc(x), enc(x_adv)
-    expected = ((enc(x_adv) - standard_clean) ** 2).sum(-1).mean()
+
+    def dist(a, b):
+        d = ((a - b) ** 2).sum(-1)
+        return d if kind == "l2sq" else d.sqrt()
+
+    expected = dist(enc(x_adv), standard_clean).mean()
     torch.testing.assert_close(loss, expected)
     params = [p for p in enc.parameters() if p.requires_grad]
     _assert_same_grads(_grads(loss, params), _grads(expected, params))
     with torch.no_grad():
-        for name, value in {"adapter on in the target": ((enc(x_adv) - enc(x)) ** 2).sum(-1).mean(),
-                            "adapter off in the trained output": ((standard_adv - standard_clean) ** 2).sum(-1).mean(),
-                            "target on x + δ": ((enc(x_adv) - standard_adv) ** 2).sum(-1).mean()}.items():
+        for name, value in {"adapter on in the target": dist(enc(x_adv), enc(x)).mean(),
+                            "adapter off in the trained output": dist(standard_adv, standard_clean).mean(),
+                            "target on x + δ": dist(enc(x_adv), standard_adv).mean()}.items():
             assert _differs(value, expected), name
     logged = _logged(trainer)
     assert logged["adv_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert logged["clean_loss"] == pytest.approx(dist(enc(x), standard_clean).mean().item(), rel=1e-5)
     (call,) = spy.calls
     torch.testing.assert_close(call["target"], standard_clean)
     assert call["forward"] is enc
+    with torch.no_grad():
+        torch.testing.assert_close(call["loss_fn"](enc(x_adv), call["target"]), dist(enc(x_adv), standard_clean))
 
 
 # -- train / eval mode, on a model with dropout -------------------------------------------------------------------
