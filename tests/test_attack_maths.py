@@ -1,0 +1,287 @@
+"""Exact-maths tests of the attacks: PGD's momentum rules against reference loops written here, APGD's step-size
+schedule against a hand-traced case, and the projection / random-start primitives on their own (CPU, < 2 s)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlmrobust.attacks import APGD, PGD
+from vlmrobust.attacks.apgd import apgd_checkpoints
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _identity(out, target):
+    return out
+
+
+class Recorder:
+    """A plain-function model that records every input it is called with."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(z.detach().clone())
+        return self.fn(z)
+
+
+def _unit(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit norm, written independently of the library."""
+    if norm == "Linf":
+        return torch.sign(g)
+    return F.normalize(g.flatten(1), p=2, dim=1, eps=1e-12).view_as(g)
+
+
+def _proj(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """The projection the attacks document: into the box [0, 1], and into the ε-ball by shrinking toward x."""
+    if norm == "Linf":
+        return (x + delta.clamp(-eps, eps)).clamp(0, 1) - x
+    delta = (x + delta).clamp(0, 1) - x
+    n = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+    return delta * torch.clamp(eps / n, max=1.0)
+
+
+# -- PGD momentum -----------------------------------------------------------------------------------------------
+
+
+def _smooth_loss():
+    """A non-linear per-sample loss whose gradient turns as the point moves (so momentum changes the path)."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(24, 2 * 4 * 4, generator=gen) * 3
+    b = torch.randn(24, generator=gen)
+
+    def fn(z):
+        h = torch.tanh(z.flatten(1) @ w.T + b)
+        return (h * torch.linspace(-1, 1, 24)).sum(1) + (h**2).sum(1)
+
+    return fn
+
+
+def _reference_pgd(fn, x, *, eps, alpha, steps, mu, style, norm):
+    """PGD from the clean image: the iterates x + δ_0 … x + δ_steps, following the update rules in PGD's docstring."""
+    delta, v, points = torch.zeros_like(x), torch.zeros_like(x), []
+    for _ in range(steps):
+        points.append(x + delta)
+        d = delta.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(x + d).sum(), d)
+        if mu == 0:
+            step = _unit(g, norm)
+        elif style == "fare":  # RobustVLM train/pgd_train.py: v = normalize(mu*v + normalize(grad)); delta += a*v
+            v = _unit(mu * v + _unit(g, norm), norm)
+            step = v
+        else:  # MI-FGSM: v = mu*v + grad/||grad||_1; delta += a*normalize(v)
+            v = mu * v + g / g.abs().flatten(1).sum(1).view(-1, 1, 1, 1)
+            step = _unit(v, norm)
+        delta = _proj(x, delta + alpha * step, eps, norm)
+    points.append(x + delta)
+    return points
+
+
+@pytest.mark.parametrize("style", ["fare", "mi-fgsm"])
+@pytest.mark.parametrize("norm", ["L2", "Linf"])
+def test_pgd_momentum_iterates_match_reference(style, norm):
+    x = (0.5 + 0.3 * torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    eps, alpha, steps, mu = (1.0, 0.3, 8, 0.6) if norm == "L2" else (0.1, 0.04, 8, 0.6)
+    fn = _smooth_loss()
+    spy = Recorder(fn)
+    atk = PGD(spy, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=False, momentum=mu,
+              momentum_style=style, loss_fn=_identity)
+    atk.perturb(x, torch.zeros(3))
+    ref = _reference_pgd(fn, x, eps=eps, alpha=alpha, steps=steps, mu=mu, style=style, norm=norm)
+    assert len(spy.inputs) == steps + 1
+    for k, (seen, want) in enumerate(zip(spy.inputs, ref)):
+        torch.testing.assert_close(seen, want, atol=1e-6, rtol=0, msg=f"iterate {k}")
+
+    # Momentum must matter in this case: the rule without it (and the other rule) walks elsewhere.
+    plain = _reference_pgd(fn, x, eps=eps, alpha=alpha, steps=steps, mu=0, style=style, norm=norm)
+    other = _reference_pgd(fn, x, eps=eps, alpha=alpha, steps=steps, mu=mu,
+                           style="mi-fgsm" if style == "fare" else "fare", norm=norm)
+    if norm == "L2" or style == "mi-fgsm":
+        assert (ref[-1] - plain[-1]).abs().max() > 1e-3
+    else:
+        # FARE's rule under L∞ with mu < 1 is the plain sign step wherever the gradient is non-zero.
+        torch.testing.assert_close(ref[-1], plain[-1], atol=0, rtol=0)
+    assert (ref[-1] - other[-1]).abs().max() > 1e-3 or (norm == "Linf" and style == "fare")
+
+
+def test_pgd_momentum_defaults_and_validation():
+    fn = _smooth_loss()
+    assert PGD(fn, eps=0.1).momentum_style == "fare"
+    assert "momentum_style='mi-fgsm'" in repr(PGD(fn, eps=0.1, momentum=0.9, momentum_style="mi-fgsm"))
+    with pytest.raises(ValueError, match="momentum_style"):
+        PGD(fn, eps=0.1, momentum=0.9, momentum_style="nesterov")
+    with pytest.raises(ValueError, match="momentum"):
+        PGD(fn, eps=0.1, momentum=-0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        PGD(fn, eps=0.1, alpha=-1.0)
+    # Default step sizes: eps/4 for L∞, 2.5·eps/steps for L2.
+    assert PGD(fn, eps=0.1).alpha == pytest.approx(0.025)
+    assert PGD(fn, norm="L2", eps=1.0, steps=5).alpha == pytest.approx(0.5)
+    assert PGD(fn, norm="L2", eps=1.0, steps=0).alpha == pytest.approx(2.5)
+
+
+# -- APGD step-size schedule, hand-traced ----------------------------------------------------------------------
+
+# 20 steps: checkpoints after iterations 5, 9, 12, 14, 16, 18, 19 (20 is the end: no decision there), so the
+# windows hold 5, 4, 3, 2, 2, 2, 1 iterations and need ≥ 3.75, 3, 2.25, 1.5, 1.5, 1.5, 0.75 increases (rho = 0.75).
+_STEPS = 20
+# Scripted loss after each iteration k = 0 … 19 (the loss at the starting point is 0 for every sample).
+_LOSSES = [
+    # 0: always increases -> η never changes.
+    [float(k + 1) for k in range(20)],
+    # 1: never increases -> η halves at every checkpoint, always back to the starting point.
+    [0.0] * 20,
+    # 2: window 2 has exactly 3 of 4 increases (= rho·4: no halving); window 3 only 2 of 3 -> halve after 12;
+    #    window 5 has 1 of 2 -> halve after 16.
+    [1, 2, 3, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 12, 12, 13, 14, 15, 16],
+    # 3: window 2 has 3 of 4 increases but never beats the best loss 5 of window 1 (and window 1 did not halve)
+    #    -> halve after 9 and restart from iteration 4; window 3 counts its first step against that best loss
+    #    (4.5 < 5: not an increase), so 2 of 3 -> halve after 12.
+    [1, 2, 3, 4, 5, 1, 2, 3, 4, 4.5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    # 4: window 1 flat -> halve after 5; window 2 has 3 of 4 increases below the best loss, but the previous
+    #    checkpoint halved, so the "nothing changed" rule does not apply -> no halving.
+    [0, 0, 0, 0, 0, -3, -2, -1, -0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+]
+# η / ε used at each iteration, derived by hand from the rules above.
+_ETA_OVER_EPS = [
+    [2] * 20,
+    [2] * 5 + [1] * 4 + [0.5] * 3 + [0.25] * 2 + [0.125] * 2 + [0.0625] * 2 + [0.03125] + [0.015625],
+    [2] * 12 + [1] * 4 + [0.5] * 4,
+    [2] * 9 + [1] * 3 + [0.5] * 8,
+    [2] * 5 + [1] * 15,
+]
+
+
+def test_apgd_checkpoints_hand_computed():
+    # p = 0, .22, .41, .57, .70, .80, .87, .93, .99, 1.05 -> ceil(p·n), deduplicated, within 1 … n
+    assert apgd_checkpoints(20) == [5, 9, 12, 14, 16, 18, 19, 20]
+    assert apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(1) == [1]
+    assert apgd_checkpoints(0) == []
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_apgd_step_size_schedule_and_iterates_hand_traced(norm):
+    n, dim = len(_LOSSES), 16
+    eps = 0.1 if norm == "Linf" else 0.5
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(n, 1, 4, 4, generator=gen) * 0.6 + 0.2
+    x[:, 0, 0, :2] = torch.tensor([0.01, 0.99])  # pixels where the box, not the ball, binds
+    # call 0 scores the clean image, call 1 the starting point, call k + 2 the iterate after step k.
+    values = torch.tensor([[-100.0] * n, [0.0] * n] + [list(col) for col in zip(*_LOSSES)])
+    grads = torch.randn(_STEPS + 2, n, dim, generator=gen)  # scripted gradient at every call (turns each time)
+
+    def scripted(z):
+        i = len(spy.inputs) - 1
+        lin = (z.flatten(1) * grads[i]).sum(1)
+        return values[i] + lin - lin.detach()  # value scripted, gradient = grads[i]
+
+    spy = Recorder(scripted)
+    atk = APGD(spy, norm=norm, eps=eps, steps=_STEPS, loss=_identity, seed=0)
+    atk.record_step_sizes = True
+    res = atk.perturb(x, torch.zeros(n))
+    assert len(spy.inputs) == _STEPS + 2
+
+    eta = torch.tensor(_ETA_OVER_EPS).T * eps  # [steps, n]
+    assert len(atk.step_sizes) == 1
+    torch.testing.assert_close(atk.step_sizes[0], eta, atol=1e-9, rtol=0)
+
+    # Every iterate follows z = Π(x_k + η·s(∇)), x_{k+1} = Π(x_k + .75(z − x_k) + .25(x_k − x_{k−1})), and a halving
+    # restarts from the best point with its gradient and no momentum.
+    deltas = [p - x for p in spy.inputs[1:]]
+    loss = values[1:]
+    cur = prev = deltas[0]
+    g = grads[1].view_as(x)
+    best_loss, best_d, best_g = loss[0].clone(), deltas[0], g
+    for k in range(_STEPS):
+        if k > 0:
+            restart = (eta[k] < eta[k - 1]).view(-1, 1, 1, 1)
+            cur, prev = torch.where(restart, best_d, cur), torch.where(restart, best_d, prev)
+            g = torch.where(restart, best_g, g)
+        z = _proj(x, cur + eta[k].view(-1, 1, 1, 1) * _unit(g, norm), eps, norm)
+        new = z if k == 0 else _proj(x, cur + 0.75 * (z - cur) + 0.25 * (cur - prev), eps, norm)
+        torch.testing.assert_close(deltas[k + 1], new, atol=1e-6, rtol=0, msg=f"iterate {k}")
+        prev, cur, g = cur, deltas[k + 1], grads[k + 2].view_as(x)
+        better = loss[k + 1] > best_loss
+        best_loss = torch.where(better, loss[k + 1], best_loss)
+        best_d = torch.where(better.view(-1, 1, 1, 1), cur, best_d)
+        best_g = torch.where(better.view(-1, 1, 1, 1), g, best_g)
+
+    torch.testing.assert_close(res.loss, values.max(0).values)
+    torch.testing.assert_close(res.x_max_loss, x + best_d, atol=1e-6, rtol=0)
+    assert res.success is None and torch.equal(res.x_adv, res.x_max_loss)
+
+
+def test_apgd_step_sizes_off_by_default_and_reset_per_call():
+    fn = _smooth_loss()
+    x = torch.full((2, 2, 4, 4), 0.5)
+    atk = APGD(fn, eps=0.1, steps=3, loss=_identity, n_restarts=2)
+    atk.perturb(x, torch.zeros(2))
+    assert atk.step_sizes == []
+    atk.record_step_sizes = True
+    atk.perturb(x, torch.zeros(2))
+    atk.perturb(x, torch.zeros(2))
+    assert len(atk.step_sizes) == 2 and atk.step_sizes[0].shape == (3, 2)
+    atk.steps = 0
+    atk.perturb(x, torch.zeros(2))
+    assert [s.shape for s in atk.step_sizes] == [(0, 2), (0, 2)]
+
+
+# -- primitives: projection and random start --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_project_is_the_documented_projection(norm):
+    eps = 0.1 if norm == "Linf" else 0.8
+    atk = PGD(_smooth_loss(), norm=norm, eps=eps)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 2, 4, 4, generator=gen)
+    x[:4] = 0.5  # the box cannot bind here for small steps
+    for scale in (0.01, 1.0, 10.0):
+        delta = torch.randn(x.shape, generator=gen) * scale
+        out = atk._project(x, delta)
+        torch.testing.assert_close(out, _proj(x, delta, eps, norm), atol=1e-7, rtol=0)
+        assert ((x + out) >= 0).all() and ((x + out) <= 1).all()
+        if norm == "Linf":
+            assert out.abs().max() <= eps + 1e-6
+        else:
+            assert (out.flatten(1).norm(dim=1) <= eps * (1 + 1e-6)).all()
+    small = torch.full_like(x[:4], 1e-3)
+    torch.testing.assert_close(atk._project(x[:4], small), small)  # inside both: unchanged
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_random_init_is_uniform_in_the_ball(norm):
+    eps = 0.05 if norm == "Linf" else 0.3
+    atk = PGD(_smooth_loss(), norm=norm, eps=eps)
+    gen = torch.Generator().manual_seed(1)
+    # d = 2: the radius of a uniform point in a disc has P(r ≤ t) = (t/ε)², so its median is ε/√2.
+    x = torch.full((4000, 2), 0.5)
+    delta = atk._random_init(x, gen)
+    if norm == "Linf":
+        assert delta.abs().max() <= eps and delta.abs().max() > 0.99 * eps
+        assert delta.mean().abs() < 0.05 * eps
+        # uniform on [-ε, ε]: a quarter of the samples below -ε/2
+        assert (delta < -eps / 2).float().mean() == pytest.approx(0.25, abs=0.03)
+    else:
+        r = delta.norm(dim=1)
+        assert r.max() <= eps * (1 + 1e-6)
+        assert r.median() == pytest.approx(eps / 2**0.5, rel=0.05)
+        assert (r < eps / 2).float().mean() == pytest.approx(0.25, abs=0.03)
+        angle = torch.atan2(delta[:, 1], delta[:, 0])
+        assert (angle > 0).float().mean() == pytest.approx(0.5, abs=0.05)
+    # near the edge of the box the sample is projected back into [0, 1]
+    edge = torch.zeros(500, 3)
+    d2 = atk._random_init(edge, gen)
+    assert (d2 >= 0).all() and (d2 > 0).float().mean() > 0.3
