@@ -185,6 +185,7 @@ def test_apgd_restarts_only_add_successes(classifier, batch):
     assert torch.equal(three.x_adv[kept], one.x_adv[kept])
 
 
+@pytest.mark.slow  # ~9 s: the full standard configuration
 def test_autoattack_standard_at_most_apgd_ce(classifier, batch, monkeypatch):
     x, y = batch[0][:16], batch[1][:16]
     aa = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES)
