@@ -285,3 +285,46 @@ def test_random_init_is_uniform_in_the_ball(norm):
     edge = torch.zeros(500, 3)
     d2 = atk._random_init(edge, gen)
     assert (d2 >= 0).all() and (d2 > 0).float().mean() > 0.3
+
+
+# -- losses and norms on hand-computed values --------------------------------------------------------------------
+
+
+def test_per_sample_norm_matches_its_definition():
+    from vlmrobust.attacks.base import per_sample_norm
+
+    d = torch.tensor([[[3.0, -4.0]], [[0.0, -2.0]]])  # [B=2, 1, 2]
+    assert torch.equal(per_sample_norm(d, "Linf"), torch.tensor([4.0, 2.0]))
+    assert torch.equal(per_sample_norm(d, "L2"), torch.tensor([5.0, 2.0]))
+    assert torch.equal(per_sample_norm(d, "L1"), torch.tensor([7.0, 2.0]))
+
+
+def test_losses_on_ties_and_their_checks():
+    from vlmrobust.attacks import ce_loss, dlr_loss, dlr_targeted_loss
+    from vlmrobust.attacks.losses import resolve_loss
+
+    # top-1 = top-3: the 1e-12 keeps the ratio finite and its sign that of the margin
+    tie = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert dlr_loss(tie, torch.tensor([3])) > 1e9
+    assert dlr_targeted_loss(torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]]), torch.tensor([4]), torch.tensor([0])) > 1e9
+    # rescaling and shifting the logits leaves DLR unchanged; the targeted variant too
+    z = torch.tensor([[2.0, -1.0, 0.5, 0.0, 3.0]])
+    y, t = torch.tensor([0]), torch.tensor([2])
+    torch.testing.assert_close(dlr_loss(5 * z + 7, y), dlr_loss(z, y))
+    torch.testing.assert_close(dlr_targeted_loss(5 * z + 7, y, t), dlr_targeted_loss(z, y, t))
+    torch.testing.assert_close(dlr_targeted_loss(z, y, t), torch.tensor([-(2.0 - 0.5) / (3.0 - (0.5 + 0.0) / 2)]))
+    with pytest.raises(ValueError, match="dlr_loss needs at least 3 classes"):
+        dlr_loss(torch.zeros(2, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="dlr_targeted_loss needs at least 4 classes"):
+        dlr_targeted_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="dlr_targeted_loss expects integer class labels"):
+        dlr_targeted_loss(torch.zeros(2, 5), torch.tensor([0, 1]), torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="ce_loss needs at least 2 classes"):
+        ce_loss(torch.zeros(2, 1), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"ce_loss expects \[B, n_classes\] logits"):
+        ce_loss(torch.zeros(2, 3, 1), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"dlr_loss expects integer class labels of shape \[2\]"):
+        dlr_loss(torch.zeros(2, 4), torch.tensor([0, 1, 2]))
+    assert resolve_loss("CE") is ce_loss and resolve_loss("dlr") is dlr_loss
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
+        resolve_loss("hinge")
