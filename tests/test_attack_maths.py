@@ -328,3 +328,119 @@ def test_losses_on_ties_and_their_checks():
     assert resolve_loss("CE") is ce_loss and resolve_loss("dlr") is dlr_loss
     with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
         resolve_loss("hinge")
+
+
+# -- scripted classifiers: best-point bookkeeping, early stopping, restarts ------------------------------------------
+
+
+class ScriptedById:
+    """Logits [B, 3] whose column 1 follows a per-sample script indexed by how often that sample was seen.
+
+    Samples are recognised by their nearest clean image, so sub-batches (restarts on still-robust points) work.
+    Column 0 is 1 (the true class is 0), column 2 is 0: the sample is misclassified exactly when its script is > 1.
+    """
+
+    def __init__(self, x: torch.Tensor, scripts: list[list[float]], seed: int = 0):
+        self.x, self.scripts = x, scripts
+        self.count = [0] * len(scripts)
+        self.rows: list[tuple[int, int, torch.Tensor]] = []  # (sample id, its call number, the input row)
+        self.calls: list[list[int]] = []
+        # the gradient of column 1: a fresh random direction at every call, so iterates keep moving
+        self.direction = torch.randn(len(scripts), 32, *x.shape[1:], generator=torch.Generator().manual_seed(seed))
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        ids = (z[:, None] - self.x[None]).flatten(2).abs().amax(2).argmin(1).tolist()
+        self.calls.append(ids)
+        vals, dirs = [], []
+        for row, i in enumerate(ids):
+            dirs.append(self.direction[i, self.count[i]])
+            script = self.scripts[i]
+            vals.append(script[min(self.count[i], len(script) - 1)])
+            self.rows.append((i, self.count[i], z[row].detach().clone()))
+            self.count[i] += 1
+        lin = (z * torch.stack(dirs)).flatten(1).sum(1)
+        col1 = torch.tensor(vals) + lin - lin.detach()
+        return torch.stack([torch.ones_like(col1), col1, torch.zeros_like(col1)], dim=1)
+
+    def row(self, i: int, c: int) -> torch.Tensor:
+        return next(r for j, k, r in self.rows if j == i and k == c)
+
+
+def _margin(out, y):
+    return out[:, 1] - out[:, 0]
+
+
+def _four_images():
+    return torch.stack([torch.full((1, 2, 2), v) for v in (0.2, 0.4, 0.6, 0.8)])
+
+
+def test_apgd_early_stop_first_success_and_restarts_on_robust_points_only():
+    x, y = _four_images(), torch.zeros(4, dtype=torch.long)
+    scripts = [
+        [2.0],  # 0: misclassified before the attack -> never attacked
+        [0.1, 0.2, 0.3, 0.5, 1.5, 1.6, 1.7],  # 1: broken at its call 4 (iteration 2) -> frozen there, no restart
+        [0.1, 0.2, 0.9, 0.3, 0.4, 0.2, 0.1, 0.2, 0.5, 0.3, 0.95, 0.4, 0.3],  # 2: never broken; best in restart 2
+        [0.1, 0.2, 0.3, 0.2, 0.1, 0.2, 0.3, 0.1, 0.4, 0.5, 1.2, 0.1, 0.1],  # 3: broken in restart 2 at its call 10
+    ]
+    model = ScriptedById(x, scripts)
+    res = APGD(model, eps=0.03, steps=5, n_restarts=2, loss=_margin, seed=0).perturb(x, y)
+    assert model.calls[0] == [0, 1, 2, 3]  # the clean scoring
+    assert all(0 not in ids for ids in model.calls[1:])
+    assert all(ids == [1, 2, 3] for ids in model.calls[1:7]) and all(ids == [2, 3] for ids in model.calls[7:])
+    assert all(torch.equal(model.row(1, c), model.row(1, 4)) for c in (5, 6)), "a broken point stops moving"
+    assert not torch.equal(model.row(2, 5), model.row(2, 4))
+    assert torch.equal(res.success, torch.tensor([True, True, False, True]))
+    assert torch.equal(res.x_adv[0], x[0])
+    torch.testing.assert_close(res.x_adv[1], model.row(1, 4))
+    torch.testing.assert_close(res.x_adv[3], model.row(3, 10))
+    torch.testing.assert_close(res.x_max_loss[2], model.row(2, 10))
+    torch.testing.assert_close(res.x_adv[2], res.x_max_loss[2])
+    torch.testing.assert_close(res.loss[2], torch.tensor(0.95 - 1))
+    torch.testing.assert_close(res.loss[0], torch.tensor(2.0 - 1))
+
+    # Without early stopping every sample runs in every restart, broken or not.
+    model = ScriptedById(x, scripts)
+    res = APGD(model, eps=0.03, steps=5, n_restarts=2, loss=_margin, seed=0, early_stop=False).perturb(x, y)
+    assert all(ids == [0, 1, 2, 3] for ids in model.calls)
+    assert not torch.equal(model.row(1, 6), model.row(1, 4))
+    assert torch.equal(res.success, torch.tensor([True, True, False, True]))
+    torch.testing.assert_close(res.x_adv[1], model.row(1, 4))  # still the first misclassified point
+
+
+def test_pgd_return_max_loss_keeps_the_first_best_iterate():
+    x, y = _four_images()[:2], torch.zeros(2, dtype=torch.long)
+    # calls 0-3: the iterates before each step, call 4: the last iterate
+    scripts = [[0.1, 0.5, 0.5, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4, 1.5]]
+    model = ScriptedById(x, scripts)
+    res = PGD(model, eps=0.05, steps=4, random_start=False, loss_fn=_margin, return_max_loss=True).perturb(x, y)
+    assert len(model.calls) == 5
+    torch.testing.assert_close(res.x_adv[0], model.row(0, 1))  # ties keep the first
+    torch.testing.assert_close(res.x_adv[1], model.row(1, 4))
+    torch.testing.assert_close(res.loss, torch.tensor([0.5 - 1, 1.5 - 1]))
+    assert torch.equal(res.success, torch.tensor([False, True]))
+    torch.testing.assert_close(res.x_max_loss, res.x_adv)
+
+    model = ScriptedById(x, [[0.1, 1.5, 0.5, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4, 0.9]])
+    res = PGD(model, eps=0.05, steps=4, random_start=False, loss_fn=_margin).perturb(x, y)
+    torch.testing.assert_close(res.x_adv[0], model.row(0, 4))  # the last iterate ...
+    torch.testing.assert_close(res.x_max_loss[0], model.row(0, 1))  # ... and the best one
+    assert torch.equal(res.success, torch.tensor([False, False]))  # judged at the last iterate
+    model = ScriptedById(x, scripts)
+    PGD(model, eps=0.05, steps=4, random_start=False, loss_fn=_margin)(x, y)
+    assert len(model.calls) == 4, "the training path skips scoring the last iterate"
+
+
+def test_apgd_eot_averages_gradient_and_loss():
+    x = torch.full((2, 2, 4, 4), 0.5)
+    fn = _smooth_loss()
+    spy = Recorder(fn)
+    res = APGD(spy, eps=0.05, steps=4, loss=_identity, eot_iter=3, random_start=False).perturb(x, torch.zeros(2))
+    # clean + 3 at the start + 3 for each of the first 3 iterations + 1 plain forward for the last
+    assert len(spy.inputs) == 1 + 3 + 3 * 3 + 1
+    torch.testing.assert_close(res.loss, fn(res.x_max_loss), atol=1e-5, rtol=0)
+    ref = APGD(fn, eps=0.05, steps=4, loss=_identity, random_start=False).perturb(x, torch.zeros(2))
+    torch.testing.assert_close(res.x_max_loss, ref.x_max_loss)  # a deterministic model: EoT changes nothing
+    with pytest.raises(ValueError, match="eot_iter"):
+        APGD(fn, eps=0.05, eot_iter=0)
+    with pytest.raises(ValueError, match="n_restarts"):
+        APGD(fn, eps=0.05, n_restarts=0)
