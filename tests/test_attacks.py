@@ -516,3 +516,71 @@ def test_autoattack_components_run_only_on_still_robust_points(classifier, batch
     torch.testing.assert_close(res.x_adv, expected_adv, atol=1e-6, rtol=0)
     torch.testing.assert_close(res.loss, ce_loss(classifier(res.x_adv), y).detach())
     assert torch.equal(res.x_max_loss, res.x_adv)
+
+
+def test_apgdt_targets_the_next_classes_in_clean_rank_order_on_robust_points(classifier, batch, monkeypatch):
+    import vlmrobust.attacks.apgd as apgd_module
+
+    x, y = batch[0][:12], batch[1][:12].clone()
+    y[:2] = (y[:2] + 1) % N_CLASSES  # misclassified before the attack
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = apgd_module.dlr_targeted_loss
+
+    def recording(out, labels, targets):
+        seen.append((labels.clone(), targets.clone()))
+        return original(out, labels, targets)
+
+    monkeypatch.setattr(apgd_module, "dlr_targeted_loss", recording)
+    attack = APGDT(classifier, eps=1 / 255, steps=3, n_target_classes=3)
+    res = attack.perturb(x, y)
+    with torch.no_grad():
+        ranking = classifier(x).argsort(1, descending=True)
+    # 1/255 breaks nothing here, so every target class runs on the 10 correctly classified points
+    assert torch.equal(res.success, torch.arange(12) < 2)
+    # call 0 scores the clean images against the rank-2 class; then per target class 1 + 3 calls
+    assert torch.equal(seen[0][1], ranking[:, 1]) and torch.equal(seen[0][0], y)
+    assert len(seen) == 1 + 3 * 4
+    for k, (labels, targets) in enumerate(seen[1:]):
+        rank = 1 + k // 4
+        assert torch.equal(labels, y[2:]) and torch.equal(targets, ranking[2:, rank]), (k, rank)
+    assert repr(attack).startswith("APGDT(") and "n_target_classes=3" in repr(attack)
+    with pytest.raises(ValueError, match="n_target_classes"):
+        APGDT(classifier, eps=EPS_LINF, n_target_classes=0)
+    with pytest.raises(ValueError, match="integer class labels"):
+        APGDT(classifier, eps=EPS_LINF, steps=1)(x, torch.zeros(12, 3))
+    with pytest.raises(ValueError, match="n_classes >= 4"):
+        APGDT(lambda z: z.flatten(1)[:, :3], eps=EPS_LINF, steps=1)(x, y)
+
+
+def test_autoattack_components_have_the_standard_settings(classifier):
+    from vlmrobust.attacks.autoattack import _TorchattacksModel
+
+    aa = AutoAttack(classifier, norm="L2", eps=0.5, n_classes=N_CLASSES, seed=3)
+    aa._model_dtype = torch.float32
+    wrapped = _TorchattacksModel(classifier, torch.device("cpu"))
+    ce, dlr, t = (aa._component(name, wrapped) for name in ("apgd-ce", "apgd-dlr", "apgd-t"))
+    for apgd, loss in ((ce, "ce"), (dlr, "dlr"), (t, "dlr-targeted")):
+        assert (apgd.norm, apgd.eps, apgd.steps, apgd.n_restarts, apgd.seed, apgd.loss) == ("L2", 0.5, 100, 1, 3, loss)
+        assert apgd.input_dtype == torch.float32 and apgd.model is classifier
+    assert isinstance(t, APGDT) and t.n_target_classes == 9
+    fab = aa._component("fab-t", wrapped)
+    assert type(fab).__name__ == "FAB" and fab.model is wrapped
+    assert (fab.norm, fab.eps, fab.steps, fab.n_restarts, fab.seed) == ("L2", 0.5, 100, 1, 3)
+    assert fab.multi_targeted and fab.n_target_classes == 9
+    square = aa._component("square", wrapped)
+    assert type(square).__name__ == "Square" and square.model is wrapped
+    assert (square.norm, square.eps, square.n_queries, square.n_restarts, square.seed) == ("L2", 0.5, 5000, 1, 3)
+    assert (square.p_init, square.loss, square.rescale_schedule) == (0.8, "margin", True)
+    few = AutoAttack(classifier, eps=EPS_LINF, n_classes=4, n_target_classes=9)
+    few._model_dtype = torch.float32
+    assert few._component("fab-t", wrapped).n_target_classes == 3  # clipped to n_classes - 1
+    assert few.is_standard and "standard=True" in repr(few)
+    fast = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, version="fast")
+    assert fast.attacks_to_run == ("apgd-ce", "apgd-t") and not fast.is_standard
+    for bad in ({"version": "plus"}, {"attacks_to_run": ["pgd"]}, {"attacks_to_run": []}):
+        with pytest.raises(ValueError):
+            AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, **bad)
+    with pytest.raises(ValueError, match="n_classes must be >= 2"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=1)
+    with pytest.raises(ValueError, match=r"\[B, 5\] logits"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=5, steps=1)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
