@@ -444,3 +444,22 @@ def test_apgd_eot_averages_gradient_and_loss():
         APGD(fn, eps=0.05, eot_iter=0)
     with pytest.raises(ValueError, match="n_restarts"):
         APGD(fn, eps=0.05, n_restarts=0)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_clip_guards_returned_points_exactly(norm):
+    eps = 3 / 255 if norm == "Linf" else 0.5
+    atk = PGD(_smooth_loss(), norm=norm, eps=eps)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(256, 3, 8, 8, generator=gen)
+    far = x + torch.randn(x.shape, generator=gen)
+    out = atk._clip(x, far)
+    assert out.min() >= 0 and out.max() <= 1
+    if norm == "Linf":
+        # exactly inside in float arithmetic, not just up to rounding: x_adv ∈ [x - eps, x + eps] element-wise
+        assert ((out >= x - eps) & (out <= x + eps)).all()
+        edge = atk._clip(x, x + eps * torch.sign(torch.randn(x.shape, generator=gen)))
+        assert ((edge >= x - eps) & (edge <= x + eps)).all()
+    else:
+        assert ((out - x).flatten(1).norm(dim=1) <= eps * (1 + 1e-6)).all()
+    torch.testing.assert_close(out, x + _proj(x, far - x, eps, norm), atol=1e-6, rtol=0)
