@@ -30,6 +30,7 @@ class FakeLVLM:
     def __init__(self, seed: int = 0):
         self.weight = torch.randn(len(VOCAB), 3 * 8 * 8, generator=torch.Generator().manual_seed(seed)) * 0.3
         self.built: list[tuple[list[str], list[str]]] = []
+        self.dtypes: set[torch.dtype] = set()
 
     def build_batch(self, questions, answers, image_hw=None):
         assert image_hw in (None, (8, 8))
@@ -40,6 +41,7 @@ class FakeLVLM:
         return ((pixels - 0.5) / 0.25).flatten(1) @ self.weight.T
 
     def answer_loss(self, pixels, batch):
+        self.dtypes.add(pixels.dtype)
         return F.cross_entropy(self.logits(pixels), batch["ids"], reduction="none")
 
 
@@ -102,6 +104,8 @@ def test_attack_answers_passes_its_options_through(setup):
     l2 = attack_answers(model, x, qs, ans, eps=0.5, steps=10, norm="L2").x_adv
     d = (l2 - x).flatten(1)
     assert (d.norm(dim=1) <= 0.5 + 1e-5).all() and (d.norm(dim=1) > 0.45).all() and d.abs().max() > 0.1
+    half = attack_answers(model, x.bfloat16(), qs, ans, eps=EPS, steps=2)
+    assert model.dtypes == {torch.float32} and half.x_adv.dtype == torch.bfloat16  # the model always sees fp32
     few = _ce(model, attack_answers(model, x, qs, ans, eps=EPS, steps=2).x_adv, qs, ans)
     many = _ce(model, attack_answers(model, x, qs, ans, eps=EPS, steps=10).x_adv, qs, ans)
     assert (many >= few - 1e-6).all() and (many > few).any()

@@ -555,6 +555,8 @@ def test_apgdt_targets_the_next_classes_in_clean_rank_order_on_robust_points(cla
 def test_autoattack_components_have_the_standard_settings(classifier):
     from vlmrobust.attacks.autoattack import _TorchattacksModel
 
+    y2 = torch.tensor([0, 1])
+
     aa = AutoAttack(classifier, norm="L2", eps=0.5, n_classes=N_CLASSES, seed=3)
     aa._model_dtype = torch.float32
     wrapped = _TorchattacksModel(classifier, torch.device("cpu"))
@@ -582,5 +584,10 @@ def test_autoattack_components_have_the_standard_settings(classifier):
             AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, **bad)
     with pytest.raises(ValueError, match="n_classes must be >= 2"):
         AutoAttack(classifier, eps=EPS_LINF, n_classes=1)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(12, N_CLASSES))
+    for name in ("fab-t", "square"):
+        with pytest.raises(ValueError, match=r"need \[B, C, H, W\] images"):
+            AutoAttack(flat, eps=EPS_LINF, n_classes=N_CLASSES, attacks_to_run=[name])(torch.rand(2, 12), y2)
+    AutoAttack(flat, eps=EPS_LINF, n_classes=N_CLASSES, attacks_to_run=["apgd-ce"], steps=1)(torch.rand(2, 12), y2)
     with pytest.raises(ValueError, match=r"\[B, 5\] logits"):
         AutoAttack(classifier, eps=EPS_LINF, n_classes=5, steps=1)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
