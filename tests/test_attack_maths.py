@@ -307,6 +307,10 @@ def test_losses_on_ties_and_their_checks():
     tie = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     assert dlr_loss(tie, torch.tensor([3])) > 1e9
     assert dlr_targeted_loss(torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]]), torch.tensor([4]), torch.tensor([0])) > 1e9
+    # the smallest valid problems: 3 classes for DLR, 4 for targeted DLR
+    torch.testing.assert_close(dlr_loss(torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([0])), torch.tensor([-2 / 3]))
+    torch.testing.assert_close(dlr_targeted_loss(torch.tensor([[3.0, 1.0, 0.0, -1.0]]), torch.tensor([0]),
+                                                 torch.tensor([1])), torch.tensor([-(3 - 1) / (3 - (0 - 1) / 2)]))
     # rescaling and shifting the logits leaves DLR unchanged; the targeted variant too
     z = torch.tensor([[2.0, -1.0, 0.5, 0.0, 3.0]])
     y, t = torch.tensor([0]), torch.tensor([2])
