@@ -467,3 +467,29 @@ def test_clip_guards_returned_points_exactly(norm):
     else:
         assert ((out - x).flatten(1).norm(dim=1) <= eps * (1 + 1e-6)).all()
     torch.testing.assert_close(out, x + _proj(x, far - x, eps, norm), atol=1e-6, rtol=0)
+
+
+def test_check_budget_boundary_and_cast_toward():
+    from vlmrobust.attacks import check_budget
+    from vlmrobust.attacks.base import cast_toward
+
+    check_budget("Linf", 1.0)  # the whole pixel range is still a valid L∞ radius
+    with pytest.raises(ValueError, match=r"eps=1\.5 for an Linf budget .* did you mean eps=1\.5/255"):
+        check_budget("Linf", 1.5)
+    with pytest.raises(ValueError, match="finite"):
+        check_budget("L2", float("inf"))
+    with pytest.raises(ValueError, match="must be a number"):
+        check_budget("L2", "big")
+    # Round to nearest unless that leaves the ball; then one bf16 step toward the clean image.
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(4096, generator=gen).bfloat16().float()
+    x_adv = (x + (torch.rand(4096, generator=gen) * 2 - 1) * 3 / 255).clamp(0, 1)
+    out = cast_toward(x_adv, x, torch.bfloat16)
+    nearest = x_adv.bfloat16()
+    inside = (nearest.float() - x).abs() <= (x_adv - x).abs()
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[inside], nearest[inside]) and (~inside).any()
+    assert ((out.float() - x).abs() <= (x_adv - x).abs()).all()
+    assert torch.equal(out[~inside], torch.nextafter(nearest, x.bfloat16())[~inside])
+    assert cast_toward(x_adv, x, torch.float32) is x_adv
+    torch.testing.assert_close(cast_toward(x_adv.double(), x.double(), torch.float32), x_adv)

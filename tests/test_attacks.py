@@ -546,10 +546,12 @@ def test_apgdt_targets_the_next_classes_in_clean_rank_order_on_robust_points(cla
     assert repr(attack).startswith("APGDT(") and "n_target_classes=3" in repr(attack)
     with pytest.raises(ValueError, match="n_target_classes"):
         APGDT(classifier, eps=EPS_LINF, n_target_classes=0)
-    with pytest.raises(ValueError, match="integer class labels"):
+    with pytest.raises(ValueError, match="^APGDT needs integer class labels of shape"):
         APGDT(classifier, eps=EPS_LINF, steps=1)(x, torch.zeros(12, 3))
-    with pytest.raises(ValueError, match="n_classes >= 4"):
+    with pytest.raises(ValueError, match="^APGDT needs a classifier returning .* n_classes >= 4"):
         APGDT(lambda z: z.flatten(1)[:, :3], eps=EPS_LINF, steps=1)(x, y)
+    four = APGDT(lambda z: z.flatten(1)[:, :4], eps=EPS_LINF, steps=2, n_target_classes=9).perturb(x, y % 4)
+    assert four.success.shape == (12,)  # 4 classes are enough (3 targets)
 
 
 def test_autoattack_components_have_the_standard_settings(classifier):
