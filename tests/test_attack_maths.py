@@ -429,6 +429,12 @@ def test_pgd_return_max_loss_keeps_the_first_best_iterate():
     torch.testing.assert_close(res.x_adv[0], model.row(0, 4))  # the last iterate ...
     torch.testing.assert_close(res.x_max_loss[0], model.row(0, 1))  # ... and the best one
     assert torch.equal(res.success, torch.tensor([False, False]))  # judged at the last iterate
+    # success of the max-loss point is judged by the prediction at that point, not at a later one
+    model = ScriptedById(x, [[1.5, 0.2, 0.2, 1.6, 1.7], [1.5, 1.6, 1.7, 1.8, 1.9]])
+    res = PGD(model, eps=0.05, steps=4, random_start=False, loss_fn=lambda out, t: -_margin(out, t),
+              return_max_loss=True).perturb(x, y)
+    torch.testing.assert_close(res.x_adv[0], model.row(0, 1))
+    assert torch.equal(res.success, torch.tensor([False, True]))
     model = ScriptedById(x, scripts)
     PGD(model, eps=0.05, steps=4, random_start=False, loss_fn=_margin)(x, y)
     assert len(model.calls) == 4, "the training path skips scoring the last iterate"
