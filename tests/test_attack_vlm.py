@@ -31,9 +31,10 @@ class FakeLVLM:
         self.weight = torch.randn(len(VOCAB), 3 * 8 * 8, generator=torch.Generator().manual_seed(seed)) * 0.3
         self.built: list[tuple[list[str], list[str]]] = []
         self.dtypes: set[torch.dtype] = set()
+        self.n_calls = 0
 
     def build_batch(self, questions, answers, image_hw=None):
-        assert image_hw in (None, (8, 8))
+        assert image_hw == (8, 8)  # the attacks pass the images' size
         self.built.append((list(questions), list(answers)))
         return {"ids": torch.tensor([VOCAB.index(a) for a in answers])}
 
@@ -42,6 +43,7 @@ class FakeLVLM:
 
     def answer_loss(self, pixels, batch):
         self.dtypes.add(pixels.dtype)
+        self.n_calls += 1
         return F.cross_entropy(self.logits(pixels), batch["ids"], reduction="none")
 
 
@@ -59,7 +61,7 @@ def _ce(model, x, qs, answers):
 def test_answer_loss_sign():
     model = FakeLVLM()
     x = torch.full((2, 3, 8, 8), 0.5)
-    batch = model.build_batch(["a", "b"], ["red", "no"])
+    batch = model.build_batch(["a", "b"], ["red", "no"], image_hw=(8, 8))
     ce = model.answer_loss(x, batch)
     torch.testing.assert_close(AnswerLoss(model, batch)(x), ce)
     torch.testing.assert_close(AnswerLoss(model, batch, targeted=True)(x), -ce)
@@ -104,6 +106,9 @@ def test_attack_answers_passes_its_options_through(setup):
     l2 = attack_answers(model, x, qs, ans, eps=0.5, steps=10, norm="L2").x_adv
     d = (l2 - x).flatten(1)
     assert (d.norm(dim=1) <= 0.5 + 1e-5).all() and (d.norm(dim=1) > 0.45).all() and d.abs().max() > 0.1
+    model.n_calls = 0
+    attack_answers(model, x, qs, ans, eps=EPS)
+    assert model.n_calls == 1 + 1 + 100  # clean, start, 100 APGD iterations by default
     half = attack_answers(model, x.bfloat16(), qs, ans, eps=EPS, steps=2)
     assert model.dtypes == {torch.float32} and half.x_adv.dtype == torch.bfloat16  # the model always sees fp32
     few = _ce(model, attack_answers(model, x, qs, ans, eps=EPS, steps=2).x_adv, qs, ans)
@@ -127,6 +132,9 @@ def test_ensemble_keeps_the_worst_case_per_image(setup):
         ["blue", "circle", "green", "square"], ["red", "red"], ["yes"] * 4, ["no"] * 4
     ]
     assert [c[1] for c in calls] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 2], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert model.n_calls == 4 * (1 + 1 + 4) + len(calls)  # 4 runs of steps=4, and the scores
+    for (imgs, _), target in zip(calls[3:], ["yes", "no"]):  # the targeted runs force their string
+        assert (_ce(model, imgs, qs, [target] * 4) < _ce(model, x, qs, [target] * 4)).all()
     # per image: the lowest score over the clean images and every run, and the images that scored it
     where = []  # where the worst case came from: 0 = the clean images, 1 = the last run that saw the image
     for i in range(4):
@@ -166,3 +174,35 @@ def test_ensemble_stops_attacking_images_at_the_floor(setup):
     ensemble_attack(max_refs, x, qs, [["red", "blue", "blue", "green"]] * 4, eps=EPS,
                     score_fn=lambda imgs, idx: torch.ones(len(idx)), steps=1, max_references=2, floor=None)
     assert [b[1] for b in max_refs.built] == [["blue"] * 4, ["red"] * 4]
+
+
+def test_ensemble_floor_ties_and_norm(setup):
+    model, x, qs = setup
+    refs = [["red", "blue"], ["circle"], ["square"], ["green"]]
+    # scripted scores per call: clean, round 0 (all), [round 1: only image 0, but it is at the floor], target run
+    script = iter([torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.tensor([0.0, 0.5, 1.0, 2.0]), torch.tensor([0.2, 1.0, 1.5])])
+    calls = []
+
+    def score(imgs, idx):
+        calls.append((imgs.clone(), idx.tolist()))
+        return next(script)
+
+    x_worst, worst = ensemble_attack(model, x, qs, refs, eps=EPS, score_fn=score, steps=2, targets=["yes"])
+    assert [c[1] for c in calls] == [[0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 3]]  # round 1 skipped, the target run not
+    torch.testing.assert_close(worst, torch.tensor([0.0, 0.2, 1.0, 1.0]))
+    assert torch.equal(x_worst[0], calls[1][0][0]) and torch.equal(x_worst[1], calls[2][0][0])
+    assert not torch.equal(x_worst[0], x[0]) and not torch.equal(x_worst[1], x[1])
+    # image 2 only tied its clean score and image 3 never went below it: their clean images stay
+    assert torch.equal(x_worst[2], x[2]) and torch.equal(x_worst[3], x[3])
+    # a tie with the best score so far keeps the earlier images
+    script = iter([torch.ones(4), torch.ones(4)])
+    x_tie, _ = ensemble_attack(model, x, qs, [["red"]] * 4, eps=EPS, score_fn=lambda i, j: next(script), steps=2)
+    assert torch.equal(x_tie, x)
+    # the threat model reaches the attacks
+    x_l2, _ = ensemble_attack(model, x, qs, [["red"]] * 4, eps=0.5, norm="L2", steps=5, floor=None,
+                              score_fn=lambda imgs, idx: -_ce(model, imgs, qs, ["red"] * len(idx)))
+    d = (x_l2 - x).flatten(1)
+    assert (d.norm(dim=1) <= 0.5 + 1e-5).all() and d.abs().max() > EPS
+    # no images: nothing to attack
+    empty, empty_scores = ensemble_attack(model, x[:0], [], [], eps=EPS, score_fn=lambda i, j: torch.zeros(len(j)))
+    assert empty.shape == (0, 3, 8, 8) and empty_scores.shape == (0,)
