@@ -575,6 +575,12 @@ def test_autoattack_components_have_the_standard_settings(classifier):
     assert type(square).__name__ == "Square" and square.model is wrapped
     assert (square.norm, square.eps, square.n_queries, square.n_restarts, square.seed) == ("L2", 0.5, 5000, 1, 3)
     assert (square.p_init, square.loss, square.rescale_schedule) == (0.8, "margin", True)
+    custom = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, steps=7, n_target_classes=3, square_queries=50)
+    custom._model_dtype = torch.float32
+    assert [custom._component(n, wrapped).steps for n in ("apgd-ce", "apgd-t", "fab-t")] == [7, 7, 7]
+    assert custom._component("apgd-t", wrapped).n_target_classes == 3
+    assert custom._component("fab-t", wrapped).n_target_classes == 3
+    assert custom._component("square", wrapped).n_queries == 50
     few = AutoAttack(classifier, eps=EPS_LINF, n_classes=4, n_target_classes=9)
     few._model_dtype = torch.float32
     assert few._component("fab-t", wrapped).n_target_classes == 3  # clipped to n_classes - 1
