@@ -594,8 +594,14 @@ def test_autoattack_components_have_the_standard_settings(classifier):
         AutoAttack(classifier, eps=EPS_LINF, n_classes=1)
     flat = nn.Sequential(nn.Flatten(), nn.Linear(12, N_CLASSES))
     for name in ("fab-t", "square"):
-        with pytest.raises(ValueError, match=r"need \[B, C, H, W\] images"):
+        with pytest.raises(ValueError, match=r"^FAB-T and Square need \[B, C, H, W\] images\.$"):
             AutoAttack(flat, eps=EPS_LINF, n_classes=N_CLASSES, attacks_to_run=[name])(torch.rand(2, 12), y2)
     AutoAttack(flat, eps=EPS_LINF, n_classes=N_CLASSES, attacks_to_run=["apgd-ce"], steps=1)(torch.rand(2, 12), y2)
-    with pytest.raises(ValueError, match=r"\[B, 5\] logits"):
+    with pytest.raises(ValueError, match=r"needs \[B, 5\] logits \(n_classes=5\), got \(2, 10\)\.$"):
         AutoAttack(classifier, eps=EPS_LINF, n_classes=5, steps=1)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"got tuple\.$"):
+        AutoAttack(lambda z: (z,), eps=EPS_LINF, n_classes=5, steps=1)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^AutoAttack needs integer class labels of shape \[B\] as target\.$"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES)(torch.rand(2, 3, 16, 16), torch.rand(2))
+    with pytest.raises(ValueError, match="n_classes=7 but the model returns 10 logits"):
+        APGDT(classifier, eps=EPS_LINF, steps=1, n_classes=7)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
