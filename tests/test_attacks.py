@@ -550,8 +550,13 @@ def test_apgdt_targets_the_next_classes_in_clean_rank_order_on_robust_points(cla
         APGDT(classifier, eps=EPS_LINF, steps=1)(x, torch.zeros(12, 3))
     with pytest.raises(ValueError, match="^APGDT needs a classifier returning .* n_classes >= 4"):
         APGDT(lambda z: z.flatten(1)[:, :3], eps=EPS_LINF, steps=1)(x, y)
-    four = APGDT(lambda z: z.flatten(1)[:, :4], eps=EPS_LINF, steps=2, n_target_classes=9).perturb(x, y % 4)
-    assert four.success.shape == (12,)  # 4 classes are enough (3 targets)
+    four = APGDT(lambda z: z.flatten(1)[:, :4], eps=1e-4, steps=2, n_target_classes=9)
+    four.record_step_sizes = True
+    logits4 = x.flatten(1)[:, :4]
+    res4 = four.perturb(x, logits4.argmax(1))
+    assert not res4.success.any() and len(four.step_sizes) == 3  # 4 classes are enough: 3 target classes
+    with pytest.raises(ValueError, match="n_classes=7 but the model returns 10 logits"):
+        APGD(classifier, eps=EPS_LINF, steps=1, n_classes=7)(x, y)
 
 
 def test_autoattack_components_have_the_standard_settings(classifier):
