@@ -450,6 +450,19 @@ def test_apgd_eot_averages_gradient_and_loss():
     torch.testing.assert_close(res.loss, fn(res.x_max_loss), atol=1e-5, rtol=0)
     ref = APGD(fn, eps=0.05, steps=4, loss=_identity, random_start=False).perturb(x, torch.zeros(2))
     torch.testing.assert_close(res.x_max_loss, ref.x_max_loss)  # a deterministic model: EoT changes nothing
+    # _eval itself: the mean loss and the mean gradient over eot_iter calls, each with the target
+    delta = torch.full_like(x, 0.01)
+    d = delta.clone().requires_grad_(True)
+    (want_grad,) = torch.autograd.grad((3 * fn(x + d)).sum(), d)
+    for eot in (1, 2, 3):
+        spy = Recorder(fn)
+        atk = APGD(spy, eps=0.05, loss=lambda out, t: out * t, eot_iter=eot)
+        loss, grad, _ = atk._eval(x, delta, torch.full((2,), 3.0), atk.loss_fn, need_grad=True)
+        assert len(spy.inputs) == eot
+        torch.testing.assert_close(loss, 3 * fn(x + delta).detach())
+        torch.testing.assert_close(grad, want_grad)
+        loss, grad, _ = atk._eval(x, delta, torch.full((2,), 3.0), atk.loss_fn, need_grad=False)
+        assert grad is None and len(spy.inputs) == eot + 1
     with pytest.raises(ValueError, match="eot_iter"):
         APGD(fn, eps=0.05, eot_iter=0)
     with pytest.raises(ValueError, match="n_restarts"):
