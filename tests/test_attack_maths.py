@@ -151,6 +151,8 @@ _LOSSES = [
     # 4: window 1 flat -> halve after 5; window 2 has 3 of 4 increases below the best loss, but the previous
     #    checkpoint halved, so the "nothing changed" rule does not apply -> no halving.
     [0, 0, 0, 0, 0, -3, -2, -1, -0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    # 5: window 1 counts all 5 iterations (from 0, not 1): 3 increases < 3.75 -> halve after 5; then always up.
+    [1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
 ]
 # η / ε used at each iteration, derived by hand from the rules above.
 _ETA_OVER_EPS = [
@@ -158,6 +160,7 @@ _ETA_OVER_EPS = [
     [2] * 5 + [1] * 4 + [0.5] * 3 + [0.25] * 2 + [0.125] * 2 + [0.0625] * 2 + [0.03125] + [0.015625],
     [2] * 12 + [1] * 4 + [0.5] * 4,
     [2] * 9 + [1] * 3 + [0.5] * 8,
+    [2] * 5 + [1] * 15,
     [2] * 5 + [1] * 15,
 ]
 
