@@ -188,7 +188,7 @@ def test_apgd_step_size_schedule_and_iterates_hand_traced(norm):
     def scripted(z):
         i = len(spy.inputs) - 1
         lin = (z.flatten(1) * grads[i]).sum(1)
-        return values[i] + lin - lin.detach()  # value scripted, gradient = grads[i]
+        return values[i] + (lin - lin.detach())  # value exactly scripted, gradient = grads[i]
 
     spy = Recorder(scripted)
     atk = APGD(spy, norm=norm, eps=eps, steps=_STEPS, loss=_identity, seed=0)
@@ -366,7 +366,7 @@ class ScriptedById:
             self.rows.append((i, self.count[i], z[row].detach().clone()))
             self.count[i] += 1
         lin = (z * torch.stack(dirs)).flatten(1).sum(1)
-        col1 = torch.tensor(vals) + lin - lin.detach()
+        col1 = torch.tensor(vals) + (lin - lin.detach())
         return torch.stack([torch.ones_like(col1), col1, torch.zeros_like(col1)], dim=1)
 
     def row(self, i: int, c: int) -> torch.Tensor:
