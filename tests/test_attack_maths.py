@@ -390,17 +390,18 @@ def test_apgd_early_stop_first_success_and_restarts_on_robust_points_only():
         [0.1, 0.2, 0.3, 0.2, 0.1, 0.2, 0.3, 0.1, 0.4, 0.5, 1.2, 0.1, 0.1],  # 3: broken in restart 2 at its call 10
     ]
     model = ScriptedById(x, scripts)
-    res = APGD(model, eps=0.03, steps=5, n_restarts=2, loss=_margin, seed=0).perturb(x, y)
+    res = APGD(model, eps=0.03, steps=5, n_restarts=3, loss=_margin, seed=0).perturb(x, y)
     assert model.calls[0] == [0, 1, 2, 3]  # the clean scoring
     assert all(0 not in ids for ids in model.calls[1:])
-    assert all(ids == [1, 2, 3] for ids in model.calls[1:7]) and all(ids == [2, 3] for ids in model.calls[7:])
+    assert all(ids == [1, 2, 3] for ids in model.calls[1:7]) and all(ids == [2, 3] for ids in model.calls[7:13])
+    assert model.calls[13:] == [[2]] * 6  # restart 3: the one point still robust
     assert all(torch.equal(model.row(1, c), model.row(1, 4)) for c in (5, 6)), "a broken point stops moving"
     assert not torch.equal(model.row(2, 5), model.row(2, 4))
     assert torch.equal(res.success, torch.tensor([True, True, False, True]))
     assert torch.equal(res.x_adv[0], x[0])
     torch.testing.assert_close(res.x_adv[1], model.row(1, 4))
     torch.testing.assert_close(res.x_adv[3], model.row(3, 10))
-    torch.testing.assert_close(res.x_max_loss[2], model.row(2, 10))
+    torch.testing.assert_close(res.x_max_loss[2], model.row(2, 10))  # restart 3 stays at 0.3 < 0.95
     torch.testing.assert_close(res.x_adv[2], res.x_max_loss[2])
     torch.testing.assert_close(res.loss[2], torch.tensor(0.95 - 1))
     torch.testing.assert_close(res.loss[0], torch.tensor(2.0 - 1))

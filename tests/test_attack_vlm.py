@@ -203,6 +203,9 @@ def test_ensemble_floor_ties_and_norm(setup):
                               score_fn=lambda imgs, idx: -_ce(model, imgs, qs, ["red"] * len(idx)))
     d = (x_l2 - x).flatten(1)
     assert (d.norm(dim=1) <= 0.5 + 1e-5).all() and d.abs().max() > EPS
+    model.n_calls = 0
+    ensemble_attack(model, x, qs, [["red"]] * 4, eps=EPS, score_fn=lambda i, j: torch.ones(len(j)))
+    assert model.n_calls == 1 + 1 + 100  # one run of 100 APGD iterations by default
     # no images: nothing to attack
     empty, empty_scores = ensemble_attack(model, x[:0], [], [], eps=EPS, score_fn=lambda i, j: torch.zeros(len(j)))
     assert empty.shape == (0, 3, 8, 8) and empty_scores.shape == (0,)
