@@ -386,7 +386,8 @@ def test_apgd_early_stop_first_success_and_restarts_on_robust_points_only():
     scripts = [
         [2.0],  # 0: misclassified before the attack -> never attacked
         [0.1, 0.2, 0.3, 0.5, 1.5, 1.6, 1.7],  # 1: broken at its call 4 (iteration 2) -> frozen there, no restart
-        [0.1, 0.2, 0.9, 0.3, 0.4, 0.2, 0.1, 0.2, 0.5, 0.3, 0.95, 0.4, 0.3],  # 2: never broken; best in restart 2
+        # 2: never broken; best in restart 2 (0.95), which restart 3 only ties: the earlier point stays
+        [0.1, 0.2, 0.9, 0.3, 0.4, 0.2, 0.1, 0.2, 0.5, 0.3, 0.95, 0.4, 0.3, 0.95],
         [0.1, 0.2, 0.3, 0.2, 0.1, 0.2, 0.3, 0.1, 0.4, 0.5, 1.2, 0.1, 0.1],  # 3: broken in restart 2 at its call 10
     ]
     model = ScriptedById(x, scripts)
@@ -401,7 +402,7 @@ def test_apgd_early_stop_first_success_and_restarts_on_robust_points_only():
     assert torch.equal(res.x_adv[0], x[0])
     torch.testing.assert_close(res.x_adv[1], model.row(1, 4))
     torch.testing.assert_close(res.x_adv[3], model.row(3, 10))
-    torch.testing.assert_close(res.x_max_loss[2], model.row(2, 10))  # restart 3 stays at 0.3 < 0.95
+    torch.testing.assert_close(res.x_max_loss[2], model.row(2, 10))
     torch.testing.assert_close(res.x_adv[2], res.x_max_loss[2])
     torch.testing.assert_close(res.loss[2], torch.tensor(0.95 - 1))
     torch.testing.assert_close(res.loss[0], torch.tensor(2.0 - 1))
