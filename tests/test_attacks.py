@@ -69,16 +69,20 @@ def _synthetic(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.
 def classifier() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(Normalize(), nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    params = list(net.parameters())
+    # Adam written out: constructing a torch.optim optimizer imports torch._dynamo (~4 s), paid again in every
+    # process that runs this module alone (e.g. each mutmut mutant).
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(0)
-    for _ in range(40):
+    for t in range(1, 41):
         x, y = _synthetic(128, gen)
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in net.parameters():
-        p.grad = None
+        grads = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+        with torch.no_grad():
+            for p, g, m_p, v_p in zip(params, grads, m, v):
+                m_p.mul_(0.9).add_(g, alpha=0.1)
+                v_p.mul_(0.999).addcmul_(g, g, value=0.001)
+                p -= 3e-3 / (1 - 0.9**t) * m_p / (v_p.sqrt() / (1 - 0.999**t) ** 0.5 + 1e-8)
     return net.eval()
 
 
@@ -185,6 +189,7 @@ def test_apgd_restarts_only_add_successes(classifier, batch):
     assert torch.equal(three.x_adv[kept], one.x_adv[kept])
 
 
+@pytest.mark.slow  # ~9 s: the full standard configuration
 def test_autoattack_standard_at_most_apgd_ce(classifier, batch, monkeypatch):
     x, y = batch[0][:16], batch[1][:16]
     aa = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES)
@@ -333,3 +338,275 @@ def test_losses_match_their_definitions():
     assert torch.allclose(ce_loss(logits, labels), F.cross_entropy(logits, labels, reduction="none"))
     with pytest.raises(ValueError, match="labels"):
         ce_loss(logits, torch.rand(2, 5))
+
+
+# -- every point the model sees, the budget, and random noise as the baseline ------------------------------------
+
+
+class InputSpy(nn.Module):
+    """Wraps a model and records every input batch it sees (the final `_clip` of returned points cannot hide these)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().float().clone())
+        return self.model(x)
+
+
+SPIED_ATTACKS = {
+    **{name: spec for name, spec in ATTACK_FACTORIES.items() if name != "autoattack-reduced"},
+    "pgd-momentum-l2": (lambda m, seed=0: PGD(m, norm="L2", eps=EPS_L2, steps=10, momentum=0.9, seed=seed), "L2",
+                        EPS_L2),
+    "pgd-mi-fgsm": (lambda m, seed=0: PGD(m, eps=EPS_LINF, steps=10, momentum=0.9, momentum_style="mi-fgsm",
+                                          seed=seed), "Linf", EPS_LINF),
+    "apgd-t-l2": (lambda m, seed=0: APGDT(m, norm="L2", eps=EPS_L2, steps=10, n_target_classes=3, seed=seed), "L2",
+                  EPS_L2),
+    # FAB-T is a minimum-norm attack whose iterates may leave the ball by design; AutoAttack re-projects its output.
+    "autoattack-apgd-square": (
+        lambda m, seed=0: AutoAttack(m, eps=EPS_LINF, n_classes=N_CLASSES, seed=seed, steps=10, n_target_classes=3,
+                                     square_queries=50, attacks_to_run=["apgd-ce", "apgd-dlr", "apgd-t", "square"]),
+        "Linf", EPS_LINF),
+    "autoattack-l2-square": (
+        lambda m, seed=0: AutoAttack(m, norm="L2", eps=0.2, n_classes=N_CLASSES, seed=seed, steps=5,
+                                     n_target_classes=2, square_queries=50, attacks_to_run=["apgd-ce", "square"]),
+        "L2", 0.2),
+}
+
+
+def _distance_to_nearest(points: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per row of `points`, the `norm` distance to the closest clean image (rows may be any sub-batch of x)."""
+    diff = (points[:, None] - x[None]).flatten(2)
+    dist = diff.abs().amax(2) if norm == "Linf" else diff.norm(dim=2)
+    return dist.min(dim=1).values
+
+
+@pytest.mark.parametrize("name", list(SPIED_ATTACKS))
+def test_every_point_the_model_sees_is_in_ball_and_box(name, classifier, batch):
+    factory, norm, eps = SPIED_ATTACKS[name]
+    x, y = batch[0][:12], batch[1][:12]
+    spy = InputSpy(classifier)
+    factory(spy).perturb(x, y)
+    assert len(spy.inputs) > 5
+    for k, seen in enumerate(spy.inputs):
+        assert seen.min() >= 0 and seen.max() <= 1, f"call {k} left the [0, 1] box"
+        # the images are far apart compared with eps, so the nearest clean image is the one being attacked
+        assert (_distance_to_nearest(seen, x, norm) <= eps * (1 + 1e-5) + 1e-6).all(), f"call {k} left the ball"
+
+
+@pytest.mark.parametrize(
+    ("name", "norm", "eps"),
+    [("pgd", "Linf", EPS_LINF), ("pgd", "L2", EPS_L2), ("apgd-ce", "Linf", EPS_LINF), ("apgd-ce", "L2", EPS_L2)],
+)
+def test_attack_uses_its_budget(name, norm, eps, classifier, batch):
+    x, y = batch
+    extra = {"early_stop": False} if name.startswith("apgd") else {}
+    res = build_attack(name, classifier, norm=norm, eps=eps, steps=20, **extra).perturb(x, y)
+    delta = res.x_max_loss - x
+    if norm == "Linf":
+        room = ((x - eps >= 0) & (x + eps <= 1))  # coordinates where the box does not cut the ball
+        at_edge = (delta.abs() >= eps * (1 - 1e-4))[room].float().mean()
+        assert at_edge > 0.8, f"only {at_edge:.0%} of the free coordinates reach ±eps"
+    else:
+        norms = delta.flatten(1).norm(dim=1)
+        assert (norms >= 0.95 * eps).float().mean() > 0.9 and (norms <= eps * (1 + 1e-5)).all()
+
+
+def _uniform_in_ball(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
+    if norm == "Linf":
+        delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    else:
+        direction = torch.randn(x.shape, generator=gen)
+        direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = direction * eps * torch.rand(x.shape[0], generator=gen).pow(1 / x[0].numel()).view(-1, 1, 1, 1)
+    return (x + delta).clamp(0, 1)
+
+
+def _targeted_rank2(model):
+    def loss(out, y):
+        with torch.no_grad():
+            rank2 = model(_CLEAN["x"]).argsort(1, descending=True)[:, 1]
+        return dlr_targeted_loss(out, y, rank2)
+
+    return loss
+
+
+_CLEAN: dict[str, torch.Tensor] = {}
+
+
+@pytest.mark.parametrize("name", list(ATTACK_FACTORIES))
+def test_attack_beats_random_noise_of_the_same_budget(name, classifier, batch):
+    factory, norm, eps = ATTACK_FACTORIES[name]
+    x, y = batch
+    _CLEAN["x"] = x
+    loss_fn = {"apgd-dlr": dlr_loss, "apgd-t": _targeted_rank2(classifier)}.get(name, ce_loss)
+    res = factory(classifier).perturb(x, y)
+    gen = torch.Generator().manual_seed(7)
+    if name == "autoattack-reduced":  # its objective is misclassification: fewer robust points than 8 noise draws
+        with torch.no_grad():
+            noise_broken = torch.stack([classifier(_uniform_in_ball(x, norm, eps, gen)).argmax(1) != y
+                                        for _ in range(8)]).any(0)
+        assert res.success.float().mean() > noise_broken.float().mean() + 0.2
+        return
+    with torch.no_grad():
+        attacked = loss_fn(classifier(res.x_max_loss), y)
+        noise = torch.stack([loss_fn(classifier(_uniform_in_ball(x, norm, eps, gen)), y) for _ in range(8)])
+    # better than the best of 8 random points of the same ball, on average and for most samples
+    assert attacked.mean() > noise.max(0).values.mean() + 0.1 * noise.std()
+    if name != "apgd-t":  # APGD-T's max-loss point may come from a later target class than the rank-2 one
+        assert (attacked >= noise.max(0).values).float().mean() > 0.7
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: PGD(m, eps=4),
+        lambda m: APGD(m, eps=4),
+        lambda m: APGDT(m, eps=4),
+        lambda m: AutoAttack(m, eps=4, n_classes=N_CLASSES),
+        lambda m: build_attack("apgd-ce", m, eps=8),
+    ],
+)
+def test_every_attack_rejects_a_budget_in_255_units(make, classifier):
+    with pytest.raises(ValueError, match=r"/255"):
+        make(classifier)
+
+
+def test_autoattack_components_run_only_on_still_robust_points(classifier, batch, monkeypatch):
+    x, y = batch[0], batch[1].clone()
+    y[:3] = (y[:3] + 1) % N_CLASSES  # wrong labels: misclassified before any attack, so never attacked
+    eps = 6 / 255
+    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    component = AutoAttack._component
+
+    def spying(self, name, wrapped):
+        attack = component(self, name, wrapped)
+
+        def run(x_sub, y_sub):
+            rows = _distance_to_nearest(x_sub, x, "Linf")
+            assert (rows == 0).all()
+            idx = (x_sub[:, None] - x[None]).flatten(2).abs().amax(2).argmin(1)
+            assert torch.equal(y[idx], y_sub)
+            adv = attack(x_sub, y_sub)
+            calls.append((name, idx, adv.detach().clone()))
+            return adv
+
+        return run
+
+    monkeypatch.setattr(AutoAttack, "_component", spying)
+    aa = AutoAttack(classifier, eps=eps, n_classes=N_CLASSES, steps=10, n_target_classes=3, square_queries=200)
+    res = aa.perturb(x, y)
+    assert [c[0] for c in calls] == list(STANDARD_ATTACKS), "each component must have run"
+    sizes = [len(c[1]) for c in calls]
+    assert sizes[0] > sizes[1] > sizes[2] > 0, sizes  # APGD-CE and APGD-T each break points the next never sees
+    with torch.no_grad():
+        robust = classifier(x).argmax(1) == y
+    assert not robust[:3].any() and robust[3:].all()
+    expected_adv = x.clone()
+    for name, idx, adv in calls:
+        assert torch.equal(idx, robust.nonzero().squeeze(1)), f"{name} must get exactly the still-robust points"
+        assert ((adv - x[idx]).abs().flatten(1).amax(1) <= eps + 1e-6).all()
+        with torch.no_grad():
+            fooled = classifier(adv).argmax(1) != y[idx]
+        expected_adv[idx[fooled]] = adv[fooled]
+        robust[idx[fooled]] = False
+    assert torch.equal(res.success, ~robust)
+    torch.testing.assert_close(res.x_adv, expected_adv, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.loss, ce_loss(classifier(res.x_adv), y).detach())
+    assert torch.equal(res.x_max_loss, res.x_adv)
+
+
+def test_apgdt_targets_the_next_classes_in_clean_rank_order_on_robust_points(classifier, batch, monkeypatch):
+    import vlmrobust.attacks.apgd as apgd_module
+
+    x, y = batch[0][:12], batch[1][:12].clone()
+    y[:2] = (y[:2] + 1) % N_CLASSES  # misclassified before the attack
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = apgd_module.dlr_targeted_loss
+
+    def recording(out, labels, targets):
+        seen.append((labels.clone(), targets.clone()))
+        return original(out, labels, targets)
+
+    monkeypatch.setattr(apgd_module, "dlr_targeted_loss", recording)
+    attack = APGDT(classifier, eps=1 / 255, steps=3, n_target_classes=3)
+    res = attack.perturb(x, y)
+    with torch.no_grad():
+        ranking = classifier(x).argsort(1, descending=True)
+    # 1/255 breaks nothing here, so every target class runs on the 10 correctly classified points
+    assert torch.equal(res.success, torch.arange(12) < 2)
+    # call 0 scores the clean images against the rank-2 class; then per target class 1 + 3 calls
+    assert torch.equal(seen[0][1], ranking[:, 1]) and torch.equal(seen[0][0], y)
+    assert len(seen) == 1 + 3 * 4
+    for k, (labels, targets) in enumerate(seen[1:]):
+        rank = 1 + k // 4
+        assert torch.equal(labels, y[2:]) and torch.equal(targets, ranking[2:, rank]), (k, rank)
+    assert repr(attack).startswith("APGDT(") and "n_target_classes=3" in repr(attack)
+    with pytest.raises(ValueError, match="n_target_classes"):
+        APGDT(classifier, eps=EPS_LINF, n_target_classes=0)
+    with pytest.raises(ValueError, match="^APGDT needs integer class labels of shape"):
+        APGDT(classifier, eps=EPS_LINF, steps=1)(x, torch.zeros(12, 3))
+    with pytest.raises(ValueError, match="^APGDT needs a classifier returning .* n_classes >= 4"):
+        APGDT(lambda z: z.flatten(1)[:, :3], eps=EPS_LINF, steps=1)(x, y)
+    four = APGDT(lambda z: z.flatten(1)[:, :4], eps=1e-4, steps=2, n_target_classes=9)
+    four.record_step_sizes = True
+    logits4 = x.flatten(1)[:, :4]
+    res4 = four.perturb(x, logits4.argmax(1))
+    assert not res4.success.any() and len(four.step_sizes) == 3  # 4 classes are enough: 3 target classes
+    with pytest.raises(ValueError, match="n_classes=7 but the model returns 10 logits"):
+        APGD(classifier, eps=EPS_LINF, steps=1, n_classes=7)(x, y)
+
+
+def test_autoattack_components_have_the_standard_settings(classifier):
+    from vlmrobust.attacks.autoattack import _TorchattacksModel
+
+    y2 = torch.tensor([0, 1])
+
+    aa = AutoAttack(classifier, norm="L2", eps=0.5, n_classes=N_CLASSES, seed=3)
+    aa._model_dtype = torch.float32
+    wrapped = _TorchattacksModel(classifier, torch.device("cpu"))
+    ce, dlr, t = (aa._component(name, wrapped) for name in ("apgd-ce", "apgd-dlr", "apgd-t"))
+    for apgd, loss in ((ce, "ce"), (dlr, "dlr"), (t, "dlr-targeted")):
+        assert (apgd.norm, apgd.eps, apgd.steps, apgd.n_restarts, apgd.seed, apgd.loss) == ("L2", 0.5, 100, 1, 3, loss)
+        assert apgd.input_dtype == torch.float32 and apgd.model is classifier
+    assert isinstance(t, APGDT) and t.n_target_classes == 9
+    fab = aa._component("fab-t", wrapped)
+    assert type(fab).__name__ == "FAB" and fab.model is wrapped
+    assert (fab.norm, fab.eps, fab.steps, fab.n_restarts, fab.seed) == ("L2", 0.5, 100, 1, 3)
+    assert fab.multi_targeted and fab.n_target_classes == 9
+    square = aa._component("square", wrapped)
+    assert type(square).__name__ == "Square" and square.model is wrapped
+    assert (square.norm, square.eps, square.n_queries, square.n_restarts, square.seed) == ("L2", 0.5, 5000, 1, 3)
+    assert (square.p_init, square.loss, square.rescale_schedule) == (0.8, "margin", True)
+    custom = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, steps=7, n_target_classes=3, square_queries=50)
+    custom._model_dtype = torch.float32
+    assert [custom._component(n, wrapped).steps for n in ("apgd-ce", "apgd-t", "fab-t")] == [7, 7, 7]
+    assert custom._component("apgd-t", wrapped).n_target_classes == 3
+    assert custom._component("fab-t", wrapped).n_target_classes == 3
+    assert custom._component("square", wrapped).n_queries == 50
+    few = AutoAttack(classifier, eps=EPS_LINF, n_classes=4, n_target_classes=9)
+    few._model_dtype = torch.float32
+    assert few._component("fab-t", wrapped).n_target_classes == 3  # clipped to n_classes - 1
+    assert few.is_standard and "standard=True" in repr(few)
+    fast = AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, version="fast")
+    assert fast.attacks_to_run == ("apgd-ce", "apgd-t") and not fast.is_standard
+    for bad in ({"version": "plus"}, {"attacks_to_run": ["pgd"]}, {"attacks_to_run": []}):
+        with pytest.raises(ValueError):
+            AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES, **bad)
+    with pytest.raises(ValueError, match="n_classes must be >= 2"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=1)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(12, N_CLASSES))
+    for name in ("fab-t", "square"):
+        with pytest.raises(ValueError, match=r"^FAB-T and Square need \[B, C, H, W\] images\.$"):
+            AutoAttack(flat, eps=EPS_LINF, n_classes=N_CLASSES, attacks_to_run=[name])(torch.rand(2, 12), y2)
+    AutoAttack(flat, eps=EPS_LINF, n_classes=N_CLASSES, attacks_to_run=["apgd-ce"], steps=1)(torch.rand(2, 12), y2)
+    with pytest.raises(ValueError, match=r"needs \[B, 5\] logits \(n_classes=5\), got \(2, 10\)\.$"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=5, steps=1)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"got tuple\.$"):
+        AutoAttack(lambda z: (z,), eps=EPS_LINF, n_classes=5, steps=1)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^AutoAttack needs integer class labels of shape \[B\] as target\.$"):
+        AutoAttack(classifier, eps=EPS_LINF, n_classes=N_CLASSES)(torch.rand(2, 3, 16, 16), torch.rand(2))
+    with pytest.raises(ValueError, match="n_classes=7 but the model returns 10 logits"):
+        APGDT(classifier, eps=EPS_LINF, steps=1, n_classes=7)(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))

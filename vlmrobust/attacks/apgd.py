@@ -79,9 +79,14 @@ class APGD(Attack):
             Expected number of classes; checked against the logits when given.
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed; defaults to the model's parameter dtype. The perturbation stays fp32.
+
+    Debugging: set `record_step_sizes = True` on an instance and each call leaves in `step_sizes` one `[steps, B_run]`
+    tensor per run (restart, target class), row k holding the per-sample step size η used at iteration k. Off by
+    default; when on it costs one `[B]` copy per iteration.
     """
 
     momentum = 0.75
+    record_step_sizes = False
 
     def __init__(
         self,
@@ -164,8 +169,11 @@ class APGD(Attack):
         last_check = 0
         checkpoints = set(self.checkpoints)
         a = self.momentum
+        trace: list[Tensor] | None = [] if self.record_step_sizes else None
 
         for k in range(self.steps):
+            if trace is not None:
+                trace.append(eta.clone())
             z = self._project(x, delta + bview(eta) * self._step_direction(grad))
             if k == 0:
                 new = z
@@ -209,6 +217,8 @@ class APGD(Attack):
                 n_increase.zero_()
                 last_check = k + 1
 
+        if trace is not None:
+            self.step_sizes.append(torch.stack(trace) if trace else eta.new_empty(0, batch))
         if success is not None:
             adv_delta = torch.where(bview(success), adv_delta, best_delta)
         else:
@@ -253,7 +263,10 @@ class APGD(Attack):
                 state["success"][idx] = state["success"][idx] | newly
 
     def _init_state(self, x: Tensor, target: Tensor, loss_fn: LossFn) -> tuple[dict[str, Tensor | None], Any]:
-        """Score the clean input: it seeds the max-loss point and marks points misclassified before any attack."""
+        """Score the clean input: it seeds the max-loss point and marks points misclassified before any attack.
+
+        Also starts a fresh `step_sizes` record (see the class docstring)."""
+        self.step_sizes: list[Tensor] = []
         loss, _, out = self._loss_and_grad(x, torch.zeros_like(x), target, loss_fn, need_grad=False)
         state: dict[str, Tensor | None] = {
             "loss": loss.clone(),

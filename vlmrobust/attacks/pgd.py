@@ -10,15 +10,25 @@ from torch import Tensor, nn
 
 from .base import ATTACKS, Attack, AttackResult, LossFn, is_labels, is_logits
 
+MOMENTUM_STYLES = ("fare", "mi-fgsm")
+
 
 @ATTACKS.register("pgd")
 class PGD(Attack):
     r"""Projected gradient ascent on a per-sample loss (Madry et al. 2018, arXiv 1706.06083).
 
-    Each step is `δ ← Π(δ + α·sign(g))` for L∞ and `δ ← Π(δ + α·g/‖g‖₂)` for L2, where Π projects onto the ε-ball
-    and x + δ is clamped to [0, 1]. With `momentum=μ > 0` the step direction follows the FARE reference
-    (Schlarmann et al. 2024, arXiv 2402.12336): `g ← μ·g + ∇/‖∇‖₁` with the L1 norm taken per sample, then the sign
-    (L∞) or normalised (L2) step of the accumulated `g`.
+    Each step is `δ ← Π(δ + α·s(∇))`, where `s` is the sign for L∞ and the per-sample L2 normalisation `∇/‖∇‖₂` for
+    L2, and Π projects onto the ε-ball and clamps x + δ to [0, 1] (`Attack._project`).
+
+    With `momentum=μ > 0` a velocity `v` (zero at the start) replaces `s(∇)` in the step. Two update rules:
+
+    * `momentum_style="fare"` (default) follows the FARE reference code (Schlarmann et al. 2024, arXiv 2402.12336;
+      RobustVLM `train/pgd_train.py`): `v ← s(μ·v + s(∇))`, i.e. the normalised gradient is accumulated and the
+      velocity is stored normalised again, then `δ ← Π(δ + α·v)`. For L∞ with μ < 1 this is the plain sign step
+      wherever ∇ ≠ 0 (|μ·v| ≤ μ < 1 = |sign(∇)|, so the sign of the sum is the sign of ∇); momentum only matters
+      where ∇ = 0 and for L2.
+    * `momentum_style="mi-fgsm"`: MI-FGSM (Dong et al. 2018, arXiv 1710.06081), `v ← μ·v + ∇/‖∇‖₁` with the L1
+      norm per sample and `v` kept unnormalised, then `δ ← Π(δ + α·s(v))`.
 
     Args:
         model (`nn.Module` or `Callable`):
@@ -34,7 +44,10 @@ class PGD(Attack):
         random_start (`bool`, *optional*, defaults to `True`):
             Start from a uniform sample of the ε-ball instead of the clean image.
         momentum (`float`, *optional*, defaults to 0.0):
-            μ of the L1-normalised gradient accumulation described above; 0 disables it (FARE uses 0.9 when on).
+            μ of the velocity described above; 0 disables it (the FARE reference uses 0.9).
+        momentum_style (`str`, *optional*, defaults to `"fare"`):
+            `"fare"` (the FARE reference rule) or `"mi-fgsm"` (MI-FGSM's L1-normalised accumulation); only used
+            when `momentum > 0`.
         loss_fn (`Callable[[Any, Tensor], Tensor]`, *optional*):
             Per-sample loss to maximise, `loss_fn(output, target) -> [B]`. Defaults to cross-entropy.
         seed (`int`, *optional*, defaults to 0):
@@ -58,6 +71,7 @@ class PGD(Attack):
         steps: int = 10,
         random_start: bool = True,
         momentum: float = 0.0,
+        momentum_style: str = "fare",
         loss_fn: LossFn | None = None,
         seed: int = 0,
         return_max_loss: bool = False,
@@ -70,13 +84,17 @@ class PGD(Attack):
             raise ValueError(f"alpha and momentum must be >= 0, got alpha={alpha}, momentum={momentum}.")
         self.alpha = float(alpha)
         self.random_start = bool(random_start)
+        if momentum_style not in MOMENTUM_STYLES:
+            raise ValueError(f"momentum_style must be one of {MOMENTUM_STYLES}, got {momentum_style!r}.")
         self.momentum = float(momentum)
+        self.momentum_style = momentum_style
         self.return_max_loss = bool(return_max_loss)
 
     def __repr__(self) -> str:
         return (
             f"PGD(norm={self.norm!r}, eps={self.eps:.6g}, alpha={self.alpha:.6g}, steps={self.steps}, "
-            f"random_start={self.random_start}, momentum={self.momentum}, seed={self.seed})"
+            f"random_start={self.random_start}, momentum={self.momentum}, momentum_style={self.momentum_style!r}, "
+            f"seed={self.seed})"
         )
 
     def _perturb(self, x: Tensor, target: Tensor, generator: torch.Generator) -> AttackResult:
@@ -99,11 +117,16 @@ class PGD(Attack):
         for _ in range(self.steps):
             loss, grad, out = self._loss_and_grad(x, delta, target, self.loss_fn)
             keep_best(loss, delta, out)
-            if velocity is not None:
+            if velocity is None:
+                step = self._step_direction(grad)
+            elif self.momentum_style == "fare":
+                velocity = self._step_direction(self.momentum * velocity + self._step_direction(grad))
+                step = velocity
+            else:
                 l1 = grad.flatten(1).abs().sum(dim=1)
                 velocity = self.momentum * velocity + grad / self._view(l1 + 1e-12, grad)
-                grad = velocity
-            delta = self._project(x, delta + self.alpha * self._step_direction(grad))
+                step = self._step_direction(velocity)
+            delta = self._project(x, delta + self.alpha * step)
 
         last_pred = None
         # The last iterate has not been scored yet; one forward without graph does it, unless the caller only
