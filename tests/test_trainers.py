@@ -86,6 +86,27 @@ def test_gradient_accumulation_matches_large_batch(tiny_open_clip_dir, image_dat
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("style", ["fare", "mi-fgsm"])
+def test_training_attack_gets_the_momentum_rule(style, tiny_open_clip_dir, image_dataset, tmp_path, monkeypatch):
+    import vlmrobust.trainers.base_trainer as bt
+
+    built = []
+
+    class SpyPGD(bt.PGD):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self)
+
+    monkeypatch.setattr(bt, "PGD", SpyPGD)
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    trainer = FARETrainer(model, fare_args(tmp_path, max_steps=1, attack_momentum=0.9, attack_momentum_style=style),
+                          train_dataset=image_dataset)
+    trainer.train()
+    assert built and all(a.momentum == 0.9 and a.momentum_style == style for a in built)
+    with pytest.raises(ValueError, match="mi-fgsm"):
+        fare_args(tmp_path, attack_momentum_style="nesterov")
+
+
 def test_epsilon_schedule_values():
     s = EpsilonSchedule(8 / 255, "linear", start=10, end=20)
     assert s(0) == 0 and s(9) == 0 and s(10) == 0

@@ -27,8 +27,10 @@ class RobustTrainingArguments(TrainingArguments):
         attack_steps (`int`, *optional*, defaults to 10): inner iterations.
         attack_step_size (`float`, *optional*, defaults to 1/255): PGD step α (FARE's reference value).
         attack_random_start (`bool`, *optional*, defaults to `True`): uniform start in the ε-ball.
-        attack_momentum (`float`, *optional*, defaults to 0.0): momentum of the PGD sign step (FARE's reference
-            offers 0.9).
+        attack_momentum (`float`, *optional*, defaults to 0.0): PGD momentum μ (0: none; FARE's reference uses 0.9).
+        attack_momentum_style (`str`, *optional*, defaults to `"fare"`): `"fare"`, the FARE reference's rule
+            `v ← s(μ·v + s(∇))` (s = sign for L∞, L2-normalisation for L2; under L∞ with μ < 1 it is the plain sign
+            step wherever ∇ ≠ 0), or `"mi-fgsm"` (`v ← μ·v + ∇/‖∇‖₁`, step along s(v)).
         attack_seed (`int`, *optional*): base seed of the attack's own generator; defaults to `seed`. The attack at
             optimizer step t, micro-batch k on rank r uses a seed derived from (attack_seed, t, k, r), so resumed runs repeat it.
         attack_seed_scope (`str`, *optional*, defaults to `"sample"`): what the random start is keyed to.
@@ -51,6 +53,7 @@ class RobustTrainingArguments(TrainingArguments):
     attack_step_size: float | None = field(default=1 / 255, metadata={"help": "PGD step size (pixel units)."})
     attack_random_start: bool = field(default=True, metadata={"help": "Random uniform start in the eps-ball."})
     attack_momentum: float = field(default=0.0, metadata={"help": "Momentum on the PGD step (FARE ref.: 0.9)."})
+    attack_momentum_style: str = field(default="fare", metadata={"help": "'fare' (FARE reference) or 'mi-fgsm'."})
     attack_seed: int | None = field(default=None, metadata={"help": "Attack seed (defaults to --seed)."})
     attack_seed_scope: str = field(default="sample", metadata={
         "help": "'sample': random starts keyed to the image's position in the global batch (same model on 1 or N "
@@ -68,6 +71,9 @@ class RobustTrainingArguments(TrainingArguments):
         if self.attack not in ("pgd", "apgd"):
             raise ValueError(f"attack must be 'pgd' or 'apgd', got '{self.attack}'.")
         self.attack_norm = {"linf": "Linf", "l2": "L2"}.get(str(self.attack_norm).lower(), self.attack_norm)
+        if self.attack_momentum_style not in ("fare", "mi-fgsm"):
+            raise ValueError(f"attack_momentum_style must be 'fare' (the FARE reference's rule) or 'mi-fgsm', got "
+                             f"{self.attack_momentum_style!r}.")
         check_budget(self.attack_norm, self.epsilon)
         if self.attack_steps < 1:
             raise ValueError(f"attack_steps must be >= 1, got {self.attack_steps}.")

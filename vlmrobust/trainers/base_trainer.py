@@ -210,7 +210,8 @@ class RobustTrainer(Trainer):
         try:
             if a.attack == "pgd":
                 atk = PGD(forward, norm=a.attack_norm, eps=eps, alpha=a.attack_step_size, steps=a.attack_steps,
-                          random_start=rs, momentum=a.attack_momentum, loss_fn=loss_fn, seed=seed)
+                          random_start=rs, momentum=a.attack_momentum, momentum_style=a.attack_momentum_style,
+                          loss_fn=loss_fn, seed=seed)
                 atk.sample_seeds = sample_seeds
                 return atk(images, target).detach()
             atk = APGD(forward, norm=a.attack_norm, eps=eps, steps=a.attack_steps, loss=loss_fn, seed=seed,
