@@ -73,7 +73,8 @@ def test_vqa_accuracy_normalises_both_sides_and_the_strict_mode():
     assert vqa_accuracy("the dog!", ["dog"] * 9 + ["cat"], strict_official=True) == 1.0
     assert vqa_accuracy("the dog!", ["dog"] * 9 + ["cat"]) == 1.0
     # tabs / newlines in answers are spaces, in the strict mode too
-    assert vqa_accuracy("red\tcar\n", ["red car"] * 10, strict_official=True) == 1.0
+    assert vqa_accuracy("red\tcar", ["red car"] * 10, strict_official=True) == 1.0
+    assert vqa_accuracy("red\ncar", ["red car"] * 10, strict_official=True) == 1.0
     for sep in ("\n", "\t"):
         refs = ["red" + sep + "car"] * 3 + ["blue"] * 7
         assert vqa_accuracy("red car", refs, strict_official=True) == pytest.approx(0.9)

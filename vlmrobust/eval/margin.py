@@ -48,8 +48,8 @@ def margin_threshold(margins: Tensor, correct: Tensor, robust: Tensor) -> float:
     m = margins[correct.bool()].float().sort(descending=True).values
     if k >= len(m):
         return float("-inf")
-    if k == 0:
-        return float(m[0]) if len(m) else float("inf")
+    if k == 0:  # (m is not empty: k >= len(m) above)
+        return float(m[0])
     # midway between the k-th and (k+1)-th largest margin: exactly k points lie above it (ties aside)
     return float((m[k - 1] + m[k]) / 2)
 
