@@ -64,3 +64,6 @@ def test_answer_loss_matches_the_models_own_loss(spec):
             inputs = {k: v for k, v in one.items() if k != "labels"}
             ref = model.model(**inputs, **model.pixel_inputs(x[i: i + 1]), labels=one["labels"], use_cache=False).loss
             torch.testing.assert_close(ours[i], ref.float(), rtol=1e-5, atol=1e-6)
+        # the summed negative log-likelihood (used to rank candidate answers) is the mean times the token count
+        n_tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)
+        torch.testing.assert_close(model.answer_loss(x, batch, reduction="sum"), ours * n_tokens, rtol=1e-5, atol=1e-5)
