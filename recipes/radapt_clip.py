@@ -16,7 +16,9 @@ A real model (ViT-L/14, guided by a released FARE⁴ checkpoint, R-Adapt+ on 2,0
         --guide_model hf-hub:chs20/fare4-clip --paradigm all --num_train_epochs 10 --output_dir outputs/radapt-vitl14
 
 Each paradigm is saved as `<output_dir>/<paradigm>/` (base model id + anchor, `create_model("radapt:<dir>")`) and
-evaluated after reloading from there. LLaVA / Qwen-VL towers are not supported yet (they come with their own issue).
+evaluated after reloading from there. This recipe is for CLIP (zero-shot classification); R-Adapt on the vision
+tower of a LLaVA or Qwen-VL model works from Python (`RAdaptModel.training_free(create_model("llava:<id>"))`, ...)
+and is evaluated with the VQA suites (`vlmrobust eval --model radapt:<dir> --suite shapes_vqa`).
 """
 
 from __future__ import annotations

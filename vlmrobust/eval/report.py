@@ -97,6 +97,45 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def _same_eps(a: float, b: float) -> bool:
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+
+
+def in_suite_grid(cell: dict, suite: dict) -> bool:
+    """Whether a stored cell belongs to the grid of `suite` (a `Suite.to_dict()`, as stored in `results.json`).
+
+    A results file keeps the cells of earlier runs into the same folder so that a changed suite can reuse them; the
+    report must only show the current suite's grid: its datasets, each dataset's attacks (label, norm, ε, iterations,
+    seed), corruption types × severities and margin analysis.
+    """
+    spec = next((d for d in suite.get("datasets", []) if d["name"] == cell.get("dataset")), None)
+    if spec is None:
+        return False
+    kind = cell.get("kind")
+    if kind in ("clean", "vqa_clean", "caption_clean"):
+        return True
+    if kind in ("attack", "vqa_attack", "caption_attack"):
+        for a in spec.get("attacks", []):
+            if (a["label"] == cell.get("attack") and a["norm"] == cell.get("norm")
+                    and any(_same_eps(e, cell["eps"]) for e in a["eps"])
+                    and a.get("steps") == cell.get("steps") and a.get("seed", cell.get("seed")) == cell.get("seed")):
+                return True
+        return False
+    if kind == "corruption":
+        cs = spec.get("corruptions") or {}
+        return cell["corruption"] in cs.get("types", ()) and int(cell["severity"]) in cs.get("severities", ())
+    if kind == "margin":
+        return bool(spec.get("margin")) and spec["margin"].get("attack") == cell.get("attack")
+    return False
+
+
+def current_cells(results: dict) -> dict[str, dict]:
+    """The cells of `results` that belong to its suite's grid and to its models (see `in_suite_grid`)."""
+    suite, models = results["suite"], set(results.get("models", []))
+    return {k: c for k, c in results["cells"].items()
+            if (not models or c.get("model") in models) and in_suite_grid(c, suite)}
+
+
 def summarize_suite(results: dict) -> dict:
     """Derived metrics of a suite results dict (as written by `run_suite`).
 
@@ -108,6 +147,11 @@ def summarize_suite(results: dict) -> dict:
     out of the classification averages but enter the Borda ranking (columns are compared per dataset). Captioning
     datasets (`task: caption`) go to `{model: {"caption": {dataset: row}}}`, with corpus CIDEr ×100 in `clean` /
     `robust` (same shape; also in the Borda ranking, not in the averages or the accuracy plots).
+
+    Only the cells of the suite's current grid are summarised (`current_cells`): cells an earlier, different suite
+    left in the same results file are kept there for reuse but never reported. The average runs over the
+    classification datasets the suite does not list in `average_exclude` (`average["datasets"]`); the excluded ones
+    are reported apart (`average["apart"]`).
     """
     from .borda import borda_ranking
     from .corruptions import ALEXNET_IMAGENET_C_ERRORS, corruption_errors
@@ -117,10 +161,11 @@ def summarize_suite(results: dict) -> dict:
     weights = {float(k): float(v) for k, v in weights.items()} if weights else None
     refs = {d["name"]: (d.get("corruptions") or {}).get("reference", "none") for d in suite["datasets"]}
     order = [d["name"] for d in suite["datasets"]]
+    exclude = set(suite.get("average_exclude") or ())
     rows: dict[str, dict[str, dict]] = {}
     vqa_rows: dict[str, dict[str, dict]] = {}
     cap_rows: dict[str, dict[str, dict]] = {}
-    for cell in results["cells"].values():
+    for cell in current_cells(results).values():
         m, d = cell["model"], cell["dataset"]
         if cell["kind"] in ("caption_clean", "caption_attack"):
             rows.setdefault(m, {})
@@ -173,7 +218,12 @@ def summarize_suite(results: dict) -> dict:
                 corr["reference"] = ref_name
             ds[d] = {"n": row.get("n"), "clean": row["clean"], "robust": row["robust"], "expected_robustness": er,
                      "corruptions": corr, "margin": row["margin"]}
-        out["models"][m] = {"datasets": ds, "average": _average(ds)}
+        averaged = {d: r for d, r in ds.items() if d not in exclude}
+        avg = _average(averaged)
+        if avg:
+            avg.update(datasets=list(averaged), apart=[d for d in ds if d in exclude],
+                       label=suite.get("average_label") or "")
+        out["models"][m] = {"datasets": ds, "average": avg}
         vqa = {d: vqa_rows[m][d] for d in sorted(vqa_rows.get(m, {}),
                                                   key=lambda k: order.index(k) if k in order else len(order))
                if vqa_rows[m][d]["clean"] is not None}
@@ -258,8 +308,8 @@ def _average(ds: dict[str, dict]) -> dict:
 
 
 def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathLike) -> Path:
-    """Accuracy vs ε, one curve per (model, attack), one panel per norm; `dataset=None` averages over datasets
-    (over the datasets that have the attack)."""
+    """Accuracy vs ε, one curve per (model, attack), one panel per norm; `dataset=None` averages over the datasets of
+    the average row (those that have the attack; datasets the suite reports apart are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,7 +317,8 @@ def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathL
 
     curves: dict[str, dict[str, dict[float, float]]] = {}  # norm -> curve label -> {eps: acc}
     for m, v in summary["models"].items():
-        rows = (list(v["datasets"].values()) if dataset is None
+        averaged = v["average"].get("datasets", list(v["datasets"])) if v.get("average") else list(v["datasets"])
+        rows = ([v["datasets"][d] for d in averaged] if dataset is None
                 else [v["datasets"].get(dataset) or v.get("vqa", {}).get(dataset)])
         pts_by: dict[str, dict[float, list[float]]] = {}
         for r in filter(None, rows):
@@ -414,21 +465,28 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
                                                            for e in r["robust"].get(a, {})})]
         header = ["dataset", "n", "clean"] + [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}"
                                                for a, e in eps_cols] + [f"exp. rob. {a}" for a in labels]
-        rows = []
-        for d, r in v["datasets"].items():
-            cells = [d, str(r["n"]), _pct(r["clean"])]
+        avg = v["average"]
+        apart = avg.get("apart", [])
+
+        def row_of(r: dict, name: str, eps_cols=eps_cols, labels=labels) -> list[str]:
+            cells = [name, str(r["n"]), _pct(r["clean"])]
             cells += [_pct(r["robust"].get(a, {}).get(e)) for a, e in eps_cols]
             cells += [_pct(r["expected_robustness"].get(a)) for a in labels]
-            rows.append(cells)
-        avg = v["average"]
-        if len(v["datasets"]) > 1:
+            return cells
+
+        rows = [row_of(r, d) for d, r in v["datasets"].items() if d not in apart]
+        if avg.get("n_datasets", 0) > 1:
             cols = avg["columns"]
-            cells = [f"**average ({avg['n_datasets']})**", "", _pct(cols.get("clean"))]
+            name = f"average of {avg['n_datasets']}" + (f": {avg['label']}" if avg.get("label") else "")
+            if apart:
+                name += f", without {', '.join(apart)}"
+            cells = [f"**{name}**", "", _pct(cols.get("clean"))]
             cells += [_pct(cols.get(f"{a} ε={format_eps(e)}")) for a, e in eps_cols]
             cells += [_pct(avg["expected_robustness"].get(a)) for a in labels]
             rows.append(cells)
+        rows += [row_of(v["datasets"][d], f"{d} (apart, not in the average)") for d in apart]
         md += [_md_table(header, rows), ""]
-        skipped = sorted({(c["dataset"], c["attack"], comp) for c in results["cells"].values()
+        skipped = sorted({(c["dataset"], c["attack"], comp) for c in current_cells(results).values()
                           if c.get("model") == m and c.get("skipped_components") for comp in c["skipped_components"]})
         for d, a, comp in skipped:
             md += [f"Note: on `{d}`, `{comp}` was skipped in `{a}` (too few classes); that column is the other "

@@ -11,6 +11,7 @@ budget.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -421,9 +422,8 @@ def run_suite(
         if unknown:
             raise KeyError(f"suite '{suite.name}' has no dataset(s) {unknown}; datasets: "
                            f"{[s.name for s in suite.datasets]}.")
-        suite = Suite(name=suite.name, datasets=tuple(d for d in suite.datasets if d.name in datasets),
-                      description=suite.description, expected_robustness_weights=suite.expected_robustness_weights,
-                      path=suite.path)
+        suite = dataclasses.replace(suite, datasets=tuple(d for d in suite.datasets if d.name in datasets),
+                                    average_exclude=tuple(e for e in suite.average_exclude if e in datasets))
     refs = dict(models) if isinstance(models, Mapping) else {_model_name(m): m for m in models}
     if not refs:
         raise ValueError("run_suite needs at least one model.")
