@@ -32,7 +32,7 @@ from transformers import set_seed
 
 from vlmrobust.models import create_model
 from vlmrobust.models.radapt import PARADIGMS, GaussianInputFilter, RAdaptModel, model_id
-from vlmrobust.script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets
+from vlmrobust.script_utils import RecipeParser, ScriptArguments, load_datasets, recipe_evaluator
 from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
 
 LABELS = {"training-free": "R-Adapt (training-free)", "model-guided": "R-Adapt (model-guided)",
@@ -98,12 +98,14 @@ def main(argv=None) -> dict:
     if args.guide_model:
         guide = create_model(args.guide_model)
         guide.requires_grad_(False)
-    train_ds, eval_ds = load_datasets(script, base, seed=args.seed)
+    train_ds, _ = load_datasets(script, base, seed=args.seed)
     results, timings = {}, {}
+    evaluate = recipe_evaluator(script, root, seed=args.seed, bf16=args.bf16, device=state.device,
+                                progress=not args.disable_tqdm)
 
-    def _eval(name, model, desc):
+    def _eval(name, model, desc):  # the suite runner's worst case of APGD-CE and APGD-T, into <output_dir>/eval
         if state.is_main_process:
-            results[name] = evaluate(model, eval_ds, script, desc, seed=args.seed, bf16=args.bf16)
+            results[name] = evaluate(name, model)
             timings[f"eval {name} (s)"] = results[name].seconds
 
     if script.eval_before:

@@ -101,6 +101,10 @@ def check_report_against_results(report: str, results: dict, *, task: str = "cla
             clean = _find(cells, kind=clean_kind, model=model, dataset=d)
             vals = {"clean": clean[metric]}
             assert row[clean_col] == _pct(clean[metric]), (model, d, "clean", row[clean_col])
+            if "logit scale" in header:  # the temperature the attacks saw, stored with the clean cell
+                scale = clean.get("logit_scale")
+                want = "–" if scale is None else f"{scale:.3g}"
+                assert row[header.index("logit scale")] == want, (model, d, "logit scale", want)
             by_attack: dict[str, list[float]] = {}
             for j, m in attack_cols:
                 key = (m["label"], m["norm"], round(_eps(m["eps"]), 6))
@@ -126,7 +130,7 @@ def check_report_against_results(report: str, results: dict, *, task: str = "cla
             row = named["average"]
             assert f"average of {len(averaged)}" in row[0], row[0]
             for j, h in enumerate(header):
-                if j == 0 or h == "n":
+                if j == 0 or h in ("n", "logit scale"):
                     continue
                 want = float(np.mean([per_row[d][h] for d in averaged]))
                 assert row[j] == _pct(want), (model, "average", h, row[j], want)

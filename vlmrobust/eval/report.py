@@ -20,12 +20,13 @@ def format_eps(eps: float) -> str:
 
 
 def accuracy_table(results: Mapping[str, RobustAccuracy], fmt: str = "markdown") -> str:
-    """One row per model: clean, robust accuracy at each ε, expected robustness (all in %)."""
+    """One row per model: the logit scale of its classifier, clean, robust accuracy at each ε, expected robustness
+    (accuracies in %)."""
     eps = sorted({e for r in results.values() for e in r.robust_accuracy})
-    header = ["model", "clean"] + [f"ε={format_eps(e)}" for e in eps] + ["expected rob."]
+    header = ["model", "logit scale", "clean"] + [f"ε={format_eps(e)}" for e in eps] + ["expected rob."]
     rows = []
     for name, r in results.items():
-        cells = [name, f"{100 * r.clean_accuracy:.1f}"]
+        cells = [name, "–" if r.logit_scale is None else f"{r.logit_scale:.3g}", f"{100 * r.clean_accuracy:.1f}"]
         cells += [f"{100 * r.robust_accuracy[e]:.1f}" if e in r.robust_accuracy else "–" for e in eps]
         cells.append(f"{100 * r.expected_robustness:.1f}")
         rows.append(cells)
@@ -73,11 +74,13 @@ def write_report(output_dir: str | os.PathLike, results: Mapping[str, RobustAccu
     data = {"title": title, "results": {k: v.to_dict() for k, v in results.items()}, **(extra or {})}
     atomic_write_json(out / "results.json", data)
     plot_accuracy_vs_eps(results, out / plot_name, title)
-    r0 = next(iter(results.values()))
+    from .protocol import protocol_text
+
     md = [f"# {title}", "", intro, "",
-          f"Zero-shot accuracy (%) under {r0.attack} ({r0.norm}, {r0.steps} iterations, seed {r0.seed}) on "
-          f"{r0.n_samples} images; expected robustness = mean accuracy over the ε grid including ε = 0.", "",
+          protocol_text(results) + " Expected robustness = mean accuracy over the ε grid including ε = 0.", "",
           accuracy_table(results), "", f"![accuracy vs epsilon]({plot_name})", ""]
+    if (out / "eval" / "report.md").is_file():
+        md += ["The suite runner's cells (per point), report and suite file are in [eval/](eval/report.md).", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return data
 
@@ -182,7 +185,7 @@ def summarize_suite(results: dict) -> dict:
             continue
         row = rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}, "corr_acc": {}, "margin": {}})
         if cell["kind"] == "clean":
-            row["clean"], row["n"] = cell["accuracy"], cell["n"]
+            row["clean"], row["n"], row["logit_scale"] = cell["accuracy"], cell["n"], cell.get("logit_scale")
         elif cell["kind"] == "attack":
             row["robust"].setdefault(f"{cell['attack']} ({cell['norm']})", {})[float(cell["eps"])] = cell["accuracy"]
         elif cell["kind"] == "corruption":
@@ -216,7 +219,8 @@ def summarize_suite(results: dict) -> dict:
                     reference = ref_models.setdefault((ref_name, d), _reference_errors(ref_name, d))
                 corr = corruption_errors(row["corr_acc"], reference)
                 corr["reference"] = ref_name
-            ds[d] = {"n": row.get("n"), "clean": row["clean"], "robust": row["robust"], "expected_robustness": er,
+            ds[d] = {"n": row.get("n"), "logit_scale": row.get("logit_scale"), "clean": row["clean"],
+                     "robust": row["robust"], "expected_robustness": er,
                      "corruptions": corr, "margin": row["margin"]}
         averaged = {d: r for d, r in ds.items() if d not in exclude}
         avg = _average(averaged)
@@ -427,7 +431,9 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
     meta = results.get("meta", {})
     md += [f"vlmrobust {results.get('vlmrobust_version')}, device {meta.get('device')}, bf16 {meta.get('bf16')}. "
            "Accuracies in %. Robust accuracy counts a point only if it is classified correctly and survives every "
-           "attack listed in its column (worst case per sample). Expected robustness = mean accuracy over the ε grid "
+           "attack listed in its column (worst case per sample). Logit scale: the temperature of the attacked "
+           "classifier's logits (the CE attack depends on it, APGD-T's targeted DLR loss does not). Expected "
+           "robustness = mean accuracy over the ε grid "
            "of that attack including ε = 0 (clean) (arXiv 2509.23325; uniform weights unless the suite sets them).",
            ""]
     md += ["## Threat models", ""]
@@ -463,13 +469,15 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
         labels = sorted({a for r in v["datasets"].values() for a in r["robust"]})
         eps_cols = [(a, e) for a in labels for e in sorted({e for r in v["datasets"].values()
                                                            for e in r["robust"].get(a, {})})]
-        header = ["dataset", "n", "clean"] + [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}"
-                                               for a, e in eps_cols] + [f"exp. rob. {a}" for a in labels]
+        header = ["dataset", "n", "logit scale", "clean"] + [
+            f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}" for a, e in eps_cols] + [
+            f"exp. rob. {a}" for a in labels]
         avg = v["average"]
         apart = avg.get("apart", [])
 
         def row_of(r: dict, name: str, eps_cols=eps_cols, labels=labels) -> list[str]:
-            cells = [name, str(r["n"]), _pct(r["clean"])]
+            scale = r.get("logit_scale")
+            cells = [name, str(r["n"]), "–" if scale is None else f"{scale:.3g}", _pct(r["clean"])]
             cells += [_pct(r["robust"].get(a, {}).get(e)) for a, e in eps_cols]
             cells += [_pct(r["expected_robustness"].get(a)) for a in labels]
             return cells
@@ -480,7 +488,7 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
             name = f"average of {avg['n_datasets']}" + (f": {avg['label']}" if avg.get("label") else "")
             if apart:
                 name += f", without {', '.join(apart)}"
-            cells = [f"**{name}**", "", _pct(cols.get("clean"))]
+            cells = [f"**{name}**", "", "", _pct(cols.get("clean"))]
             cells += [_pct(cols.get(f"{a} ε={format_eps(e)}")) for a, e in eps_cols]
             cells += [_pct(avg["expected_robustness"].get(a)) for a in labels]
             rows.append(cells)
