@@ -16,7 +16,9 @@ A real model (ViT-L/14, guided by a released FARE⁴ checkpoint, R-Adapt+ on 2,0
         --guide_model hf-hub:chs20/fare4-clip --paradigm all --num_train_epochs 10 --output_dir outputs/radapt-vitl14
 
 Each paradigm is saved as `<output_dir>/<paradigm>/` (base model id + anchor, `create_model("radapt:<dir>")`) and
-evaluated after reloading from there. LLaVA / Qwen-VL towers are not supported yet (they come with their own issue).
+evaluated after reloading from there. This recipe is for CLIP (zero-shot classification); R-Adapt on the vision
+tower of a LLaVA or Qwen-VL model works from Python (`RAdaptModel.training_free(create_model("llava:<id>"))`, ...)
+and is evaluated with the VQA suites (`vlmrobust eval --model radapt:<dir> --suite shapes_vqa`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from transformers import set_seed
 
 from vlmrobust.models import create_model
 from vlmrobust.models.radapt import PARADIGMS, GaussianInputFilter, RAdaptModel, model_id
-from vlmrobust.script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets
+from vlmrobust.script_utils import RecipeParser, ScriptArguments, load_datasets, recipe_evaluator
 from vlmrobust.trainers import RAdaptConfig, RAdaptTrainer
 from vlmrobust.utils.distributed import outside_zero3_init
 
@@ -99,12 +101,14 @@ def main(argv=None) -> dict:
         with outside_zero3_init():
             guide = create_model(args.guide_model)
         guide.requires_grad_(False)
-    train_ds, eval_ds = load_datasets(script, base, seed=args.seed)
+    train_ds, _ = load_datasets(script, base, seed=args.seed)
     results, timings = {}, {}
+    evaluate = recipe_evaluator(script, root, seed=args.seed, bf16=args.bf16, device=state.device,
+                                progress=not args.disable_tqdm)
 
-    def _eval(name, model, desc):
+    def _eval(name, model, desc):  # the suite runner's worst case of APGD-CE and APGD-T, into <output_dir>/eval
         if state.is_main_process:
-            results[name] = evaluate(model, eval_ds, script, desc, seed=args.seed, bf16=args.bf16)
+            results[name] = evaluate(name, model)
             timings[f"eval {name} (s)"] = results[name].seconds
 
     if script.eval_before:

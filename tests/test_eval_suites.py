@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from report_tables import check_report_against_results, model_sections, tables
 from torch import nn
 
 from vlmrobust.data import load_classification_dataset
@@ -287,6 +288,87 @@ def test_changed_protocol_recomputes_only_affected_cells(digits_clip_dir, tmp_pa
     assert len(computed) == 2 and all("apgd-ce" in k for k in computed)
 
 
+def test_report_shows_only_the_current_suite_grid(digits_clip_dir, tmp_path):
+    """Issue 10 (5): an output folder reused after the suite changed keeps the old cells (for reuse) but the report
+    and the summary show exactly the new grid: no column of a dropped ε / attack / dataset, expected robustness over
+    the new grid."""
+    model = f"local-dir:{digits_clip_dir}"
+    wide = _suite(attacks=[{"attack": "apgd-ce", "eps": ["2/255", "4/255", "8/255"], "steps": 10},
+                           {"attack": "apgd-ce", "label": "ce-l2", "norm": "L2", "eps": [0.25], "steps": 10}])
+    wide["datasets"].append({**wide["datasets"][0], "name": "digits-b", "seed": 1})
+    run_suite([model], load_suite(wide), tmp_path, progress=False)
+    narrow = _suite()  # apgd-ce at 2/255 and 4/255 only, one dataset: everything is reused
+    computed = []
+    res = run_suite([model], load_suite(narrow), tmp_path, progress=False, on_cell=lambda k, c: computed.append(k))
+    stored = load_results(tmp_path)
+    assert computed == [] and len(stored["cells"]) == 2 * (1 + 3 + 1)  # old cells kept for reuse
+    report = (tmp_path / "report.md").read_text()
+    assert "8/255" not in report and "ce-l2" not in report and "digits-b" not in report
+    check_report_against_results(report, stored)
+    row = res["summary"]["models"][model]["datasets"]["digits"]
+    assert set(res["summary"]["models"][model]["datasets"]) == {"digits"}
+    assert set(row["robust"]) == {"apgd-ce (Linf)"} and set(row["robust"]["apgd-ce (Linf)"]) == {2 / 255, 4 / 255}
+    accs = [stored["cells"][f"{model}|digits|clean"]["accuracy"]] + [
+        stored["cells"][f"{model}|digits|apgd-ce|Linf|{e}"]["accuracy"] for e in ("0.00784314", "0.0156863")]
+    assert row["expected_robustness"]["apgd-ce (Linf)"] == pytest.approx(sum(accs) / 3, abs=1e-12)
+    # re-rendering the stored file gives the same report
+    from vlmrobust.eval.report import write_suite_report
+
+    write_suite_report(stored, tmp_path / "again")
+    assert (tmp_path / "again" / "report.md").read_text() == report
+
+
+def _fake_cells(suite, model: str, seed: int = 0) -> dict:
+    """Cells of `suite` with random accuracies (what `run_suite` stores, minus masks): for report checks only."""
+    rng = np.random.default_rng(seed)
+    cells = {}
+    for d in suite.datasets:
+        n = d.n_samples
+        clean = float(rng.integers(n // 2, n)) / n
+        cells[f"{model}|{d.name}|clean"] = {"kind": "clean", "model": model, "dataset": d.name, "n": n,
+                                            "accuracy": clean}
+        for a in d.attacks:
+            acc = clean
+            for e in a.eps:
+                acc = float(rng.integers(0, int(acc * n) + 1)) / n
+                cells[f"{model}|{d.name}|{a.label}|{a.norm}|{e:.6g}"] = {
+                    "kind": "attack", "model": model, "dataset": d.name, "attack": a.label,
+                    "components": list(a.components), "norm": a.norm, "eps": e, "steps": a.steps, "seed": a.seed,
+                    "n": n, "accuracy": acc}
+    return cells
+
+
+def test_fare13_average_is_over_the_13_zero_shot_datasets_imagenet_apart():
+    """Issue 10 (6): the FARE paper's averages (and the anchors quoted in fare13.yaml) are over 13 zero-shot datasets
+    without ImageNet: the report's average row is that, and ImageNet's row is given apart, labelled."""
+    from vlmrobust.eval.report import suite_markdown, summarize_suite
+    from vlmrobust.eval.runner import FORMAT
+
+    suite = load_suite("fare13")
+    assert suite.average_exclude == ("imagenet",)
+    model = "open_clip:ViT-L-14/openai"
+    results = {"format": FORMAT, "suite": suite.to_dict(), "models": [model], "meta": {},
+               "cells": _fake_cells(suite, model)}
+    summary = summarize_suite(results)
+    avg = summary["models"][model]["average"]
+    thirteen = [d.name for d in suite.datasets if d.name != "imagenet"]
+    assert avg["n_datasets"] == 13 and avg["datasets"] == thirteen and avg["apart"] == ["imagenet"]
+    clean = [results["cells"][f"{model}|{d}|clean"]["accuracy"] for d in thirteen]
+    assert avg["columns"]["clean"] == pytest.approx(np.mean(clean))
+    report = suite_markdown(results, summary, {})
+    assert check_report_against_results(report, results) == 14 * (2 + 1 + 1) + 4  # 2 ε, exp. rob., clean; avg
+    header, rows = next((h, r) for h, r in tables(model_sections(report)[model]) if h[0] == "dataset")
+    names = [r[0] for r in rows]
+    assert names[13].startswith("**average of 13: 13 zero-shot datasets") and "without imagenet" in names[13]
+    assert names[14] == "imagenet (apart, not in the average)" and len(names) == 15
+
+
+def test_average_exclude_names_unknown_datasets():
+    with pytest.raises(SuiteError, match=r"suite 'tiny': average\.exclude: no dataset 'digit' \(did you mean "
+                                         r"'digits'\?\)"):
+        load_suite({**_suite(), "average": {"exclude": ["digit"]}})
+
+
 def test_borda_ranking_ties_and_common_columns():
     scores = {"a": {"d1": {"clean": 0.9, "rob": 0.5}, "d2": {"clean": 0.8}},
               "b": {"d1": {"clean": 0.9, "rob": 0.6}, "d2": {"clean": 0.7, "extra": 1.0}},
@@ -314,6 +396,8 @@ def test_cli_eval_digits_suite_and_report(digits_clip_dir, tmp_path, capsys):
         assert (out / f).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "Margin consistency" in report and "Common corruptions" in report
+    # every number of the accuracy table sits in the column of its cell: 3 Linf + 2 L2 budgets, 2 exp. rob., clean
+    assert check_report_against_results(report, data) == 3 + 2 + 2 + 1
     re_out = tmp_path / "rerendered"
     assert main(["report", str(out / "results.json"), "--output", str(re_out)]) == 0
     assert (re_out / "report.md").read_text() == report

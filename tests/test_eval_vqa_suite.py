@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from report_tables import check_report_against_results
 
 from vlmrobust.eval import SuiteError, load_suite, run_suite
 from vlmrobust.eval.runner import load_results
@@ -103,6 +104,7 @@ def test_vqa_suite_runs_writes_cells_and_resumes(llava_tiny, tmp_path):
     assert set(row["robust"]["apgd-ensemble (Linf)"]) == {2 / 255, 8 / 255}
     report = (tmp_path / "report.md").read_text()
     assert "### VQA accuracy" in report and "apgd-ensemble (Linf) ε=8/255" in report
+    assert check_report_against_results(report, stored, task="vqa") == 2 + 1 + 1  # 2 ε, 1 exp. rob., 1 row
     assert (tmp_path / "acc_vs_eps_shapes.png").is_file()
 
     again = run_suite({"llava:tiny": llava_tiny}, suite, tmp_path, device="cpu", progress=False)
@@ -114,6 +116,7 @@ def test_vqa_suite_runs_writes_cells_and_resumes(llava_tiny, tmp_path):
     changed["datasets"][0]["attacks"][0]["steps"] = 3
     third = run_suite({"llava:tiny": llava_tiny}, load_suite(changed), tmp_path, device="cpu", progress=False)
     assert third["last_run"] == {"computed_cells": 2, "reused_cells": 1}
+    check_report_against_results((tmp_path / "report.md").read_text(), load_results(tmp_path), task="vqa")
 
 
 def test_vqa_dataset_on_a_clip_model_is_skipped_with_a_reason(tmp_path, tiny_open_clip_dir):
@@ -136,6 +139,7 @@ def test_cli_eval_shapes_vqa(tmp_path, capsys):
     kinds = sorted(c["kind"] for c in data["cells"].values())
     assert kinds == ["vqa_attack", "vqa_attack", "vqa_clean"]
     assert "### VQA accuracy" in (out / "report.md").read_text()
+    check_report_against_results((out / "report.md").read_text(), data, task="vqa")
 
 
 def test_mixed_suite_skips_vqa_on_clip_with_skip_missing(tmp_path, tiny_open_clip_dir):

@@ -295,3 +295,16 @@ def test_radapt_plus_trains_only_the_anchor_of_llavas_tower(image_dataset, tmp_p
     batch = r.build_batch(QUESTIONS, ANSWERS)
     with torch.no_grad():
         torch.testing.assert_close(r.answer_loss(x, batch), trainer.vlm.eval().answer_loss(x, batch), rtol=0, atol=0)
+
+
+def test_saved_radapt_llava_is_evaluated_by_the_vqa_suite(tmp_path):
+    """What the README says: an R-Adapt LLaVA folder runs through `vlmrobust eval --suite shapes_vqa`."""
+    from vlmrobust.cli import main
+
+    RAdaptModel.training_free(create_model(SPEC), alpha=0.5).save_pretrained(tmp_path / "ra")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", f"radapt:{tmp_path / 'ra'}", "--suite", "shapes_vqa", "--output", str(out),
+                 "--n-samples", "4", "--no-progress"]) == 0
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert sorted(c["kind"] for c in cells.values()) == ["vqa_attack", "vqa_attack", "vqa_clean"]
+    assert all(c["n"] == 4 for c in cells.values())

@@ -7,6 +7,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from report_tables import tables
 
 from vlmrobust.script_utils import RecipeParser, ScriptArguments
 from vlmrobust.trainers import AdversarialConfig, FAREConfig
@@ -40,9 +41,27 @@ def test_fare_recipe_end_to_end(digits_clip, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert set(data["results"]) == {"before", "after"} and data["method"] == "fare"
     assert res["after"]["robust_accuracy"].keys() == {"0.0156863", "0.0313725"}
-    assert "ε=8/255" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "ε=8/255" in report
     card = (out / "README.md").read_text()
     assert "library_name: open_clip" in card and "| after |" in card and "create_model_and_transforms" in card
+    # issue 20: one protocol, through the suite runner; every number of the recipe's table (and of the model card)
+    # is the runner's cell for that row and ε, with the attacks and the logit scale named
+    suite_res = json.loads((out / "eval" / "results.json").read_text())
+    assert (out / "eval" / "report.md").is_file() and (out / "eval" / "suite.yaml").is_file()
+    for text in (report, card):
+        assert "APGD-CE and APGD-T" in text
+        header, rows = next((h, r) for h, r in tables(text) if h[:2] == ["model", "logit scale"])
+        assert [r[0] for r in rows] == ["before", "after"]
+        for row in rows:
+            name = row[0]
+            clean = suite_res["cells"][f"{name}|digits|clean"]
+            assert data["results"][name]["attacks"] == ["apgd-ce", "apgd-t"]
+            assert row[1] == f"{clean['logit_scale']:.3g}" and row[2] == f"{100 * clean['accuracy']:.1f}"
+            for col, eps in (("ε=4/255", "0.0156863"), ("ε=8/255", "0.0313725")):
+                cell = suite_res["cells"][f"{name}|digits|apgd-ce+apgd-t|Linf|{eps}"]
+                assert cell["components"] == ["apgd-ce", "apgd-t"] and cell["steps"] == 10
+                assert row[header.index(col)] == f"{100 * cell['accuracy']:.1f}", (name, col)
     # the checkpoint the recipe wrote is a plain open_clip model whose vision tower was trained
     trained, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
     orig, _, _ = open_clip.create_model_and_transforms(f"local-dir:{digits_clip}")
@@ -87,3 +106,82 @@ def test_parser_rejects_unknown_keys_and_unit_mistakes(tmp_path):
         RecipeParser((ScriptArguments, FAREConfig)).parse_args_and_config(["--output_dir", "o", "--epsilon", "8"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         RecipeParser((ScriptArguments, FAREConfig)).parse_args_and_config(["--config", "nope.yaml"])
+
+
+class _Rescaled(torch.nn.Module):
+    """The same classifier at another logit scale (logits are linear in the scale)."""
+
+    def __init__(self, clf, scale: float):
+        super().__init__()
+        self.clf, self.factor = clf, scale / clf.logit_scale
+        self.logit_scale = scale
+
+    def forward(self, x):
+        return self.factor * self.clf(x)
+
+
+@pytest.mark.parametrize("recipe,cfg", [("tecoa_clip", "quickstart_tecoa.yaml"), ("adv_clip", "quickstart_trades.yaml")])
+def test_reported_robust_accuracy_is_not_above_apgd_t_or_apgd_ce_at_logit_scale_100(digits_clip, tmp_path, monkeypatch,
+                                                                                    recipe, cfg):
+    """Issue 20 guard: for quickstart-style trained tiny models whose loss trains against the logits (TeCoA: the
+    zero-shot head at a low learned scale; TRADES: the trained cosine classifier), the robust accuracy the recipe
+    reports is not above what APGD-T alone or APGD-CE at logit scale 100 alone find on the same points."""
+    from vlmrobust.data import load_classification_dataset
+    from vlmrobust.eval import evaluate_robust_accuracy
+    from vlmrobust.eval.protocol import SuiteEvaluator
+
+    evaluated = {}
+    real = SuiteEvaluator.__call__
+
+    def spy(self, name, model):
+        evaluated[name] = model
+        return real(self, name, model)
+
+    monkeypatch.setattr(SuiteEvaluator, "__call__", spy)
+    n, steps, grid = 120, 20, [2 / 255, 4 / 255]
+    argv = ["--config", str(ROOT / "recipes/configs" / cfg), "--model_name_or_path", f"local-dir:{digits_clip}",
+            "--output_dir", str(tmp_path), "--max_steps", "60", "--save_strategy", "no", "--logging_steps", "30",
+            "--eval_before", "false", "--eval_max_samples", str(n), "--eval_attack_steps", str(steps),
+            "--eval_epsilons", "2/255", "4/255", "--disable_tqdm", "true"]
+    res = __import__(recipe).main(argv)
+    reported = {e: res["after"]["robust_accuracy"][f"{e:.6g}"] for e in grid}
+    assert res["after"]["attacks"] == ["apgd-ce", "apgd-t"] and res["after"]["logit_scale"] > 0
+    data = load_classification_dataset("digits", "test", image_size=16, max_samples=n, seed=0, templates="digits")
+    clf = evaluated["after"].zero_shot_classifier(data.classnames, data.templates)
+    assert res["after"]["logit_scale"] == pytest.approx(clf.logit_scale, rel=1e-3)
+    kw = dict(steps=steps, seed=0, batch_size=n, progress=False)
+    ce100 = evaluate_robust_accuracy(_Rescaled(clf, 100.0), data, grid, attack="apgd-ce", **kw).robust_accuracy
+    apgd_t = evaluate_robust_accuracy(clf, data, grid, attack="apgd-t", attack_kwargs={"n_target_classes": 9},
+                                      **kw).robust_accuracy
+    print(f"{recipe} (logit scale {clf.logit_scale:.3g}): reported {reported}, APGD-CE at 100 {ce100}, APGD-T {apgd_t}")
+    assert max(reported.values()) > 0.1, "need a partly robust model for the check to mean something"
+    tol = 2 / n  # different random starts: the protocol's APGD-T runs on fewer points per batch than APGD-T alone
+    for e in grid:
+        assert reported[e] <= ce100[e] + tol, (e, reported[e], ce100[e])
+        assert reported[e] <= apgd_t[e] + tol, (e, reported[e], apgd_t[e])
+
+
+def test_recipe_suite_is_the_worst_case_protocol_and_names_bad_attacks():
+    from vlmrobust.eval import load_suite
+    from vlmrobust.script_utils import recipe_suite
+
+    s = load_suite(recipe_suite(ScriptArguments(eval_epsilons=[4 / 255, 2 / 255], eval_max_samples=10), seed=3))
+    d = s.datasets[0]
+    (a,) = d.attacks
+    assert (d.source, d.split, d.n_samples, d.seed, d.templates) == ("digits", "test", 10, 3, None)
+    assert a.components == ("apgd-ce", "apgd-t") and a.options == {"apgd-t": {"n_target_classes": 9}}
+    assert a.eps == (2 / 255, 4 / 255) and (a.steps, a.seed) == (100, 3)
+    with pytest.raises(ValueError, match=r"unknown attack\(s\) \['apgd-cee'\]"):
+        recipe_suite(ScriptArguments(eval_attack="apgd-cee+apgd-t"))
+
+
+def test_trained_classifier_refuses_other_classes(digits_clip):
+    from vlmrobust.eval.protocol import TrainedClassifier
+    from vlmrobust.models import create_model
+
+    model = create_model(f"local-dir:{digits_clip}")
+    head = model.zero_shot_classifier(["zero", "one"], ["a photo of the digit {}."])
+    tc = TrainedClassifier(model, head, ["zero", "one"])
+    assert tc.zero_shot_classifier(["zero", "one"], None) is head and tc.image_size == model.image_size
+    with pytest.raises(ValueError, match="same classnames, same order"):
+        tc.zero_shot_classifier(["one", "zero"], None)

@@ -10,7 +10,7 @@ from accelerate import PartialState
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .script_utils import RecipeParser, ScriptArguments, evaluate, load_datasets, reload_spec
+from .script_utils import RecipeParser, ScriptArguments, load_datasets, recipe_evaluator, reload_spec
 from .utils.distributed import outside_zero3_init
 
 
@@ -29,9 +29,14 @@ def _resolve_resume(args) -> str | None:
 
 
 def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bool = False) -> dict:
-    """Parse `(ScriptArguments, config_class)`, then evaluate → train → save → reload → evaluate → report."""
-    from .eval.report import accuracy_table, write_report
-    from .eval.zero_shot import evaluate_robust_accuracy
+    """Parse `(ScriptArguments, config_class)`, then evaluate → train → save → reload → evaluate → report.
+
+    Both evaluations go through the suite runner (`recipe_evaluator`): the worst case per point of APGD-CE and
+    APGD-T on the recipe's eval split, the logit scale recorded with each number; the suite's own results and report
+    are in `<output_dir>/eval/`.
+    """
+    from .eval.protocol import TrainedClassifier
+    from .eval.report import accuracy_table, protocol_text, write_report
     from .hub.model_card import write_model_card
     from .models import create_model
 
@@ -45,10 +50,12 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     # partitions the trained tower when the Trainer wraps it)
     with state.main_process_first(), outside_zero3_init():
         model = create_model(script.model_name_or_path)
-    train_ds, eval_ds = load_datasets(script, model, seed=args.seed)
+    train_ds, _ = load_datasets(script, model, seed=args.seed)
     results, timings = {}, {}
+    evaluate = recipe_evaluator(script, args.output_dir, seed=args.seed, bf16=args.bf16, device=state.device,
+                                progress=not args.disable_tqdm)
     if script.eval_before and state.is_main_process:
-        results["before"] = evaluate(model, eval_ds, script, "eval before", seed=args.seed, bf16=args.bf16)
+        results["before"] = evaluate("before", model)
         timings["eval_before_s"] = results["before"].seconds
     state.wait_for_everyone()
 
@@ -63,20 +70,19 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
                "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics}
     if script.eval_after and state.is_main_process:
-        if getattr(trainer, "trains_classifier", False):  # AT / TRADES: evaluate the trained classifier itself
+        if getattr(trainer, "trains_classifier", False):  # AT / TRADES: the trained classifier, same protocol
             clf = trainer.accelerator.unwrap_model(trainer.model).eval()
-            results["after"] = evaluate_robust_accuracy(
-                clf, eval_ds, script.eval_epsilons, attack=script.eval_attack, steps=script.eval_attack_steps,
-                batch_size=script.eval_batch_size, seed=args.seed, desc="eval after", bf16=args.bf16)
+            results["after"] = evaluate("after", TrainedClassifier(model, clf, train_ds.classnames))
         else:  # reload the saved checkpoint through the backend's loader: what users will get
             with outside_zero3_init():
                 trained = create_model(reload_spec(model, args.output_dir))
-            results["after"] = evaluate(trained, eval_ds, script, "eval after", seed=args.seed, bf16=args.bf16)
+            results["after"] = evaluate("after", trained)
+        timings["eval_after_s"] = results["after"].seconds
     if state.is_main_process and results:
         timings["total_s"] = round(time.time() - t_start, 1)
         title = f"{args.method.upper()} on {script.dataset_name}: {script.model_name_or_path}"
         intro = (f"Trained with ε = {args.epsilon * 255:.3g}/255 ({args.attack_norm}), {args.attack}-"
-                 f"{args.attack_steps}, {trainer.state.global_step} steps.")
+                 f"{args.attack_steps}, {trainer.state.global_step} steps, seed {args.seed}.")
         if script.model_name_or_path.startswith("vlmrobust:"):
             intro += (" The starting model is vlmrobust's offline stand-in: a tiny CLIP contrastively pre-trained "
                       "on the digits train split in place of a downloaded checkpoint.")
@@ -84,13 +90,12 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
                      extra={**summary, "timings": timings})
         write_model_card(
             args.output_dir, backend=model.backend, base_model=script.model_name_or_path, method=args.method,
-            results_markdown=accuracy_table(results), notes=intro,
+            results_markdown=protocol_text(results) + "\n\n" + accuracy_table(results), notes=intro,
             training={"epsilon": f"{args.epsilon * 255:.3g}/255 ({args.attack_norm})", "attack":
                       f"{args.attack}-{args.attack_steps}", "dataset": script.dataset_name,
                       "steps": trainer.state.global_step, "learning rate": args.learning_rate})
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
-        print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png, README.md (model card) and "
-              "the checkpoint "
-              f"({json.dumps(timings)})")
+        print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png, README.md (model card), "
+              f"eval/ (the suite runner's cells and report) and the checkpoint ({json.dumps(timings)})")
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +90,11 @@ class ScriptArguments:
     eval_max_samples: int | None = field(default=500, metadata={"help": "Images used for robust evaluation."})
     eval_epsilons: list[float] = field(default_factory=lambda: [2 / 255, 4 / 255],
                                        metadata={"help": "Budgets for robust evaluation (e.g. 2/255 4/255)."})
-    eval_attack: str = field(default="apgd-ce", metadata={"help": "Evaluation attack (ATTACKS registry)."})
-    eval_attack_steps: int = field(default=100, metadata={"help": "Evaluation attack iterations."})
+    eval_attack: str = field(default="apgd-ce+apgd-t", metadata={
+        "help": "Evaluation attacks, '+'-joined, worst case per point (default: APGD-CE + APGD-T, the protocol of "
+                "every number vlmrobust reports; anything else is labelled as such)."})
+    eval_attack_steps: int = field(default=100, metadata={"help": "Iterations of each evaluation attack."})
+    eval_target_classes: int = field(default=9, metadata={"help": "APGD-T target classes (capped at classes - 1)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size."})
 
 
@@ -126,15 +128,33 @@ def resolve_classnames(spec: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def evaluate(model, dataset, script: ScriptArguments, desc: str, seed: int = 0, bf16: bool = False):
-    from .eval.zero_shot import evaluate_zero_shot
+def recipe_suite(script: ScriptArguments, seed: int = 0) -> dict:
+    """The recipe's evaluation as a one-dataset suite (its eval split, subset, ε grid and attacks)."""
+    from .attacks import ATTACKS
+    from .eval.protocol import generated_suite
 
-    t0 = time.time()
-    res = evaluate_zero_shot(model, dataset, script.eval_epsilons, attack=script.eval_attack,
-                             steps=script.eval_attack_steps, batch_size=script.eval_batch_size, seed=seed,
-                             desc=desc, bf16=bf16)
-    res.seconds = round(time.time() - t0, 1)
-    return res
+    attacks = [a.strip() for a in script.eval_attack.split("+") if a.strip()]
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise ValueError(f"--eval_attack {script.eval_attack!r}: unknown attack(s) {unknown}; use '+'-joined names "
+                         f"from {', '.join(ATTACKS.names())} (default apgd-ce+apgd-t).")
+    return generated_suite(
+        dataset=script.dataset_name, split=script.dataset_eval_split, n_samples=script.eval_max_samples, seed=seed,
+        batch_size=script.eval_batch_size, epsilons=script.eval_epsilons, steps=script.eval_attack_steps,
+        attacks=attacks, n_target_classes=script.eval_target_classes,
+        classnames=resolve_classnames(script.classnames) if script.classnames else None,
+        templates=script.templates or None, name=f"recipe-{script.dataset_name.replace('|', '_')}")
+
+
+def recipe_evaluator(script: ScriptArguments, output_dir: str | Path, *, seed: int = 0, bf16: bool = False,
+                     device=None, progress: bool = True):
+    """A `SuiteEvaluator` for the recipe's evaluation: every row (before / after, paradigms, guide) runs through the
+    suite runner on `recipe_suite`, worst case per point over the attacks, into `<output_dir>/eval/` (suite results,
+    report, plots, `suite.yaml`)."""
+    from .eval.protocol import SuiteEvaluator
+
+    return SuiteEvaluator(recipe_suite(script, seed), Path(output_dir) / "eval", bf16=bf16, device=device,
+                          progress=progress)
 
 
 def reload_spec(model, path: str | Path) -> str:

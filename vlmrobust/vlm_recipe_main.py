@@ -120,6 +120,8 @@ class LVLMScriptArguments:
                                        metadata={"help": "Budgets for robust evaluation (e.g. 2/255 4/255)."})
     eval_attack_steps: int = field(default=100, metadata={"help": "APGD iterations per run."})
     eval_ensemble: bool = field(default=True, metadata={"help": "One run per distinct reference, worst case."})
+    eval_targets: list[str] = field(default_factory=list, metadata={
+        "help": "Extra targeted APGD runs (one per answer string) in the worst case per question, e.g. yes no."})
     eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
 
 
@@ -192,7 +194,8 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     def _eval(m, name):
         return evaluate_vqa(m, eval_ds, script.eval_epsilons, steps=script.eval_attack_steps,
                             batch_size=script.eval_batch_size, answer_mode=script.answer_mode,
-                            ensemble=script.eval_ensemble, seed=args.seed, desc=name)
+                            ensemble=script.eval_ensemble, targets=tuple(script.eval_targets), seed=args.seed,
+                            desc=name)
 
     if script.eval_before and state.is_main_process:
         results["before"] = _eval(model, "before")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ def format_eps(eps: float) -> str:
 
 
 def accuracy_table(results: Mapping[str, RobustAccuracy], fmt: str = "markdown") -> str:
-    """One row per model: clean, robust accuracy at each ε, expected robustness (all in %)."""
+    """One row per model: the logit scale of its classifier, clean, robust accuracy at each ε, expected robustness
+    (accuracies in %)."""
     eps = sorted({e for r in results.values() for e in r.robust_accuracy})
-    header = ["model", "clean"] + [f"ε={format_eps(e)}" for e in eps] + ["expected rob."]
+    header = ["model", "logit scale", "clean"] + [f"ε={format_eps(e)}" for e in eps] + ["expected rob."]
     rows = []
     for name, r in results.items():
-        cells = [name, f"{100 * r.clean_accuracy:.1f}"]
+        cells = [name, "–" if r.logit_scale is None else f"{r.logit_scale:.3g}", f"{100 * r.clean_accuracy:.1f}"]
         cells += [f"{100 * r.robust_accuracy[e]:.1f}" if e in r.robust_accuracy else "–" for e in eps]
         cells.append(f"{100 * r.expected_robustness:.1f}")
         rows.append(cells)
@@ -73,11 +74,12 @@ def write_report(output_dir: str | os.PathLike, results: Mapping[str, RobustAccu
     data = {"title": title, "results": {k: v.to_dict() for k, v in results.items()}, **(extra or {})}
     atomic_write_json(out / "results.json", data)
     plot_accuracy_vs_eps(results, out / plot_name, title)
-    r0 = next(iter(results.values()))
+
     md = [f"# {title}", "", intro, "",
-          f"Zero-shot accuracy (%) under {r0.attack} ({r0.norm}, {r0.steps} iterations, seed {r0.seed}) on "
-          f"{r0.n_samples} images; expected robustness = mean accuracy over the ε grid including ε = 0.", "",
+          protocol_text(results) + " Expected robustness = mean accuracy over the ε grid including ε = 0.", "",
           accuracy_table(results), "", f"![accuracy vs epsilon]({plot_name})", ""]
+    if (out / "eval" / "report.md").is_file():
+        md += ["The suite runner's cells (per point), report and suite file are in [eval/](eval/report.md).", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return data
 
@@ -97,6 +99,45 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def _same_eps(a: float, b: float) -> bool:
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+
+
+def in_suite_grid(cell: dict, suite: dict) -> bool:
+    """Whether a stored cell belongs to the grid of `suite` (a `Suite.to_dict()`, as stored in `results.json`).
+
+    A results file keeps the cells of earlier runs into the same folder so that a changed suite can reuse them; the
+    report must only show the current suite's grid: its datasets, each dataset's attacks (label, norm, ε, iterations,
+    seed), corruption types × severities and margin analysis.
+    """
+    spec = next((d for d in suite.get("datasets", []) if d["name"] == cell.get("dataset")), None)
+    if spec is None:
+        return False
+    kind = cell.get("kind")
+    if kind in ("clean", "vqa_clean", "caption_clean"):
+        return True
+    if kind in ("attack", "vqa_attack", "caption_attack"):
+        for a in spec.get("attacks", []):
+            if (a["label"] == cell.get("attack") and a["norm"] == cell.get("norm")
+                    and any(_same_eps(e, cell["eps"]) for e in a["eps"])
+                    and a.get("steps") == cell.get("steps") and a.get("seed", cell.get("seed")) == cell.get("seed")):
+                return True
+        return False
+    if kind == "corruption":
+        cs = spec.get("corruptions") or {}
+        return cell["corruption"] in cs.get("types", ()) and int(cell["severity"]) in cs.get("severities", ())
+    if kind == "margin":
+        return bool(spec.get("margin")) and spec["margin"].get("attack") == cell.get("attack")
+    return False
+
+
+def current_cells(results: dict) -> dict[str, dict]:
+    """The cells of `results` that belong to its suite's grid and to its models (see `in_suite_grid`)."""
+    suite, models = results["suite"], set(results.get("models", []))
+    return {k: c for k, c in results["cells"].items()
+            if (not models or c.get("model") in models) and in_suite_grid(c, suite)}
+
+
 def summarize_suite(results: dict) -> dict:
     """Derived metrics of a suite results dict (as written by `run_suite`).
 
@@ -108,6 +149,11 @@ def summarize_suite(results: dict) -> dict:
     out of the classification averages but enter the Borda ranking (columns are compared per dataset). Captioning
     datasets (`task: caption`) go to `{model: {"caption": {dataset: row}}}`, with corpus CIDEr ×100 in `clean` /
     `robust` (same shape; also in the Borda ranking, not in the averages or the accuracy plots).
+
+    Only the cells of the suite's current grid are summarised (`current_cells`): cells an earlier, different suite
+    left in the same results file are kept there for reuse but never reported. The average runs over the
+    classification datasets the suite does not list in `average_exclude` (`average["datasets"]`); the excluded ones
+    are reported apart (`average["apart"]`).
     """
     from .borda import borda_ranking
     from .corruptions import ALEXNET_IMAGENET_C_ERRORS, corruption_errors
@@ -117,10 +163,11 @@ def summarize_suite(results: dict) -> dict:
     weights = {float(k): float(v) for k, v in weights.items()} if weights else None
     refs = {d["name"]: (d.get("corruptions") or {}).get("reference", "none") for d in suite["datasets"]}
     order = [d["name"] for d in suite["datasets"]]
+    exclude = set(suite.get("average_exclude") or ())
     rows: dict[str, dict[str, dict]] = {}
     vqa_rows: dict[str, dict[str, dict]] = {}
     cap_rows: dict[str, dict[str, dict]] = {}
-    for cell in results["cells"].values():
+    for cell in current_cells(results).values():
         m, d = cell["model"], cell["dataset"]
         if cell["kind"] in ("caption_clean", "caption_attack"):
             rows.setdefault(m, {})
@@ -137,7 +184,7 @@ def summarize_suite(results: dict) -> dict:
             continue
         row = rows.setdefault(m, {}).setdefault(d, {"clean": None, "robust": {}, "corr_acc": {}, "margin": {}})
         if cell["kind"] == "clean":
-            row["clean"], row["n"] = cell["accuracy"], cell["n"]
+            row["clean"], row["n"], row["logit_scale"] = cell["accuracy"], cell["n"], cell.get("logit_scale")
         elif cell["kind"] == "attack":
             row["robust"].setdefault(f"{cell['attack']} ({cell['norm']})", {})[float(cell["eps"])] = cell["accuracy"]
         elif cell["kind"] == "corruption":
@@ -171,9 +218,15 @@ def summarize_suite(results: dict) -> dict:
                     reference = ref_models.setdefault((ref_name, d), _reference_errors(ref_name, d))
                 corr = corruption_errors(row["corr_acc"], reference)
                 corr["reference"] = ref_name
-            ds[d] = {"n": row.get("n"), "clean": row["clean"], "robust": row["robust"], "expected_robustness": er,
+            ds[d] = {"n": row.get("n"), "logit_scale": row.get("logit_scale"), "clean": row["clean"],
+                     "robust": row["robust"], "expected_robustness": er,
                      "corruptions": corr, "margin": row["margin"]}
-        out["models"][m] = {"datasets": ds, "average": _average(ds)}
+        averaged = {d: r for d, r in ds.items() if d not in exclude}
+        avg = _average(averaged)
+        if avg:
+            avg.update(datasets=list(averaged), apart=[d for d in ds if d in exclude],
+                       label=suite.get("average_label") or "")
+        out["models"][m] = {"datasets": ds, "average": avg}
         vqa = {d: vqa_rows[m][d] for d in sorted(vqa_rows.get(m, {}),
                                                   key=lambda k: order.index(k) if k in order else len(order))
                if vqa_rows[m][d]["clean"] is not None}
@@ -258,8 +311,8 @@ def _average(ds: dict[str, dict]) -> dict:
 
 
 def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathLike) -> Path:
-    """Accuracy vs ε, one curve per (model, attack), one panel per norm; `dataset=None` averages over datasets
-    (over the datasets that have the attack)."""
+    """Accuracy vs ε, one curve per (model, attack), one panel per norm; `dataset=None` averages over the datasets of
+    the average row (those that have the attack; datasets the suite reports apart are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,7 +320,8 @@ def plot_suite_accuracy(summary: dict, dataset: str | None, path: str | os.PathL
 
     curves: dict[str, dict[str, dict[float, float]]] = {}  # norm -> curve label -> {eps: acc}
     for m, v in summary["models"].items():
-        rows = (list(v["datasets"].values()) if dataset is None
+        averaged = v["average"].get("datasets", list(v["datasets"])) if v.get("average") else list(v["datasets"])
+        rows = ([v["datasets"][d] for d in averaged] if dataset is None
                 else [v["datasets"].get(dataset) or v.get("vqa", {}).get(dataset)])
         pts_by: dict[str, dict[float, list[float]]] = {}
         for r in filter(None, rows):
@@ -376,7 +430,9 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
     meta = results.get("meta", {})
     md += [f"vlmrobust {results.get('vlmrobust_version')}, device {meta.get('device')}, bf16 {meta.get('bf16')}. "
            "Accuracies in %. Robust accuracy counts a point only if it is classified correctly and survives every "
-           "attack listed in its column (worst case per sample). Expected robustness = mean accuracy over the ε grid "
+           "attack listed in its column (worst case per sample). Logit scale: the temperature of the attacked "
+           "classifier's logits (the CE attack depends on it, APGD-T's targeted DLR loss does not). Expected "
+           "robustness = mean accuracy over the ε grid "
            "of that attack including ε = 0 (clean) (arXiv 2509.23325; uniform weights unless the suite sets them).",
            ""]
     md += ["## Threat models", ""]
@@ -412,23 +468,32 @@ def suite_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
         labels = sorted({a for r in v["datasets"].values() for a in r["robust"]})
         eps_cols = [(a, e) for a in labels for e in sorted({e for r in v["datasets"].values()
                                                            for e in r["robust"].get(a, {})})]
-        header = ["dataset", "n", "clean"] + [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}"
-                                               for a, e in eps_cols] + [f"exp. rob. {a}" for a in labels]
-        rows = []
-        for d, r in v["datasets"].items():
-            cells = [d, str(r["n"]), _pct(r["clean"])]
+        header = ["dataset", "n", "logit scale", "clean"] + [
+            f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}" for a, e in eps_cols] + [
+            f"exp. rob. {a}" for a in labels]
+        avg = v["average"]
+        apart = avg.get("apart", [])
+
+        def row_of(r: dict, name: str, eps_cols=eps_cols, labels=labels) -> list[str]:
+            scale = r.get("logit_scale")
+            cells = [name, str(r["n"]), "–" if scale is None else f"{scale:.3g}", _pct(r["clean"])]
             cells += [_pct(r["robust"].get(a, {}).get(e)) for a, e in eps_cols]
             cells += [_pct(r["expected_robustness"].get(a)) for a in labels]
-            rows.append(cells)
-        avg = v["average"]
-        if len(v["datasets"]) > 1:
+            return cells
+
+        rows = [row_of(r, d) for d, r in v["datasets"].items() if d not in apart]
+        if avg.get("n_datasets", 0) > 1:
             cols = avg["columns"]
-            cells = [f"**average ({avg['n_datasets']})**", "", _pct(cols.get("clean"))]
+            name = f"average of {avg['n_datasets']}" + (f": {avg['label']}" if avg.get("label") else "")
+            if apart:
+                name += f", without {', '.join(apart)}"
+            cells = [f"**{name}**", "", "", _pct(cols.get("clean"))]
             cells += [_pct(cols.get(f"{a} ε={format_eps(e)}")) for a, e in eps_cols]
             cells += [_pct(avg["expected_robustness"].get(a)) for a in labels]
             rows.append(cells)
+        rows += [row_of(v["datasets"][d], f"{d} (apart, not in the average)") for d in apart]
         md += [_md_table(header, rows), ""]
-        skipped = sorted({(c["dataset"], c["attack"], comp) for c in results["cells"].values()
+        skipped = sorted({(c["dataset"], c["attack"], comp) for c in current_cells(results).values()
                           if c.get("model") == m and c.get("skipped_components") for comp in c["skipped_components"]})
         for d, a, comp in skipped:
             md += [f"Note: on `{d}`, `{comp}` was skipped in `{a}` (too few classes); that column is the other "
@@ -565,3 +630,29 @@ def write_suite_report(results: dict, output_dir: str | os.PathLike) -> dict:
         plots["model comparison"] = "model_comparison.png"
     atomic_write_text(out / "report.md", suite_markdown(results, summary, plots))
     return summary
+
+
+def describe_attacks(components: Sequence[str], skipped: Sequence[str] = ()) -> str:
+    """'the worst case per point of APGD-CE and APGD-T' (or the single attack), for reports and model cards."""
+    names = [c.upper() if c.startswith("apgd") else c for c in components if c not in skipped]
+    text = names[0] if len(names) == 1 else "the worst case per point of " + " and ".join(names)
+    if skipped:
+        text += f" ({', '.join(s.upper() for s in skipped)} skipped: too few classes)"
+    return text
+
+
+def protocol_text(results) -> str:
+    """One sentence naming how the robust accuracies of `results` (`{row: RobustAccuracy}`) were measured."""
+    r0 = next(iter(results.values()))
+    comps = tuple(r0.components or (r0.attack,))
+    if any(tuple(r.components or (r.attack,)) != comps for r in results.values()):
+        attacks = "; ".join(f"{k}: {describe_attacks(r.components or (r.attack,))}" for k, r in results.items())
+    else:
+        attacks = describe_attacks(comps, r0.skipped_components)
+    norm = "L∞" if r0.norm == "Linf" else r0.norm
+    text = (f"Robust accuracy (%) under {attacks} ({r0.steps} iterations each, {norm}, seed {r0.seed}) on "
+            f"{r0.n_samples} images; a point counts only if it is classified correctly and survives every attack "
+            "(and every smaller ε). Logit scale: the temperature of the evaluated classifier's logits, per row")
+    if "apgd-t" in comps:
+        text += " (APGD-T's targeted DLR loss does not depend on it)"
+    return text + "."

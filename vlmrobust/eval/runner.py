@@ -11,6 +11,7 @@ budget.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -421,9 +422,8 @@ def run_suite(
         if unknown:
             raise KeyError(f"suite '{suite.name}' has no dataset(s) {unknown}; datasets: "
                            f"{[s.name for s in suite.datasets]}.")
-        suite = Suite(name=suite.name, datasets=tuple(d for d in suite.datasets if d.name in datasets),
-                      description=suite.description, expected_robustness_weights=suite.expected_robustness_weights,
-                      path=suite.path)
+        suite = dataclasses.replace(suite, datasets=tuple(d for d in suite.datasets if d.name in datasets),
+                                    average_exclude=tuple(e for e in suite.average_exclude if e in datasets))
     refs = dict(models) if isinstance(models, Mapping) else {_model_name(m): m for m in models}
     if not refs:
         raise ValueError("run_suite needs at least one model.")
@@ -524,14 +524,15 @@ class _Runner:
         clean_cfg = {**base, "kind": "clean"}
 
         def clean() -> dict:
-            from .zero_shot import predict
+            from .zero_shot import logit_scale_of, predict
 
             data = slot.dataset(spec)
             correct, margins = predict(slot.classifier(spec), data, batch_size=spec.batch_size, device=self.device,
                                        bf16=self.bf16, num_workers=self.num_workers, progress=self.progress,
                                        desc=f"{spec.name} clean")
             return {"kind": "clean", "model": model, "dataset": spec.name, "n": len(correct),
-                    "n_classes": len(data.classnames), "accuracy": correct.float().mean().item(),
+                    "n_classes": len(data.classnames), "logit_scale": logit_scale_of(slot.classifier(spec)),
+                    "accuracy": correct.float().mean().item(),
                     "correct": pack_mask(correct), "margins": [round(float(m), 5) for m in margins]}
 
         clean_cell = self._cell(ck, clean_cfg, clean)
@@ -577,8 +578,11 @@ class _Runner:
         skipped = [c for c, v in broken_by.items() if v < 0]
         if skipped:
             logger.warning("%s: %s skipped (needs more than %d classes).", spec.name, skipped, n_classes)
+        from .zero_shot import logit_scale_of
+
         return {"kind": "attack", "model": model, "dataset": spec.name, "attack": atk.label,
-                "components": list(atk.components), "skipped_components": skipped, "norm": atk.norm, "eps": eps,
+                "components": list(atk.components), "skipped_components": skipped,
+                "logit_scale": logit_scale_of(slot.classifier(spec)), "norm": atk.norm, "eps": eps,
                 "steps": atk.steps, "seed": atk.seed, "n": n, "accuracy": robust.float().mean().item(),
                 "robust": pack_mask(robust), "n_attacked": len(idx), "broken_by": broken_by,
                 "attacked_images_per_s": round(len(idx) / dt, 3) if idx and dt > 0 else None}

@@ -10,6 +10,7 @@ A suite file is a mapping::
     dataset_defs: {cifar10: {source: uoft-cs/cifar10, ...}}  # shared entries (`use: cifar10`); defaults override
     defaults: {split: test, n_samples: 1000, attacks: [...]}    # applied to every dataset that does not say
     expected_robustness: {weights: null}
+    average: {exclude: [imagenet], label: "13 zero-shot datasets"}   # datasets reported apart from the average row
     datasets:
       - name: cifar10
         use: cifar10                     # start from dataset_defs.cifar10 (optional)
@@ -81,7 +82,7 @@ SUITES: Registry[Path] = Registry("eval suite")
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 
 _TOP_KEYS = {"name", "description", "include", "template_sets", "classname_sets", "dataset_defs", "defaults",
-             "datasets", "expected_robustness", "notes"}
+             "datasets", "expected_robustness", "average", "notes"}
 _DATASET_KEYS = {"use", "name", "task", "source", "split", "n_samples", "seed", "batch_size", "classnames",
                  "templates", "image_column", "label_column", "data_dir", "download", "attacks", "corruptions",
                  "margin", "vqa", "caption"}
@@ -342,13 +343,21 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class Suite:
-    """A validated evaluation suite."""
+    """A validated evaluation suite.
+
+    Args:
+        average_exclude (`tuple[str, ...]`): classification datasets left out of the report's average row and shown
+            apart, labelled (e.g. ImageNet in `fare13`, whose paper averages the 13 zero-shot datasets only).
+        average_label (`str`): what the average row is called (default: "average (<n> datasets)").
+    """
 
     name: str
     datasets: tuple[DatasetSpec, ...]
     description: str = ""
     expected_robustness_weights: dict[float, float] | None = None
     path: str | None = None
+    average_exclude: tuple[str, ...] = ()
+    average_label: str = ""
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:
@@ -896,9 +905,21 @@ def _validate(raw: dict, default_name: str, path: str | None, n_override: int | 
                 if missing:
                     raise ctx.fail("expected_robustness.weights", f"no weight for ε = {missing} (grid of "
                                    f"datasets[{i}].attacks[{j}]); give one per budget, 0 (clean) included.")
+    avg = ctx.check_keys(raw.get("average") or {}, {"exclude", "label"}, "average")
+    exclude = avg.get("exclude") or []
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+        raise ctx.fail("average.exclude", "must be a list of dataset names.")
+    unknown = [e for e in exclude if e not in seen]
+    if unknown:
+        close = {e: difflib.get_close_matches(e, sorted(seen), n=1) for e in unknown}
+        hint = "; ".join(f"{e!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for e, c in close.items())
+        raise ctx.fail("average.exclude", f"no dataset {hint} in this suite; datasets: {sorted(seen)}.")
+    label = ctx.string(avg.get("label"), "average.label", optional=True) or ""
     desc = raw.get("description", "")
     return Suite(name=str(name), datasets=tuple(datasets), description=str(desc or ""),
-                 expected_robustness_weights=weights, path=path)
+                 expected_robustness_weights=weights, path=path, average_exclude=tuple(exclude), average_label=label)
 
 
 __all__ = [

@@ -25,6 +25,10 @@ class RobustAccuracy:
         attack (`str`), norm (`str`), steps (`int`), seed (`int`): the attack's settings.
         robust_mask (`dict[float, torch.Tensor]`): ε -> per-sample bool (correct and not broken).
         margins (`torch.Tensor`): clean logit margins (top-1 minus top-2), per sample.
+        logit_scale (`float`, *optional*): temperature of the evaluated classifier's logits (what the CE attack
+            saw; APGD-T's targeted DLR loss does not depend on it).
+        components (`tuple[str, ...]`): the attacks that ran, worst case per point (`attack` is their label).
+        skipped_components (`tuple[str, ...]`): attacks of the protocol skipped for too few classes.
     """
 
     clean_accuracy: float
@@ -36,6 +40,9 @@ class RobustAccuracy:
     seed: int
     robust_mask: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)
     margins: torch.Tensor | None = field(default=None, repr=False)
+    logit_scale: float | None = None
+    components: tuple[str, ...] = ()
+    skipped_components: tuple[str, ...] = ()
 
     @property
     def expected_robustness(self) -> float:
@@ -47,9 +54,18 @@ class RobustAccuracy:
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": {f"{e:.6g}": a for e, a in sorted(self.robust_accuracy.items())},
             "expected_robustness": self.expected_robustness,
-            "n_samples": self.n_samples, "attack": self.attack, "norm": self.norm, "steps": self.steps,
-            "seed": self.seed,
+            "n_samples": self.n_samples, "attack": self.attack, "attacks": list(self.components or (self.attack,)),
+            "skipped_attacks": list(self.skipped_components), "logit_scale": self.logit_scale, "norm": self.norm,
+            "steps": self.steps, "seed": self.seed,
         }
+
+
+def logit_scale_of(classifier: nn.Module) -> float | None:
+    """The temperature of a classifier's logits (`ZeroShotClassifier`, `CosineClassifier`, ...), if it has one."""
+    scale = getattr(classifier, "logit_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        scale = scale.item()
+    return round(float(scale), 4) if isinstance(scale, (int, float)) else None
 
 
 def expected_robustness(accuracy_by_eps: dict[float, float], weights: dict[float, float] | None = None) -> float:
@@ -168,7 +184,7 @@ def evaluate_robust_accuracy(
         clean_accuracy=correct.float().mean().item(),
         robust_accuracy={e: m.float().mean().item() for e, m in masks.items()},
         n_samples=len(correct), attack=attack, norm=norm, steps=steps, seed=seed, robust_mask=masks,
-        margins=torch.cat(margins_all),
+        margins=torch.cat(margins_all), logit_scale=logit_scale_of(classifier), components=(attack,),
     )
 
 

@@ -1,0 +1,144 @@
+"""The one robustness-evaluation protocol behind every number vlmrobust reports (recipes' before / after, model
+cards, README tables, suites): per point, the worst case of APGD-CE and APGD-T (targeted DLR, invariant to the
+logit scale), run by the suite runner on a named or generated suite, with the classifier's logit scale recorded next
+to each number.
+
+APGD-CE alone on a zero-shot head at a low learned logit scale (the digits stand-in's is ~13) can overstate robust
+accuracy by ~20 points for models trained against the logits (TeCoA, AT / TRADES): the cross-entropy saturates and
+gives the attack little gradient. APGD-T's targeted DLR loss is a ratio of logit differences, so it does not depend
+on the scale.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ..utils.io import atomic_write_text
+from .report import describe_attacks, protocol_text
+from .zero_shot import RobustAccuracy
+
+#: the attacks of every reported robust accuracy, worst case per point (AutoAttack's "fast" pair)
+WORST_CASE_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-t")
+#: APGD-T's target classes (AutoAttack's standard 9; capped at n_classes - 1)
+N_TARGET_CLASSES = 9
+
+
+class TrainedClassifier(nn.Module):
+    """A trained classifier (e.g. AT / TRADES's `CosineClassifier`: encoder + head) in place of a model's zero-shot
+    head, so that it is evaluated by the same runner and protocol as zero-shot models.
+
+    Args:
+        model (`VisionLanguageModel`): the model the classifier was trained from (resolution, preprocessing).
+        classifier (`nn.Module`): [0, 1] pixels -> logits, classes in `classnames` order.
+        classnames (`Sequence[str]`): the classes of the classifier's head.
+    """
+
+    def __init__(self, model, classifier: nn.Module, classnames: Sequence[str]):
+        super().__init__()
+        self.classifier = classifier
+        self.classnames = list(classnames)
+        self.image_size = model.image_size
+        self.backend = getattr(model, "backend", "base")
+        self.name_or_path = getattr(model, "name_or_path", type(classifier).__name__)
+        self._preprocess = model.preprocess
+
+    def preprocess(self, image):
+        return self._preprocess(image)
+
+    def zero_shot_classifier(self, classnames: Sequence[str], templates: Sequence[str] | None = None) -> nn.Module:
+        if list(classnames) != self.classnames:
+            raise ValueError(f"this trained classifier's head has the classes {self.classnames[:5]}..., the dataset "
+                             f"{list(classnames)[:5]}...: evaluate it on the dataset it was trained for (same "
+                             "classnames, same order).")
+        return self.classifier
+
+
+def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None = None, seed: int = 0,
+                    batch_size: int = 128, epsilons: Sequence[float], steps: int = 100,
+                    attacks: Sequence[str] = WORST_CASE_ATTACKS, norm: str = "Linf",
+                    n_target_classes: int = N_TARGET_CLASSES, classnames: list[str] | None = None,
+                    templates: str | list[str] | None = None, name: str = "recipe") -> dict:
+    """A one-dataset suite mapping (for `load_suite`) that evaluates `dataset` under `attacks` at `epsilons`.
+
+    Args:
+        dataset (`str`): anything `load_classification_dataset` takes (`digits`, a Hub id, `imagefolder:<dir>`).
+        classnames / templates: the dataset's own when `None`.
+        attacks (`Sequence[str]`, *optional*, defaults to `WORST_CASE_ATTACKS`): worst case per point over these.
+    """
+    entry: dict[str, Any] = {
+        "name": dataset.replace("|", "_"), "source": dataset, "split": split, "n_samples": n_samples, "seed": seed,
+        "batch_size": batch_size, "classnames": classnames, "templates": templates,
+        "attacks": [{"attack": list(attacks), "norm": norm, "eps": sorted(float(e) for e in epsilons if e > 0),
+                     "steps": steps, "seed": seed,
+                     "options": {"apgd-t": {"n_target_classes": n_target_classes}} if "apgd-t" in attacks else {}}]}
+    desc = (f"{describe_attacks(attacks)} ({steps} iterations each"
+            + (f", {n_target_classes} target classes" if "apgd-t" in attacks else "") + f"), {norm}, seed {seed}")
+    return {"name": name, "description": desc, "datasets": [entry]}
+
+
+class SuiteEvaluator:
+    """Evaluates models one at a time on a one-dataset suite through `run_suite`, into one folder.
+
+    The first call of an evaluator starts a fresh `results.json` (a recipe rerun into the same folder must not reuse
+    cells of an earlier, differently trained model of the same name); later calls add their model's cells to it, so
+    the folder's `report.md` compares every model evaluated (before / after, paradigms, guide).
+
+    Args:
+        suite (`dict`): a suite mapping with one classification dataset (see `generated_suite`).
+        output_dir (`str`): folder of `results.json`, `report.md`, plots and `suite.yaml` (the suite, so that
+            `vlmrobust eval --suite <output_dir>/suite.yaml` reproduces any row).
+    """
+
+    def __init__(self, suite: dict, output_dir: str | os.PathLike, *, bf16: bool = False,
+                 device: str | torch.device | None = None, progress: bool = True):
+        from .suite import load_suite
+
+        self.raw = suite
+        self.suite = load_suite(suite)
+        if len(self.suite.datasets) != 1 or self.suite.datasets[0].task != "classification":
+            raise ValueError("SuiteEvaluator needs a suite with exactly one classification dataset.")
+        self.output_dir = Path(output_dir)
+        self.bf16, self.device, self.progress = bf16, device, progress
+        self._fresh = True
+
+    def __call__(self, name: str, model) -> RobustAccuracy:
+        """Evaluate `model` (a `VisionLanguageModel`, a `TrainedClassifier` or a `create_model` id) as `name`."""
+        import time
+
+        from .runner import attack_key, clean_key, run_suite, unpack_mask
+
+        if "|" in name:
+            raise ValueError(f"model name {name!r} must not contain '|'.")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / "suite.yaml", yaml.safe_dump(self.raw, sort_keys=False))
+        t0 = time.time()
+        res = run_suite({name: model}, self.suite, self.output_dir, device=self.device, bf16=self.bf16,
+                        resume=not self._fresh, progress=self.progress)
+        self._fresh = False
+        spec = self.suite.datasets[0]
+        atk = spec.attacks[0]
+        clean = res["cells"][clean_key(name, spec.name)]
+        n = clean["n"]
+        acc, masks, skipped = {}, {}, set()
+        for e in atk.eps:
+            cell = res["cells"][attack_key(name, spec.name, atk, e)]
+            acc[e] = cell["accuracy"]
+            masks[e] = unpack_mask(cell["robust"], n)
+            skipped.update(cell.get("skipped_components", []))
+        out = RobustAccuracy(
+            clean_accuracy=clean["accuracy"], robust_accuracy=acc, n_samples=n, attack=atk.label, norm=atk.norm,
+            steps=atk.steps, seed=atk.seed, robust_mask=masks, margins=torch.tensor(clean["margins"]),
+            logit_scale=clean.get("logit_scale"), components=tuple(c for c in atk.components if c not in skipped),
+            skipped_components=tuple(sorted(skipped)))
+        out.seconds = round(time.time() - t0, 1)
+        return out
+
+
+__all__ = ["N_TARGET_CLASSES", "SuiteEvaluator", "TrainedClassifier", "WORST_CASE_ATTACKS", "generated_suite"]
