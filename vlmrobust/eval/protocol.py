@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from ..utils.io import atomic_write_text
-from .report import describe_attacks, protocol_text
+from .report import describe_attacks
 from .zero_shot import RobustAccuracy
 
 #: the attacks of every reported robust accuracy, worst case per point (AutoAttack's "fast" pair)
