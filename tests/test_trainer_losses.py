@@ -237,8 +237,8 @@ def test_classifier_head_starts_as_the_zero_shot_head(tiny_open_clip_dir, image_
 
 def test_classic_at_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_path):
     model, trainer = _adv_trainer(tiny_open_clip_dir, image_dataset, tmp_path, loss="classic")
-    x, x_adv = _x_and_adv(image_dataset)
-    y = image_dataset.labels[:4]
+    x, x_adv = _x_and_adv(image_dataset, n=3)  # 3 images: the logged accuracy is never 1/2, so it tells == from !=
+    y = image_dataset.labels[:3]
     spy = AttackSpy(x_adv)
     trainer.adversarial_examples = spy
     enc, w = model.image_encoder, trainer.model.head.weight
@@ -247,9 +247,10 @@ def test_classic_at_loss_is_the_formula(tiny_open_clip_dir, image_dataset, tmp_p
     def logits(images, s=23.0):
         return s * F.normalize(enc(images), dim=-1) @ w.T
 
-    loss = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y})
+    loss, outputs = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y}, return_outputs=True)
     expected = F.cross_entropy(logits(x_adv), y)
     torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(outputs["logits"], logits(x_adv))
     logged = _logged(trainer)
     assert logged["adv_loss"] == pytest.approx(expected.item(), rel=1e-5)
     assert logged["adv_accuracy"] == pytest.approx(float((logits(x_adv).argmax(-1) == y).float().mean()))
