@@ -11,14 +11,6 @@ from vlmrobust.attacks import APGD, PGD
 from vlmrobust.attacks.apgd import apgd_checkpoints
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _identity(out, target):
     return out
 

@@ -16,14 +16,6 @@ EPS = 8 / 255
 VOCAB = ["red", "blue", "green", "circle", "square", "yes", "no", "purple"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class FakeLVLM:
     """Answer loss = CE of a linear read-out of the (internally normalised) image over a one-word vocabulary."""
 

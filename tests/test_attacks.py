@@ -30,15 +30,6 @@ EPS_LINF = 6 / 255
 EPS_L2 = 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny models are launch-bound: on a shared 2-core runner intra-op threads only add contention (100x slower).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Normalize(nn.Module):
     """Normalisation lives inside the model, as the attacks require."""
 

@@ -1,20 +1,5 @@
-"""Tiny, randomly initialised Qwen2-VL / Qwen2.5-VL checkpoints built entirely offline.
-
-Each ``build_tiny_*`` function writes a complete Hugging Face checkpoint (safetensors weights, config, generation
-config, tokenizer, image / video processor, chat template) that the stock loaders read back:
-
-```python
->>> from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
->>> path = build_tiny_qwen2_vl("/tmp/tiny-qwen2-vl")
->>> processor = AutoProcessor.from_pretrained(path)
->>> model = Qwen2VLForConditionalGeneration.from_pretrained(path)
-```
-
-The ``make_tiny_*`` functions return the same model and processor in memory without touching the disk. Nothing
-here downloads anything: the tokenizer is a word-level `tokenizers` model over [`SHAPES_VQA_VOCAB`] plus each
-family's special tokens, and every weight is drawn from a seeded generator (the caller's global RNG state is left
-untouched).
-"""
+"""Tiny, randomly initialised Qwen2-VL / Qwen2.5-VL checkpoints built offline (see `tiny_llava` for the pattern:
+`make_tiny_*` in memory, `build_tiny_*` on disk, loaded back with plain `from_pretrained`)."""
 
 from __future__ import annotations
 
