@@ -128,6 +128,23 @@ def test_attack_stays_in_ball_and_box_and_raises_loss(name, classifier, batch):
     assert result.loss.shape == (x.shape[0],)
 
 
+@pytest.mark.parametrize("name", ["pgd-linf", "pgd-l2", "apgd-ce-l2", "apgd-t"])
+def test_result_depends_on_the_attack_seed_not_the_global_rng(name, classifier, batch):
+    # every random draw (start direction, radius, restarts) comes from the attack's own generator
+    factory, _, _ = ATTACK_FACTORIES[name]
+    x, y = batch
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        results.append(factory(classifier, seed=0).perturb(x, y).x_adv)
+    assert torch.equal(results[0], results[1])
+    # a single image works too (the L2 start's uniform radius needs the dimension of one image)
+    torch.manual_seed(3)
+    one = factory(classifier, seed=0).perturb(x[:1], y[:1]).x_adv
+    assert one.shape == x[:1].shape and ((_norms(one - x[:1])[ATTACK_FACTORIES[name][1]]) <= ATTACK_FACTORIES[name][2]
+                                         + 1e-6).all()
+
+
 @pytest.mark.parametrize("name", list(ATTACK_FACTORIES))
 def test_seeded_and_leaves_rng_grads_and_modes_alone(name, classifier, batch):
     factory, _, _ = ATTACK_FACTORIES[name]
