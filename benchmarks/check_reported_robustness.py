@@ -21,8 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vlmrobust.data.sources import load_suite_dataset
 from vlmrobust.eval.report import format_eps
-from vlmrobust.eval.runner import load_suite_dataset
 from vlmrobust.eval.suite import load_suite, parse_eps
 from vlmrobust.eval.zero_shot import evaluate_robust_accuracy
 from vlmrobust.models import create_model
