@@ -38,10 +38,12 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     from .eval.protocol import TrainedClassifier
     from .eval.report import accuracy_table, protocol_text, write_report
     from .hub.model_card import write_model_card
+    from .hub.push import take_hub_push
     from .models import create_model
 
     parser = RecipeParser((ScriptArguments, config_class))
     script, args = parser.parse_args_and_config(argv)
+    hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
@@ -90,6 +92,7 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
                      extra={**summary, "timings": timings})
         write_model_card(
             args.output_dir, backend=model.backend, base_model=script.model_name_or_path, method=args.method,
+            repo_id=hub.repo_id if hub else None,
             results_markdown=protocol_text(results) + "\n\n" + accuracy_table(results), notes=intro,
             training={"epsilon": f"{args.epsilon * 255:.3g}/255 ({args.attack_norm})", "attack":
                       f"{args.attack}-{args.attack_steps}", "dataset": script.dataset_name,
@@ -97,5 +100,7 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
         print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png, README.md (model card), "
               f"eval/ (the suite runner's cells and report) and the checkpoint ({json.dumps(timings)})")
+    if hub is not None and state.is_main_process:
+        hub.push(args.output_dir)
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}

@@ -166,12 +166,14 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     from transformers import set_seed
 
     from .eval.vqa import evaluate_vqa
+    from .hub.push import take_hub_push
     from .models import create_model
     from .script_utils import RecipeParser
     from .utils.distributed import outside_zero3_init
     from .utils.io import atomic_write_json
 
     script, args = RecipeParser((LVLMScriptArguments, config_class)).parse_args_and_config(argv)
+    hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
@@ -221,5 +223,7 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     if state.is_main_process:
         atomic_write_json(Path(args.output_dir) / "results.json", summary)
         print(f"Wrote {args.output_dir}/results.json and the checkpoint ({json.dumps(timings)})")
+        if hub is not None:
+            hub.push(args.output_dir)
     state.wait_for_everyone()
     return summary

@@ -294,7 +294,7 @@ def _route(h: _Handler, parts: list[str], query: dict, body: bytes) -> bool:
     hub, method = h.hub, h.command
     p = [unquote(x) for x in parts]
     if p[:1] == ["api"]:
-        if p[1:] == ["whoami-v2"] and method == "GET":
+        if p[1:] == ["whoami-v2"] and method in ("GET", "HEAD"):
             user = h.user(required=True)
             orgs = [{"name": o, "type": "org", "roleInOrg": "write"} for o, members in hub.orgs.items()
                     if user in members]
