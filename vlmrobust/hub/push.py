@@ -218,11 +218,13 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         check_no_token(plan.files, token or get_token())
         try:
             info = api.repo_info(repo_id)
+            exists = True
             if private and not info.private:
                 print(f"vlmrobust push: {repo_id} exists and is public; --private only applies to new repos.")
         except RepositoryNotFoundError:
-            created = True
+            exists = False
         api.create_repo(repo_id, private=private, exist_ok=True)
+        created = not exists
         if plan.revision != "main":
             api.create_branch(repo_id, branch=plan.revision, exist_ok=True)
         ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src if isinstance(src, bytes) else str(src))

@@ -13,8 +13,9 @@ or none).
     with local_hub(tokens={"hf_test_alice": "alice"}) as hub:   # huggingface_hub now talks to hub.url
         HfApi(token="hf_test_alice").create_repo("alice/x")
 
-`local_hub` points an already imported `huggingface_hub` at the server (it reads `constants.ENDPOINT` at call time)
-and exports `HF_ENDPOINT` & co. for subprocesses; it isolates the cache (`HF_HUB_CACHE`) and the token file
+`local_hub` points an already imported `huggingface_hub` at the server (it reads `constants.ENDPOINT` at call time,
+except the module-level shortcut functions, whose shared `HfApi` is re-pointed too) and exports `HF_ENDPOINT` & co.
+for subprocesses; it isolates the cache (`HF_HUB_CACHE`) and the token file
 (`HF_HOME`) in a temporary folder and turns `HF_HUB_OFFLINE` off for its duration.
 """
 
@@ -575,8 +576,11 @@ def validate_card_metadata(text: str) -> list[str]:
         v = data.get(key)
         if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
             errors.append(f'"{key}" must be a string or an array of strings')
-    if data.get("base_model") is not None and not isinstance(data["base_model"], (str, list)):
-        errors.append('"base_model" must be a string or an array of strings')
+    base = data.get("base_model")
+    if base is not None:
+        ids = base if isinstance(base, list) else [base]
+        if not all(isinstance(b, str) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", b) for b in ids):
+            errors.append(f'"base_model" must be model ids on the Hub (namespace/name), got {base!r}')
     index = data.get("model-index")
     if index is None:
         return errors
@@ -625,6 +629,7 @@ def local_hub(tokens: Mapping[str, str] | None = None, orgs: Mapping[str, list[s
             by default, so nothing from the user's cache (or token) leaks into a test.
     """
     import huggingface_hub.constants as hf_constants
+    from huggingface_hub import hf_api
 
     tmp = tempfile.TemporaryDirectory(prefix="local-hub-") if cache_dir is None else None
     home = Path(cache_dir if cache_dir is not None else tmp.name)
@@ -635,17 +640,23 @@ def local_hub(tokens: Mapping[str, str] | None = None, orgs: Mapping[str, list[s
               "HF_HUB_OFFLINE": False, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
               "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
               "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_XET": True}
+    # the module-level shortcuts (`huggingface_hub.file_exists`, `model_info`, ... used by peft and transformers)
+    # are methods of one `HfApi()` built at import time, whose endpoint was read then
+    default_api = hf_api.api
     saved_env = {k: os.environ.get(k) for k in (*env, "HF_TOKEN")}
     saved_consts = {k: getattr(hf_constants, k) for k in consts}
+    saved_endpoint = default_api.endpoint
     os.environ.update(env)
     os.environ.pop("HF_TOKEN", None)
     for k, v in consts.items():
         setattr(hf_constants, k, v)
+    default_api.endpoint = server.url
     _datasets_offline(False)
     try:
         yield server
     finally:
         server.stop()
+        default_api.endpoint = saved_endpoint
         for k, v in saved_consts.items():
             setattr(hf_constants, k, v)
         for k, v in saved_env.items():
