@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,48 @@ def test_a_hub_model_without_network_fails_in_seconds_with_the_hint(network, mon
     assert hf_constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"  # the process now reads the cache only
     if network == "hangs":
         assert "no answer within 1 s" in msg
+
+
+@pytest.fixture
+def not_a_hub():
+    """An endpoint that answers 404 to everything without the Hub's headers (a proxy, a captive portal)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_endpoint_that_is_not_a_hub_gives_one_line_too(monkeypatch, tmp_path, not_a_hub):
+    _point_hub_at(monkeypatch, tmp_path, not_a_hub)
+    t0 = time.perf_counter()
+    with pytest.raises(HubAccessError) as info:
+        create_model("hf-hub:someone/robust-clip")
+    msg = str(info.value)
+    assert time.perf_counter() - t0 < 5 and "\n" not in msg
+    assert f"could not be downloaded from {not_a_hub} (HTTP 404 for" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert not hf_constants.HF_HUB_OFFLINE  # it answered: no switch to the cache
+
+
+def test_a_missing_repo_on_a_working_hub_is_one_line(tmp_path):
+    from vlmrobust.testing.hub_server import local_hub
+
+    with local_hub():
+        with pytest.raises(HubAccessError, match=r"Cannot load 'hf-hub:someone/missing': repository not found"):
+            create_model("hf-hub:someone/missing")
 
 
 def test_offline_mode_set_by_the_user_says_so(monkeypatch, tmp_path):

@@ -166,9 +166,20 @@ def is_cache_miss(err: BaseException) -> bool:
     return False
 
 
-def cache_miss_message(what: str, reason: str | None = None) -> str:
-    """One line: `what` is not in the cache and the Hub cannot be used; names HF_HUB_OFFLINE=1 and the cache."""
+def cache_miss_message(what: str, reason: str | None = None, *, reachable: bool = False) -> str:
+    """One line: `what` is not in the cache and the Hub cannot be used; names HF_HUB_OFFLINE=1 and the cache.
+
+    Args:
+        what (`str`): the thing that was being loaded.
+        reason (`str`, *optional*): why the Hub is not used (`None` / `"HF_HUB_OFFLINE=1"`: offline mode).
+        reachable (`bool`, *optional*, defaults to `False`): the endpoint answered, but did not deliver the file
+            (a proxy, a captive portal, a mirror without it).
+    """
     where = f"the local Hub cache ({hub_cache_dir()})"
+    if reachable:
+        return (f"{what} is not in {where} and could not be downloaded from {hub_endpoint()} ({reason}): check the "
+                "network, proxy and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache only, or load a local "
+                "copy (e.g. local-dir:<path>).")
     if reason in (None, "HF_HUB_OFFLINE=1"):
         return (f"{what} is not in {where} and HF_HUB_OFFLINE=1 is set: download it once with network access "
                 "(unset HF_HUB_OFFLINE), or load a local copy (e.g. local-dir:<path>).")
@@ -185,21 +196,26 @@ def hub_download(what: str) -> Iterator[None]:
         what (`str`): the thing loaded, as the user named it (e.g. `'open_clip:ViT-B-32/openai'`).
     """
     reason = use_cache_if_unreachable()
-    quiet = _DropDownloadErrors() if reason is not None else None
+    quiet = _DropDownloadErrors()
     root = logging.getLogger()
-    if quiet is not None:  # the loader's own "failed to download" log line would repeat ours
-        root.addFilter(quiet)
+    root.addFilter(quiet)  # a loader's own "failed to download" log line would repeat the one line raised below
     try:
         yield
     except HubAccessError:
         raise
     except Exception as err:
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
         if is_offline() and is_cache_miss(err):
             raise HubAccessError(cache_miss_message(what, reason)) from err
+        if _in_chain(err, LocalEntryNotFoundError) is not None:  # online, but the endpoint did not deliver it
+            raise HubAccessError(cache_miss_message(what, _root_reason(err), reachable=True)) from err
+        missing = _in_chain(err, RepositoryNotFoundError, RevisionNotFoundError)
+        if missing is not None:
+            raise HubAccessError(describe_hub_error(missing, action=f"load {what}")) from err
         raise
     finally:
-        if quiet is not None:
-            root.removeFilter(quiet)
+        root.removeFilter(quiet)
 
 
 class _DropDownloadErrors(logging.Filter):
@@ -248,6 +264,32 @@ def describe_hub_error(err: BaseException, *, action: str, repo_id: str | None =
     if isinstance(err, ValueError) and "Invalid metadata in README.md" in str(err):
         return f"Cannot {action}: the Hub refused the model card's metadata ({' '.join(str(err).split())})."
     return f"Cannot {action}: the Hub at {hub_endpoint()} is unreachable ({_short_reason(err)})."
+
+
+def _in_chain(err: BaseException, *types: type) -> BaseException | None:
+    """The first error of one of `types` in `err`'s cause / context chain."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _root_reason(err: BaseException) -> str:
+    """The network / HTTP error at the bottom of a download failure, in a few words."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    http = _in_chain(err, HfHubHTTPError)
+    if http is not None and http.response is not None:
+        return f"HTTP {http.response.status_code} for {http.response.url}"
+    chain, e = [], err
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return _short_reason(chain[-1])
 
 
 def _server_message(err) -> str:
