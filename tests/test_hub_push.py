@@ -129,6 +129,13 @@ def test_vlmrobust_reads_a_pushed_checkpoint_back_by_hub_id_and_updates_its_card
     assert len(new_rows) == 2 and _same(rows_from_model_index([{"name": "x", "results": results[1:]}]), new_rows)
     assert "### Suite tiny-digits" in body
     ModelCard(files["README.md"].decode()).validate()
+    # before evaluating anything: a local model, or a Hub model the token cannot write to, is refused in one line
+    monkeypatch.setenv("HF_TOKEN", BOB)
+    for model, say in (("hf-hub:alice/evalme", "cannot write to 'alice'"), (f"local-dir:{fare_dir}", "on the Hub")):
+        assert main(["eval", "--model", model, "--suite", str(suite), "--output", str(tmp_path / "no"),
+                     "--update-card"]) == 2
+        assert say in capsys.readouterr().err
+    assert not (tmp_path / "no").exists() and len(hub.commits("alice/evalme")) == 3
 
 
 def test_transformers_clip_round_trip(hub, tiny_hf_clip_dir, tmp_path):

@@ -12,7 +12,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from vlmrobust.testing.hub_server import git_blob_sha, local_hub
+from vlmrobust.testing.hub_server import LeftTheLocalHub, git_blob_sha, local_hub
 
 TOKEN, OTHER = "hf_test_alice_0123456789", "hf_test_bob_0123456789"
 
@@ -94,10 +94,19 @@ def test_a_commit_applies_entirely_or_not_at_all(hub):
 
 
 def test_local_hub_points_the_client_at_the_server_and_restores_it():
+    import huggingface_hub
     import huggingface_hub.constants as c
+    from transformers.utils import hub as tf_hub
 
-    before = (c.ENDPOINT, c.HF_HUB_OFFLINE, os.environ.get("HF_ENDPOINT"))
+    tf_api = tf_hub.hf_api()  # transformers' shared HfApi, built before the local Hub (as in a long test session)
+    before = (c.ENDPOINT, c.HF_HUB_OFFLINE, os.environ.get("HF_ENDPOINT"), huggingface_hub.hf_api.api.endpoint)
     with local_hub() as server:
         assert c.ENDPOINT == server.url == os.environ["HF_ENDPOINT"] and not c.HF_HUB_OFFLINE
         assert c.HF_HUB_CACHE.startswith(os.environ["HF_HOME"])
-    assert (c.ENDPOINT, c.HF_HUB_OFFLINE, os.environ.get("HF_ENDPOINT")) == before
+        assert huggingface_hub.hf_api.api.endpoint == server.url  # `huggingface_hub.file_exists` & co.
+        assert tf_hub.hf_api().endpoint == server.url
+    assert (c.ENDPOINT, c.HF_HUB_OFFLINE, os.environ.get("HF_ENDPOINT"), huggingface_hub.hf_api.api.endpoint) == before
+    assert tf_hub.hf_api() is tf_api
+    with local_hub():  # anything that still points elsewhere fails at once instead of retrying the real Hub
+        with pytest.raises(LeftTheLocalHub, match="inside local_hub"):
+            HfApi(endpoint="https://huggingface.co").model_info("openai/clip-vit-base-patch32")

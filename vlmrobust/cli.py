@@ -65,12 +65,16 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval.runner import run_suite
 
     if args.update_card:
-        from .hub.push import hub_model_repo
+        from .hub.push import check_can_write, hub_model_repo
 
         if len(args.model) != 1:
             raise SystemExit("vlmrobust eval: error: --update-card takes exactly one --model (the Hub model whose card "
                              "gets the results).")
-        hub_model_repo(args.model[0])  # fail on a local model before evaluating anything
+        try:  # a local model, no network or no write access: say so before evaluating anything
+            check_can_write(hub_model_repo(args.model[0]))
+        except ValueError as err:
+            print(f"vlmrobust eval: error: {err}", file=sys.stderr)
+            return 2
     if args.threads:
         import torch
 

@@ -306,6 +306,26 @@ def hub_model_repo(model_id: str) -> str:
                      f"llava:<org>/<name> or qwen_vl:<org>/<name>), not {model_id!r}.")
 
 
+def check_can_write(repo_id: str, *, token: str | None = None) -> None:
+    """Fail now, in one line, when `repo_id` exists but cannot be written with this token (before a long evaluation
+    that ends in an upload): Hub reachable, token accepted, repo visible, namespace the token's user or one of its
+    organisations."""
+    from huggingface_hub import HfApi
+
+    action = f"update the card of {repo_id}"
+    require_hub(action)
+    api = HfApi(token=token)
+    try:
+        me = api.whoami()
+        api.repo_info(repo_id)
+    except Exception as err:
+        raise HubAccessError(describe_hub_error(err, action=action, repo_id=repo_id)) from None
+    namespaces = {me.get("name")} | {o.get("name") for o in me.get("orgs") or []}
+    if repo_id.split("/")[0] not in namespaces:
+        raise HubAccessError(f"Cannot {action}: the token's user {me.get('name')!r} cannot write to "
+                             f"{repo_id.split('/')[0]!r}; use a token of that user or organisation.")
+
+
 def update_card(repo_id: str, rows: list[ResultRow], results_file: str | os.PathLike, *, suite: str,
                 token: str | None = None, revision: str | None = None) -> str:
     """Append a result set to the card of `repo_id`, uploading the results file with it in one commit.
@@ -356,5 +376,5 @@ def update_card(repo_id: str, rows: list[ResultRow], results_file: str | os.Path
     return str(commit.commit_url)
 
 
-__all__ = ["HubTarget", "UploadPlan", "check_no_token", "check_publishable", "hub_model_repo", "plan_upload",
-           "push_to_hub", "take_hub_push", "update_card"]
+__all__ = ["HubTarget", "UploadPlan", "check_can_write", "check_no_token", "check_publishable", "hub_model_repo",
+           "plan_upload", "push_to_hub", "take_hub_push", "update_card"]

@@ -14,9 +14,10 @@ or none).
         HfApi(token="hf_test_alice").create_repo("alice/x")
 
 `local_hub` points an already imported `huggingface_hub` at the server (it reads `constants.ENDPOINT` at call time,
-except the module-level shortcut functions, whose shared `HfApi` is re-pointed too) and exports `HF_ENDPOINT` & co.
-for subprocesses; it isolates the cache (`HF_HUB_CACHE`) and the token file
-(`HF_HOME`) in a temporary folder and turns `HF_HUB_OFFLINE` off for its duration.
+except in `HfApi` objects built earlier: the module-level shortcuts' shared one is re-pointed, transformers' shared
+one rebuilt) and exports `HF_ENDPOINT` & co. for subprocesses; it isolates the cache (`HF_HUB_CACHE`) and the token file
+(`HF_HOME`) in a temporary folder and turns `HF_HUB_OFFLINE` off for its duration. It also sets `HF_HUB_DISABLE_XET`:
+the server has no Xet / LFS storage, and without Xet `upload_folder` takes its single-commit path.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -630,6 +632,7 @@ def local_hub(tokens: Mapping[str, str] | None = None, orgs: Mapping[str, list[s
     """
     import huggingface_hub.constants as hf_constants
     from huggingface_hub import hf_api
+    from huggingface_hub.utils import _http as hf_http
 
     tmp = tempfile.TemporaryDirectory(prefix="local-hub-") if cache_dir is None else None
     home = Path(cache_dir if cache_dir is not None else tmp.name)
@@ -640,23 +643,34 @@ def local_hub(tokens: Mapping[str, str] | None = None, orgs: Mapping[str, list[s
               "HF_HUB_OFFLINE": False, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
               "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
               "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_XET": True}
-    # the module-level shortcuts (`huggingface_hub.file_exists`, `model_info`, ... used by peft and transformers)
-    # are methods of one `HfApi()` built at import time, whose endpoint was read then
+    # the module-level shortcuts (`huggingface_hub.file_exists`, `model_info`, ... used by peft) are methods of one
+    # `HfApi()` built at import time, whose endpoint was read then; transformers keeps its own shared `HfApi`, built
+    # on first use (possibly before this context): it is dropped for the duration, and restored after
     default_api = hf_api.api
+    tf_hub = sys.modules.get("transformers.utils.hub")
     saved_env = {k: os.environ.get(k) for k in (*env, "HF_TOKEN")}
     saved_consts = {k: getattr(hf_constants, k) for k in consts}
     saved_endpoint = default_api.endpoint
+    saved_tf_api = getattr(tf_hub, "_hf_api", None)
     os.environ.update(env)
     os.environ.pop("HF_TOKEN", None)
     for k, v in consts.items():
         setattr(hf_constants, k, v)
     default_api.endpoint = server.url
+    if tf_hub is not None and hasattr(tf_hub, "_hf_api"):
+        tf_hub._hf_api = None
+    saved_factory = hf_http._GLOBAL_CLIENT_FACTORY
+    hf_http.set_client_factory(_local_only(saved_factory, server.url))
     _datasets_offline(False)
     try:
         yield server
     finally:
+        hf_http.set_client_factory(saved_factory)
         server.stop()
         default_api.endpoint = saved_endpoint
+        tf_hub = sys.modules.get("transformers.utils.hub")  # imported inside the context, perhaps
+        if tf_hub is not None and hasattr(tf_hub, "_hf_api"):
+            tf_hub._hf_api = saved_tf_api
         for k, v in saved_consts.items():
             setattr(hf_constants, k, v)
         for k, v in saved_env.items():
@@ -669,12 +683,32 @@ def local_hub(tokens: Mapping[str, str] | None = None, orgs: Mapping[str, list[s
             tmp.cleanup()
 
 
-def _datasets_offline(value: bool) -> None:
-    import sys
+class LeftTheLocalHub(RuntimeError):
+    """A request inside `local_hub` went somewhere else than the local server (a client not re-pointed)."""
 
+
+def _local_only(factory, url: str):
+    """Wrap `huggingface_hub`'s client factory: a request to any other host fails at once, loudly (instead of
+    retrying the real Hub for minutes), so a test can never reach the network through the client."""
+
+    def guard(request) -> None:
+        if not str(request.url).startswith(url):
+            raise LeftTheLocalHub(f"request to {request.url} inside local_hub (server at {url}): some HfApi / "
+                                  "endpoint was not pointed at the local Hub.")
+
+    def make():
+        client = factory()
+        client.event_hooks["request"].insert(0, guard)
+        return client
+
+    return make
+
+
+def _datasets_offline(value: bool) -> None:
     cfg = sys.modules.get("datasets.config")
     if cfg is not None and hasattr(cfg, "HF_HUB_OFFLINE"):
         cfg.HF_HUB_OFFLINE = value
 
 
-__all__ = ["Commit", "HubError", "HubServer", "Repo", "git_blob_sha", "local_hub", "validate_card_metadata"]
+__all__ = ["Commit", "HubError", "HubServer", "LeftTheLocalHub", "Repo", "git_blob_sha", "local_hub",
+           "validate_card_metadata"]
