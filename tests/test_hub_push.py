@@ -301,6 +301,25 @@ def test_recipe_push_to_hub_goes_through_vlmrobust_push(hub, tiny_open_clip_dir,
     assert all(TOKEN.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
+def test_radapt_recipe_pushes_each_paradigm_with_its_numbers(hub, tiny_open_clip_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import radapt_clip
+
+    out = tmp_path / "ra"
+    radapt_clip.main(["--config", str(ROOT / "recipes/configs/quickstart_radapt.yaml"), "--model_name_or_path",
+                      f"local-dir:{tiny_open_clip_dir}", "--output_dir", str(out), "--paradigm", "training-free",
+                      "--guide_model", "", "--eval_guide", "false", "--eval_before", "false",
+                      "--eval_max_samples", "12", "--eval_attack_steps", "2", "--eval_epsilons", "4/255",
+                      "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "alice/ra-tiny",
+                      "--hub_token", TOKEN])
+    files = hub.files("alice/ra-tiny")
+    assert {"radapt_config.json", "radapt_anchor.safetensors", "eval/results.json", "README.md"} <= set(files)
+    meta, _ = parse_card(files["README.md"].decode())
+    rows = rows_from_model_index(meta["model-index"])
+    assert _same(rows, rows_from_results(json.loads(files["eval/results.json"]), "R-Adapt (training-free)"))
+    assert meta["vlmrobust"]["method"] == "radapt" and len(hub.commits("alice/ra-tiny")) == 2
+
+
 def test_take_hub_push_disarms_the_trainers_own_push(tmp_path):
     from vlmrobust.trainers import FAREConfig
 
