@@ -45,7 +45,8 @@ REQUIRED_FILES = {
 #: files and folders only needed to resume training (optimizer, scheduler, RNG, pickled arguments, which hold the Hub
 #: token, intermediate checkpoints), kept out of a published model; globs relative to the output folder
 TRAINING_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json",
-                           "training_args.bin", "checkpoint-*", "global_step*", "latest", "zero_to_fp32.py", "*.tmp")
+                           "training_args.bin", "checkpoint-*", "global_step*", "latest", "zero_to_fp32.py", "*.tmp",
+                           "vlmrobust_weight_space.pt")
 
 
 def detect_layout(folder: str | os.PathLike) -> str | None:
