@@ -29,7 +29,7 @@ from PIL import Image
 from vlmrobust.data import default_image_transform
 
 #: the offline shapes-VQA set's name in the LVLM recipe (main's code called it `shapes`)
-RECIPE_SHAPES_NAME = "shapes"
+RECIPE_SHAPES_NAME = "shapes-vqa"
 
 
 # -- stand-ins for the model and the suite's dataset spec -------------------------------------------------------------
