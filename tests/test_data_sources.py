@@ -68,6 +68,9 @@ def test_each_source_string_resolves_to_one_registered_source(source, name):
 
 
 def test_every_source_says_what_it_accepts_serves_and_expects():
+    from vlmrobust.data import sources
+
+    sources_doc = sources.__doc__
     assert set(DATA_SOURCES.names()) == {"digits", "parquet", "imagefolder", "webdataset", "hf", "shapes-vqa",
                                          "shapes-caption", "vqa-json", "coco-json"}
     for name in DATA_SOURCES:
@@ -76,6 +79,7 @@ def test_every_source_says_what_it_accepts_serves_and_expects():
         assert s.tasks and set(s.tasks) <= set(TASKS)
         assert any(form == name or form.startswith(f"{name}:") or form.startswith(f"{name} ")
                    for form in s.syntax) or name == "hf"
+        assert f"`{s.syntax[0]}" in sources_doc, f"the table in vlmrobust/data/sources/__init__.py misses {name}"
 
 
 def test_unknown_prefix_lists_the_registered_sources():
@@ -95,6 +99,15 @@ def test_former_name_shapes_fails_naming_shapes_vqa():
         resolve_source("shapes")
     with pytest.raises(ValueError, match="'shapes-vqa'"):
         load_vqa_datasets(LVLMScriptArguments(dataset_name="shapes"), _LVLM())
+
+
+def test_recipes_refuse_a_bad_dataset_name_when_parsing():
+    from vlmrobust.script_utils import RecipeParser
+
+    with pytest.raises(ValueError, match="serves vqa, not classification"):
+        RecipeParser((ScriptArguments,)).parse_args_and_config(["--dataset_name", "shapes-vqa"])
+    with pytest.raises(ValueError, match="now called 'shapes-vqa'"):
+        RecipeParser((LVLMScriptArguments,)).parse_args_and_config(["--dataset_name", "shapes"])
 
 
 def test_a_source_refuses_a_task_it_does_not_serve_and_lists_those_that_do():

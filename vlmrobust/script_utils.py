@@ -100,6 +100,11 @@ class ScriptArguments:
     eval_target_classes: int = field(default=9, metadata={"help": "APGD-T target classes (capped at classes - 1)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size."})
 
+    def __post_init__(self):
+        from .data.sources import resolve_source
+
+        resolve_source(self.dataset_name, "classification")  # a bad --dataset_name fails before any model loads
+
 
 def load_datasets(script: ScriptArguments, model, seed: int = 0):
     """(train, eval) datasets of any registered classification source (`--dataset_name`, see

@@ -129,6 +129,11 @@ class LVLMScriptArguments:
         "help": "Extra targeted APGD runs (one per answer string) in the worst case per question, e.g. yes no."})
     eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
 
+    def __post_init__(self):
+        from .data.sources import resolve_source
+
+        resolve_source(self.dataset_name, "vqa")  # a bad --dataset_name fails before any model loads
+
 
 def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
     """`create_model` kwargs giving the `tiny` fixtures the script's geometry (empty for real checkpoints)."""

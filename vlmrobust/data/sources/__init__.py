@@ -2,16 +2,17 @@
 
 Every source is a [`DataSource`] registered by name in `DATA_SOURCES` from its own module:
 
-| source                                                       | tasks                     | module        |
-|--------------------------------------------------------------|---------------------------|---------------|
-| `digits`                                                     | classification            | `digits`      |
-| `parquet:<file, glob or dir>` (or `parquet` + `data_dir`)    | classification            | `parquet`     |
-| `imagefolder:<dir>` (or `imagefolder` + `data_dir`)          | classification            | `imagefolder` |
-| `webdataset:<Hub id or dir>`                                 | classification            | `webdataset`  |
-| `hf:<id>`, a bare Hub id, or a `save_to_disk` folder         | classification, vqa, caption | `hub`      |
-| `shapes-vqa` / `shapes-caption` (generated, offline)         | vqa / caption             | `shapes`      |
-| `vqa-json:<q.json>,<a.json>,<images>` (or the suite's keys)  | vqa                       | `json_files`  |
-| `coco-json:<captions.json>,<images>` (or the suite's keys)   | caption                   | `json_files`  |
+| source                                                                         | tasks           | module        |
+|--------------------------------------------------------------------------------|-----------------|---------------|
+| `digits`                                                                       | classification  | `digits`      |
+| `parquet:<file, glob or dir>` (or `parquet` + `data_dir`)                      | classification  | `parquet`     |
+| `imagefolder:<dir>` (or `imagefolder` + `data_dir`)                            | classification  | `imagefolder` |
+| `webdataset:<Hub id or dir>`                                                   | classification  | `webdataset`  |
+| `hf:<Hub dataset id>`, a bare Hub id, or a `save_to_disk` folder               | all three       | `hub`         |
+| `shapes-vqa` (generated, offline; formerly the LVLM recipe's `shapes`)         | vqa             | `shapes`      |
+| `shapes-caption` (generated, offline)                                          | caption         | `shapes`      |
+| `vqa-json:<questions.json>,<annotations.json>,<image dir>` (or the suite keys) | vqa             | `json_files`  |
+| `coco-json:<captions.json>,<image dir>` (or the suite keys)                    | caption         | `json_files`  |
 
 `vlmrobust info` lists what is registered. To add a source: a module with a `DataSource` subclass (`name`, `syntax`,
 `tasks`, `expects`, `load`) ending in `register_source(MySource())`, imported below.

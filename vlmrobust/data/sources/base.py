@@ -184,8 +184,8 @@ def resolve_source(source: str, task: str | None = None) -> DataSource:
         if prefix not in DATA_SOURCES:
             close = difflib.get_close_matches(prefix, DATA_SOURCES.names(), n=1)
             hint = f" (did you mean '{close[0]}:'?)" if close else ""
-            raise ValueError(f"unknown data source prefix {prefix + ':'!r} in {source!r}{hint}; registered sources: "
-                             f"{source_forms(task)}.")
+            raise ValueError(f"unknown data source prefix {prefix + ':'!r} in {source!r}{hint}; "
+                             f"{task or 'registered'} sources: {source_forms(task)}.")
         found = DATA_SOURCES.get(prefix)
         if not found.located:
             raise ValueError(f"data source {prefix!r} takes no location ({source!r}); write it as "
