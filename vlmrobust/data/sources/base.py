@@ -91,7 +91,7 @@ class DataSource:
     Subclasses set the class attributes and implement [`DataSource.load`]; register one instance with
     [`register_source`].
 
-    Class attributes:
+    Attributes:
         name (`str`): the registry name; also the `<name>:` prefix of located forms and the bare form.
         syntax (`tuple[str, ...]`): the `source:` forms accepted, as shown to users (`"parquet:<file, glob or dir>"`).
         tasks (`tuple[str, ...]`): the tasks it serves, from `TASKS`.

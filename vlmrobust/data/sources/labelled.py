@@ -26,7 +26,7 @@ class ClassificationSource(DataSource):
     """A source of labelled images: subclasses load the rows ([`ClassificationSource.rows`]); the columns, labels,
     templates and seeded subset are handled here, the same way for all of them.
 
-    Class attributes:
+    Attributes:
         default_templates (`str`): the template set used when the request names none.
     """
 
