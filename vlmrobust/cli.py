@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("results", nargs="+", help="results.json files (or their folders) of the same suite")
     rp.add_argument("--output", required=True, help="folder for report.md and plots (and the merged results.json)")
 
-    sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods")
+    sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods / data sources")
 
     ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub")
     ps.add_argument("folder", help="output_dir of a vlmrobust run")
@@ -118,6 +118,7 @@ def _info(_: argparse.Namespace) -> int:
 
     from . import __version__
     from .attacks import ATTACKS
+    from .data.sources import describe_sources
     from .eval.suite import SUITES, suites_dir
     from .models import BACKENDS
 
@@ -131,6 +132,9 @@ def _info(_: argparse.Namespace) -> int:
     print(f"model backends: {', '.join(f'{b}:' for b in BACKENDS.names())}")
     print(f"attacks: {', '.join(ATTACKS.names())}")
     print(f"eval suites ({suites_dir()}): {', '.join(SUITES.names()) or 'none'}")
+    print("data sources (a suite's `source:`, a recipe's --dataset_name):")
+    for line in describe_sources():
+        print(f"  {line}")
     try:
         from .trainers import METHODS
 

@@ -94,7 +94,8 @@ class LVLMScriptArguments:
     Args:
         model_name_or_path (`str`): a `create_model` id: `llava:<id or path>`, `qwen_vl:<id or path>`, or the
             offline random fixtures `llava:tiny` / `qwen_vl:tiny`.
-        dataset_name (`str`): `shapes` (offline shapes-VQA) or `vqa-json:<questions.json>,<annotations.json>,<image dir>`.
+        dataset_name (`str`): a VQA data source (`vlmrobust info` lists them): `shapes-vqa` (offline, generated),
+            `vqa-json:<questions.json>,<annotations.json>,<image dir>`, or a Hub id / `save_to_disk` folder.
         sft_steps (`int`): supervised fine-tuning steps on the training split before FARE (0 = none; the offline
             quickstart needs it because the fixtures start from random weights).
         tiny_image_size, tiny_hidden (`int`): geometry of the offline `tiny` fixtures (0 = their defaults); ignored
@@ -102,7 +103,11 @@ class LVLMScriptArguments:
     """
 
     model_name_or_path: str = field(default="llava:tiny", metadata={"help": "create_model id."})
-    dataset_name: str = field(default="shapes", metadata={"help": "shapes | vqa-json:<q.json>,<a.json>,<img dir>"})
+    dataset_name: str = field(default="shapes-vqa", metadata={
+        "help": "VQA data source: shapes-vqa | vqa-json:<q.json>,<a.json>,<img dir> | <Hub id> (`vlmrobust info`)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split (Hub datasets)."})
+    dataset_eval_split: str = field(default="validation", metadata={
+        "help": "Evaluation split (Hub datasets; VQAv2's test answers are withheld, hence validation)."})
     train_samples: int = field(default=512, metadata={"help": "Training questions (shapes) / images for FARE."})
     eval_samples: int = field(default=128, metadata={"help": "Questions used for (robust) evaluation."})
     sft_steps: int = field(default=0, metadata={"help": "VQA fine-tuning steps before FARE (0: none)."})
@@ -124,6 +129,11 @@ class LVLMScriptArguments:
         "help": "Extra targeted APGD runs (one per answer string) in the worst case per question, e.g. yes no."})
     eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
 
+    def __post_init__(self):
+        from .data.sources import resolve_source
+
+        resolve_source(self.dataset_name, "vqa")  # a bad --dataset_name fails before any model loads
+
 
 def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
     """`create_model` kwargs giving the `tiny` fixtures the script's geometry (empty for real checkpoints)."""
@@ -140,24 +150,18 @@ def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
 
 
 def load_vqa_datasets(script: LVLMScriptArguments, model, seed: int = 0):
-    """(train, eval) VQA datasets; images preprocessed to the model's resolution once."""
-    from .data.shapes_vqa import ShapesVQA
-    from .data.vqa import VQAJsonDataset
+    """(train, eval) datasets of any registered VQA source (`--dataset_name`, see `vlmrobust.data.sources`).
 
-    if script.dataset_name == "shapes":
-        train = ShapesVQA(script.train_samples, seed=seed, transform=model.preprocess)
-        evald = ShapesVQA(script.eval_samples, seed=seed + 10_000, transform=model.preprocess)
-        return train, evald
-    if script.dataset_name.startswith("vqa-json:"):
-        parts = script.dataset_name.split(":", 1)[1].split(",")
-        if len(parts) != 3:
-            raise ValueError("dataset_name 'vqa-json:' needs '<questions.json>,<annotations.json>,<image dir>'.")
-        full = VQAJsonDataset(parts[0], parts[1], parts[2])
-        n = len(full)
-        idx_eval = list(range(min(script.eval_samples, n)))
-        idx_train = list(range(len(idx_eval), min(n, len(idx_eval) + script.train_samples)))
-        return torch.utils.data.Subset(full, idx_train), torch.utils.data.Subset(full, idx_eval)
-    raise ValueError(f"Unknown dataset_name {script.dataset_name!r}: use 'shapes' or 'vqa-json:<q>,<a>,<images>'.")
+    Generated sets (`shapes-vqa`) draw the evaluation questions from another seed; one-split files (`vqa-json`) give
+    the first `eval_samples` questions to evaluation and the next `train_samples` to training; Hub datasets use
+    their `dataset_train_split` / `dataset_eval_split`.
+    """
+    from .data.sources import load_train_eval
+
+    return load_train_eval(script.dataset_name, "vqa", train_split=script.dataset_train_split,
+                           eval_split=script.dataset_eval_split, n_train=script.train_samples,
+                           n_eval=script.eval_samples, seed=seed, image_size=model.image_size,
+                           preprocess=model.preprocess)
 
 
 def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
@@ -216,7 +220,7 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
                "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics,
                "timings": timings, "results": results}
-    if script.dataset_name == "shapes":
+    if hasattr(eval_ds, "chance_accuracy"):  # generated sets know their majority-answer baseline
         summary["chance"] = eval_ds.chance_accuracy()
     if state.is_main_process:
         atomic_write_json(Path(args.output_dir) / "results.json", summary)
