@@ -18,8 +18,10 @@ def _zero3(param: nn.Parameter) -> bool:
 
 
 def _zero12(param: nn.Parameter) -> bool:
-    # ZeRO-1 / 2 and DeepSpeed's bf16 optimizer link each parameter to its fp32 fragment
-    return getattr(param, "_hp_mapping", None) is not None
+    # ZeRO-1 / 2 and DeepSpeed's bf16 optimizer link each parameter to its fp32 fragment. The attribute exists on
+    # every rank, but is None where the rank holds no fragment of the tensor: test for the attribute (as DeepSpeed's
+    # safe_* functions do), or the ranks would disagree on whether to join the collective.
+    return hasattr(param, "_hp_mapping")
 
 
 def get_full_grad(param: nn.Parameter) -> torch.Tensor | None:
