@@ -10,7 +10,6 @@ backend's native layout (open_clip / transformers) so checkpoints load without v
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +36,7 @@ from ..utils.distributed import check_zero_stage
 from ..utils.io import atomic_save_safetensors
 from .activation_checkpointing import attach_activation_checkpointing
 from .base_config import RobustTrainingArguments
-from .training_attack import build_training_attack, check_training_attack
+from .training_attack import AttackLoop, check_training_attack
 
 __all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "image_collator", "require_vlm"]
 
@@ -57,7 +56,7 @@ def require_vlm(model, trainer_name: str) -> None:
         )
 
 
-class RobustTrainer(Trainer):
+class RobustTrainer(AttackLoop, Trainer):
     """Base class of vlmrobust's trainers (FARE, TeCoA, Classic AT / TRADES, ...).
 
     Subclasses implement :meth:`trainable_module` (what the HF `Trainer` / DeepSpeed optimises) and
@@ -83,6 +82,12 @@ class RobustTrainer(Trainer):
         post_step_constraints (`Sequence[PostStepConstraint]`, *optional*): applied after those `args.weight_space`
             names, right after each optimizer step.
         kwargs: passed to `transformers.Trainer` (callbacks, eval_dataset, ...).
+
+    Attributes:
+        reference (`ReferenceWeights` or None): θ₀, the frozen snapshot of the trained module (None when nothing reads
+            it).
+        weight_space (`WeightSpaceRunner`): the gradient transforms and post-step constraints, and their state (saved
+            into every checkpoint, restored on `resume_from_checkpoint`).
     """
 
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
@@ -130,88 +135,6 @@ class RobustTrainer(Trainer):
         native = getattr(self.vlm, "model", self.vlm)
         by_id = {id(t): k for k, t in native.state_dict(keep_vars=True).items()}
         return {k: by_id[id(t)] for k, t in trainable.state_dict(keep_vars=True).items() if id(t) in by_id}
-
-    # -- attack ----------------------------------------------------------------------------------------------------
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch, as the Trainer counts them for its own epoch boundaries.
-
-        Taken from the Trainer's prepared training dataloader when training starts (so `dataloader_drop_last`, the
-        number of processes and gradient accumulation count exactly as they do for the Trainer); before that, the
-        same count is derived from the dataset size.
-        """
-        if getattr(self, "_steps_per_epoch", None):
-            return self._steps_per_epoch
-        a = self.args
-        per_batch = a.per_device_train_batch_size * max(a.world_size, 1)
-        n = len(self.train_dataset) if self.train_dataset is not None else per_batch
-        batches = n // per_batch if a.dataloader_drop_last else math.ceil(n / per_batch)
-        return max(math.ceil(batches / a.gradient_accumulation_steps), 1)
-
-    def set_initial_training_values(self, args, dataloader, *rest, **kwargs):
-        values = super().set_initial_training_values(args, dataloader, *rest, **kwargs)
-        # (num_train_epochs, num_update_steps_per_epoch, ...): the count the Trainer uses for epoch boundaries
-        self._steps_per_epoch = max(int(values[1]), 1)
-        return values
-
-    @property
-    def current_epsilon(self) -> float:
-        """ε at the current optimizer step under the configured schedule."""
-        return self.args.epsilon_scheduler(self.state.global_step, self.steps_per_epoch)
-
-    def _next_attack_seed(self) -> int:
-        step = self.state.global_step
-        k = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
-        self._micro_step = (step, k)
-        # a fixed function of (seed, optimizer step, micro-batch, rank): a resumed run repeats the same attacks,
-        # and ranks do not share random starts
-        rank = self.args.process_index
-        return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k * 7 + rank * 104_729) % (2**63 - 1)
-
-    def _sample_seeds(self, n: int) -> torch.Tensor:
-        """Per-image seeds of the random start, keyed to each image's position in the *global* batch.
-
-        accelerate hands micro-batch k of rank r (of N, per-device batch B) the global batch number k·N + r of the
-        optimizer step, so image i sits at position (k·N + r)·B + i: 1 process with batch N·B and N processes
-        with batch B (or any split into accumulation steps) give every image the same start.
-        """
-        a = self.args
-        k = self._micro_batch[1] if self._micro_batch[0] == self.state.global_step else 0
-        first = (k * max(a.world_size, 1) + a.process_index) * a.per_device_train_batch_size
-        base = (int(a.attack_seed) * 1_000_003 + self.state.global_step * 1_009 + self._attack_call * 7) % 2**61
-        self._attack_call += 1
-        return (base + torch.arange(first, first + n, dtype=torch.int64) * 104_729) % 2**61
-
-    def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                             target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,
-                             module: nn.Module | None = None, random_start: bool | None = None) -> torch.Tensor:
-        """Maximise `loss_fn(forward(x + δ), target)` over the ε-ball with the configured attack (`args.attack`, built
-        through the attack registry with `loss_fn=`; see `training_attack_kwargs`).
-
-        `forward` must be the unwrapped module (or a function of it), never a DeepSpeed engine / DDP wrapper:
-        the attack takes gradients w.r.t. δ only, so parameter gradients and optimizer buffers stay untouched.
-        `module` is the network inside `forward` when `forward` is a plain function: it is put in eval mode for the
-        attack and restored afterwards. `random_start` overrides the config (a loss with zero gradient at δ = 0,
-        such as TRADES' KL, needs one). Returns detached adversarial images (the clean ones when ε is 0).
-        """
-        eps = self.current_epsilon if epsilon is None else epsilon
-        self._metrics["epsilon"].append(torch.tensor(float(eps)))
-        seed = self._next_attack_seed()
-        if eps <= 0:
-            return images.detach()
-        a = self.args
-        rs = a.attack_random_start if random_start is None else random_start
-        sample_seeds = self._sample_seeds(images.shape[0]) if a.attack_seed_scope == "sample" else None
-        was_training = module.training if module is not None else None
-        if module is not None:
-            module.eval()
-        try:
-            atk = build_training_attack(a, forward, eps=eps, loss_fn=loss_fn, seed=seed, random_start=rs,
-                                        sample_seeds=sample_seeds)
-            return atk(images, target).detach()
-        finally:
-            if module is not None:
-                module.train(was_training)
 
     def _prepare_input(self, data):
         """Move inputs to the device *without* DeepSpeed's cast of float inputs to its bf16 / fp16 dtype.
