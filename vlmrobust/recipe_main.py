@@ -28,8 +28,11 @@ def _resolve_resume(args) -> str | None:
     return r
 
 
-def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bool = False) -> dict:
-    """Parse `(ScriptArguments, config_class)`, then evaluate → train → save → reload → evaluate → report.
+def run_clip_recipe(method, argv=None) -> dict:
+    """Parse `(ScriptArguments, <method's config>)`, then evaluate → train → save → reload → evaluate → report.
+
+    `method` is a registered method's name (`"fare"`) or config class (`FAREConfig`); its trainer, whether that
+    takes the class names, and whether it trains a classifier come from the registry (`vlmrobust.trainers.METHODS`).
 
     Both evaluations go through the suite runner (`recipe_evaluator`): the worst case per point of APGD-CE and
     APGD-T on the recipe's eval split, the logit scale recorded with each number; the suite's own results and report
@@ -39,8 +42,10 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     from .eval.report import accuracy_table, protocol_text, write_report
     from .hub.model_card import write_model_card
     from .models import create_model
+    from .trainers import resolve_method
 
-    parser = RecipeParser((ScriptArguments, config_class))
+    method = resolve_method(method)
+    parser = RecipeParser((ScriptArguments, method.config_class))
     script, args = parser.parse_args_and_config(argv)
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
@@ -50,6 +55,7 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     # partitions the trained tower when the Trainer wraps it)
     with state.main_process_first(), outside_zero3_init():
         model = create_model(script.model_name_or_path)
+    method.check_backend(model)
     train_ds, _ = load_datasets(script, model, seed=args.seed)
     results, timings = {}, {}
     evaluate = recipe_evaluator(script, args.output_dir, seed=args.seed, bf16=args.bf16, device=state.device,
@@ -59,8 +65,7 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
         timings["eval_before_s"] = results["before"].seconds
     state.wait_for_everyone()
 
-    kwargs = {"classnames": train_ds.classnames} if needs_classnames else {}
-    trainer = trainer_class(model, args, train_dataset=train_ds, **kwargs)
+    trainer = method.trainer_class(model, args, train_dataset=train_ds, **method.trainer_kwargs(train_ds))
     t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=_resolve_resume(args))
     timings["train_s"] = round(time.time() - t0, 1)
@@ -70,7 +75,7 @@ def run_clip_recipe(config_class, trainer_class, argv=None, needs_classnames: bo
     summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
                "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics}
     if script.eval_after and state.is_main_process:
-        if getattr(trainer, "trains_classifier", False):  # AT / TRADES: the trained classifier, same protocol
+        if method.trains_classifier:  # AT / TRADES: the trained classifier, same protocol
             clf = trainer.accelerator.unwrap_model(trainer.model).eval()
             results["after"] = evaluate("after", TrainedClassifier(model, clf, train_ds.classnames))
         else:  # reload the saved checkpoint through the backend's loader: what users will get

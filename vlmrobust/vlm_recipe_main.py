@@ -164,18 +164,23 @@ def load_vqa_datasets(script: LVLMScriptArguments, model, seed: int = 0):
                            preprocess=model.preprocess)
 
 
-def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
-    """Parse `(LVLMScriptArguments, config_class)`, then [SFT] → eval → FARE on the tower → save → reload → eval."""
+def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
+    """Parse `(LVLMScriptArguments, <method's config>)`, then [SFT] → eval → FARE on the tower → save → reload → eval.
+
+    `method` is a registered method's name or config class (default FARE) whose `backends` include the LVLM's.
+    """
     from accelerate import PartialState
     from transformers import set_seed
 
     from .eval.vqa import evaluate_vqa
     from .models import create_model
     from .script_utils import RecipeParser
+    from .trainers import resolve_method
     from .utils.distributed import outside_zero3_init
     from .utils.io import atomic_write_json
 
-    script, args = RecipeParser((LVLMScriptArguments, config_class)).parse_args_and_config(argv)
+    method = resolve_method(method)
+    script, args = RecipeParser((LVLMScriptArguments, method.config_class)).parse_args_and_config(argv)
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
@@ -184,6 +189,7 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     # whole on every rank (FARE copies the frozen reference tower from it); ZeRO-3 partitions the trained tower only
     with outside_zero3_init():
         model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
+    method.check_backend(model)
     train_ds, eval_ds = load_vqa_datasets(script, model, seed=args.seed)
     timings, results = {}, {}
     if script.sft_steps > 0:
@@ -204,7 +210,8 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     if script.eval_before and state.is_main_process:
         results["before"] = _eval(model, "before")
         print(f"[eval before] {json.dumps({k: results['before'][k] for k in ('clean', 'robust')})}")
-    trainer = trainer_class(model, args, train_dataset=PixelsOnly(train_ds, model.preprocess))
+    pixels = PixelsOnly(train_ds, model.preprocess)
+    trainer = method.trainer_class(model, args, train_dataset=pixels, **method.trainer_kwargs(pixels))
     t0 = time.time()
     train_out = trainer.train()
     timings["train_s"] = round(time.time() - t0, 1)
