@@ -33,35 +33,43 @@ def _short(model_dir, out, *extra):
 def test_fare_recipe_end_to_end(digits_clip, tmp_path):
     import fare_clip
 
+    from vlmrobust.cli import main as cli
+    from vlmrobust.eval import load_results
+
     out = tmp_path / "fare"
     res = fare_clip.main(_short(digits_clip, out))
-    for name in ("results.json", "report.md", "accuracy_vs_eps.png", "open_clip_model.safetensors", "README.md",
-                 "open_clip_config.json", "vlmrobust_config.json"):
+    for name in ("results.json", "report.md", "acc_vs_eps_digits.png", "open_clip_model.safetensors", "README.md",
+                 "open_clip_config.json", "vlmrobust_config.json", "suite.yaml"):
         assert (out / name).is_file(), name
-    data = json.loads((out / "results.json").read_text())
-    assert set(data["results"]) == {"before", "after"} and data["method"] == "fare"
+    # one results format: the suite runner's cells and suite, plus the recipe's run section naming its rows
+    data = load_results(out)
+    run = data["run"]
+    assert run["rows"] == ["before", "after"] and run["method"] == "fare" and run["config"]["epsilon"] > 0
+    assert set(data["models"]) == {"before", "after"} and run["train_metrics"]["train_loss"] > 0
     assert res["after"]["robust_accuracy"].keys() == {"0.0156863", "0.0313725"}
     report = (out / "report.md").read_text()
-    assert "ε=8/255" in report
+    assert "ε=8/255" in report and report.startswith("# FARE on")
     card = (out / "README.md").read_text()
     assert "library_name: open_clip" in card and "| after |" in card and "create_model_and_transforms" in card
     # issue 20: one protocol, through the suite runner; every number of the recipe's table (and of the model card)
     # is the runner's cell for that row and ε, with the attacks and the logit scale named
-    suite_res = json.loads((out / "eval" / "results.json").read_text())
-    assert (out / "eval" / "report.md").is_file() and (out / "eval" / "suite.yaml").is_file()
     for text in (report, card):
         assert "APGD-CE and APGD-T" in text
         header, rows = next((h, r) for h, r in tables(text) if h[:2] == ["model", "logit scale"])
         assert [r[0] for r in rows] == ["before", "after"]
         for row in rows:
             name = row[0]
-            clean = suite_res["cells"][f"{name}|digits|clean"]
-            assert data["results"][name]["attacks"] == ["apgd-ce", "apgd-t"]
+            clean = data["cells"][f"{name}|digits|clean"]
+            assert res[name]["attacks"] == ["apgd-ce", "apgd-t"]
             assert row[1] == f"{clean['logit_scale']:.3g}" and row[2] == f"{100 * clean['accuracy']:.1f}"
             for col, eps in (("ε=4/255", "0.0156863"), ("ε=8/255", "0.0313725")):
-                cell = suite_res["cells"][f"{name}|digits|apgd-ce+apgd-t|Linf|{eps}"]
+                cell = data["cells"][f"{name}|digits|apgd-ce+apgd-t|Linf|{eps}"]
                 assert cell["components"] == ["apgd-ce", "apgd-t"] and cell["steps"] == 10
                 assert row[header.index(col)] == f"{100 * cell['accuracy']:.1f}", (name, col)
+    # `vlmrobust report <output_dir>` renders the recipe's file: the same report, run header included
+    (out / "report.md").unlink()
+    assert cli(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
     # the checkpoint the recipe wrote is a plain open_clip model whose vision tower was trained
     trained, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
     orig, _, _ = open_clip.create_model_and_transforms(f"local-dir:{digits_clip}")

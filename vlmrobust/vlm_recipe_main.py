@@ -3,7 +3,9 @@
 Offline quickstart flow: build the tiny random LVLM, teach it shapes-VQA (supervised fine-tuning of the whole model,
 `sft_steps`; skipped for a real checkpoint by setting it to 0), evaluate VQA accuracy clean and under APGD, run FARE
 on the LVLM's own vision tower (language side frozen), save in transformers' layout, reload through the backend
-and evaluate again. `results.json` holds both evaluations.
+and evaluate again. Both evaluations run through the suite runner on a generated VQA suite (`vqa_recipe_suite`):
+`results.json` is the runner's file (`vlmrobust.results/v2`) with a `run` section naming the rows before / after,
+and `report.md` renders it.
 """
 
 from __future__ import annotations
@@ -139,37 +141,57 @@ def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
     return {"tiny_kwargs": tiny} if tiny else {}
 
 
-def load_vqa_datasets(script: LVLMScriptArguments, model, seed: int = 0):
-    """(train, eval) VQA datasets; images preprocessed to the model's resolution once."""
+def load_train_dataset(script: LVLMScriptArguments, model, seed: int = 0):
+    """The VQA training set (images preprocessed to the model's resolution once); disjoint from the evaluated
+    questions of `vqa_recipe_suite`."""
     from .data.shapes_vqa import ShapesVQA
+    from .data.sources import subset_indices
     from .data.vqa import VQAJsonDataset
 
+    if script.dataset_name == "shapes":  # the evaluated questions are generated with seed + 10_000
+        return ShapesVQA(script.train_samples, seed=seed, transform=model.preprocess)
+    full = VQAJsonDataset(*_vqa_json_files(script.dataset_name))
+    held_out = set(subset_indices(len(full), script.eval_samples, seed))
+    idx_train = [i for i in range(len(full)) if i not in held_out][:script.train_samples]
+    return torch.utils.data.Subset(full, idx_train)
+
+
+def _vqa_json_files(dataset_name: str) -> list[str]:
+    if not dataset_name.startswith("vqa-json:") or len(dataset_name.split(":", 1)[1].split(",")) != 3:
+        raise ValueError(f"Unknown dataset_name {dataset_name!r}: use 'shapes' or "
+                         "'vqa-json:<questions.json>,<annotations.json>,<image dir>'.")
+    return dataset_name.split(":", 1)[1].split(",")
+
+
+def vqa_recipe_suite(script: LVLMScriptArguments, seed: int = 0) -> dict:
+    """The recipe's evaluation as a one-dataset VQA suite: `eval_samples` questions (shapes-VQA generated with seed
+    + 10,000, or a seeded subset of the vqa-json questions), APGD on the answer loss at `eval_epsilons`, every ε from
+    the clean images (`evaluate_vqa`'s protocol)."""
+    from .eval.protocol import generated_vqa_suite
+
     if script.dataset_name == "shapes":
-        train = ShapesVQA(script.train_samples, seed=seed, transform=model.preprocess)
-        evald = ShapesVQA(script.eval_samples, seed=seed + 10_000, transform=model.preprocess)
-        return train, evald
-    if script.dataset_name.startswith("vqa-json:"):
-        parts = script.dataset_name.split(":", 1)[1].split(",")
-        if len(parts) != 3:
-            raise ValueError("dataset_name 'vqa-json:' needs '<questions.json>,<annotations.json>,<image dir>'.")
-        full = VQAJsonDataset(parts[0], parts[1], parts[2])
-        n = len(full)
-        idx_eval = list(range(min(script.eval_samples, n)))
-        idx_train = list(range(len(idx_eval), min(n, len(idx_eval) + script.train_samples)))
-        return torch.utils.data.Subset(full, idx_train), torch.utils.data.Subset(full, idx_eval)
-    raise ValueError(f"Unknown dataset_name {script.dataset_name!r}: use 'shapes' or 'vqa-json:<q>,<a>,<images>'.")
+        source, data_seed, vqa = "shapes-vqa", seed + 10_000, {}
+    else:
+        q, a, images = _vqa_json_files(script.dataset_name)
+        source, data_seed, vqa = "vqa-json", seed, {"questions_file": q, "annotations_file": a, "image_dir": images}
+    return generated_vqa_suite(
+        source=source, n_samples=script.eval_samples, seed=data_seed, attack_seed=seed,
+        batch_size=script.eval_batch_size, epsilons=script.eval_epsilons, steps=script.eval_attack_steps,
+        answer_mode=script.answer_mode, ensemble=script.eval_ensemble, targets=script.eval_targets, vqa=vqa,
+        name=f"recipe-{source}")
 
 
 def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
-    """Parse `(LVLMScriptArguments, config_class)`, then [SFT] → eval → FARE on the tower → save → reload → eval."""
+    """Parse `(LVLMScriptArguments, config_class)`, then [SFT] → eval → FARE on the tower → save → reload → eval;
+    returns the results dict (`vlmrobust.results/v2`, with the `run` section) on the main process."""
     from accelerate import PartialState
     from transformers import set_seed
 
-    from .eval.vqa import evaluate_vqa
+    from .eval.protocol import SuiteEvaluator
+    from .eval.report import console_summary
     from .models import create_model
     from .script_utils import RecipeParser
     from .utils.distributed import outside_zero3_init
-    from .utils.io import atomic_write_json
 
     script, args = RecipeParser((LVLMScriptArguments, config_class)).parse_args_and_config(argv)
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
@@ -180,8 +202,10 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     # whole on every rank (FARE copies the frozen reference tower from it); ZeRO-3 partitions the trained tower only
     with outside_zero3_init():
         model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
-    train_ds, eval_ds = load_vqa_datasets(script, model, seed=args.seed)
-    timings, results = {}, {}
+    train_ds = load_train_dataset(script, model, seed=args.seed)
+    evaluate = SuiteEvaluator(vqa_recipe_suite(script, args.seed), args.output_dir, device=model.device,
+                              progress=not args.disable_tqdm)
+    timings = {}
     if script.sft_steps > 0:
         t0 = time.time()
         model.requires_grad_(True)
@@ -192,14 +216,12 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
             model.save_pretrained(Path(args.output_dir) / "sft")  # in transformers' layout
 
     def _eval(m, name):
-        return evaluate_vqa(m, eval_ds, script.eval_epsilons, steps=script.eval_attack_steps,
-                            batch_size=script.eval_batch_size, answer_mode=script.answer_mode,
-                            ensemble=script.eval_ensemble, targets=tuple(script.eval_targets), seed=args.seed,
-                            desc=name)
+        res = evaluate(name, m)
+        timings[f"eval_{name}_s"] = evaluate.seconds[name]
+        print(f"[eval {name}] " + console_summary({"models": {name: res["summary"]["models"].get(name, {})}}).strip())
 
     if script.eval_before and state.is_main_process:
-        results["before"] = _eval(model, "before")
-        print(f"[eval before] {json.dumps({k: results['before'][k] for k in ('clean', 'robust')})}")
+        _eval(model, "before")
     trainer = trainer_class(model, args, train_dataset=PixelsOnly(train_ds, model.preprocess))
     t0 = time.time()
     train_out = trainer.train()
@@ -210,16 +232,18 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
         backend = script.model_name_or_path.split(":", 1)[0]
         with outside_zero3_init():
             trained = create_model(f"{backend}:{args.output_dir}", **kw)
-        results["after"] = _eval(trained, "after")
-        print(f"[eval after]  {json.dumps({k: results['after'][k] for k in ('clean', 'robust')})}")
+        _eval(trained, "after")
     timings["total_s"] = round(time.time() - t_start, 1)
-    summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
-               "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics,
-               "timings": timings, "results": results}
-    if script.dataset_name == "shapes":
-        summary["chance"] = eval_ds.chance_accuracy()
-    if state.is_main_process:
-        atomic_write_json(Path(args.output_dir) / "results.json", summary)
-        print(f"Wrote {args.output_dir}/results.json and the checkpoint ({json.dumps(timings)})")
+    results = {}
+    if state.is_main_process and evaluate.rows:
+        title = f"{args.method.upper()} on the vision tower of {script.model_name_or_path}, {script.dataset_name}"
+        intro = (f"Trained with ε = {args.epsilon * 255:.3g}/255 ({args.attack_norm}), {trainer.state.global_step} "
+                 f"steps, seed {args.seed}" + (f", after {script.sft_steps} steps of VQA fine-tuning of the whole "
+                                               "model" if script.sft_steps else "") + ".")
+        results = evaluate.finish(title=title, intro=intro, method=args.method, model=script.model_name_or_path,
+                                  dataset=script.dataset_name, epsilon=args.epsilon, norm=args.attack_norm,
+                                  config=args.to_vlmrobust_dict()["config"], train_metrics=train_out.metrics,
+                                  timings=timings)
+        print(f"Wrote {args.output_dir}/results.json, report.md and the checkpoint ({json.dumps(timings)})")
     state.wait_for_everyone()
-    return summary
+    return results

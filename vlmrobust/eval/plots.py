@@ -65,15 +65,13 @@ def plot_curves(rows: Mapping[str, Sequence[dict]], path: str | os.PathLike, *, 
     return out
 
 
-def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathLike, *, title: str,
-                      ylabel: str) -> Path:
-    """Grouped bars: for every column all models share, one bar per model (values in [0, 1], drawn in %)."""
+def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], cols: Sequence[str], path: str | os.PathLike, *,
+                      title: str, ylabel: str) -> Path:
+    """Grouped bars: for each of `cols` (columns every model has), one bar per model (values in [0, 1], in %)."""
     import numpy as np
 
     plt = _pyplot()
     models = list(values)
-    cols = sorted(set.intersection(*[set(values[m]) for m in models]),
-                  key=lambda c: (c != "clean", c == "corruptions", c))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cols) + 2), 4.2), dpi=120)
     width = 0.8 / len(models)
     for i, m in enumerate(models):

@@ -84,21 +84,23 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
     return {"name": name, "description": desc, "datasets": [entry]}
 
 
-def generated_vqa_suite(*, source: str, n_samples: int | None, seed: int = 0, batch_size: int = 16,
-                        epsilons: Sequence[float], steps: int = 100, answer_mode: str = "rank", ensemble: bool = True,
-                        targets: Sequence[str] = (), max_references: int | None = None, vqa: dict | None = None,
-                        nested_eps: bool = False, name: str = "recipe-vqa") -> dict:
+def generated_vqa_suite(*, source: str, n_samples: int | None, seed: int = 0, attack_seed: int = 0,
+                        batch_size: int = 16, epsilons: Sequence[float], steps: int = 100, answer_mode: str = "rank",
+                        ensemble: bool = True, targets: Sequence[str] = (), max_references: int | None = None,
+                        vqa: dict | None = None, nested_eps: bool = False, name: str = "recipe-vqa") -> dict:
     """A one-dataset VQA suite mapping (for `load_suite`): VQA accuracy of `source`, clean and under APGD on the
     answer loss at `epsilons` (the LVLM recipes' evaluation).
 
     Args:
         source (`str`): `shapes-vqa`, `vqa-json` (files in `vqa`) or a Hub id.
+        seed (`int`, *optional*, defaults to 0): seed of the evaluated questions (the generator's, or the subset's).
+        attack_seed (`int`, *optional*, defaults to 0): seed of the attacks.
         nested_eps (`bool`, *optional*, defaults to `False`): `False` attacks every ε from the clean images in the
             dataset's batches (`evaluate_vqa`'s protocol, which the recipes' tables were measured with).
         vqa (`dict`, *optional*): more fields of the dataset's `vqa:` block (e.g. the vqa-json files).
     """
     attack: dict[str, Any] = {"attack": "apgd", "label": "apgd-ensemble" if ensemble else "apgd", "norm": "Linf",
-                              "eps": sorted(float(e) for e in epsilons if e > 0), "steps": steps, "seed": seed,
+                              "eps": sorted(float(e) for e in epsilons if e > 0), "steps": steps, "seed": attack_seed,
                               "ensemble": ensemble, "max_references": max_references, "nested_eps": nested_eps}
     if targets:
         attack["targets"] = list(targets)
@@ -108,7 +110,7 @@ def generated_vqa_suite(*, source: str, n_samples: int | None, seed: int = 0, ba
                              "attacks": [attack] if attack["eps"] else []}
     desc = (f"VQA accuracy ({answer_mode}), clean and under APGD on the answer loss ({steps} iterations, "
             + ("ensemble over the reference answers" if ensemble else "the majority answer")
-            + (f" + targeted runs {list(targets)}" if targets else "") + f"), seed {seed}")
+            + (f" + targeted runs {list(targets)}" if targets else "") + f"), seed {attack_seed}")
     return {"name": name, "description": desc, "datasets": [entry]}
 
 

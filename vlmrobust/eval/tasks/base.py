@@ -236,7 +236,7 @@ def register_eval_task(task: EvalTask) -> EvalTask:
     """Register `task` under `task.name` (a duplicate name or cell kind fails loudly)."""
     if not task.name:
         raise ValueError(f"{type(task).__name__} needs a `name`.")
-    for other in map(EVAL_TASKS.get, EVAL_TASKS.names()):
+    for other in (EVAL_TASKS.get(n) for n in EVAL_TASKS.names() if n != task.name):
         clash = set(task.cell_kinds) & set(other.cell_kinds)
         if clash:
             raise ValueError(f"eval task '{task.name}': cell kind(s) {sorted(clash)} already belong to '{other.name}'.")

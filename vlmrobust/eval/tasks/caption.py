@@ -32,8 +32,15 @@ from typing import Any
 from ...data.sources import DatasetUnavailable, load_caption_dataset
 from ..results import eps_key, fingerprint
 from ..schema import Ctx, DatasetSpec, attack_label, attack_settings
-from ..tables import add_curve_point, curve_cells, curve_columns, curve_expected_robustness, eps_columns, format_eps
-from ..tables import md_table
+from ..tables import (
+    add_curve_point,
+    curve_cells,
+    curve_columns,
+    curve_expected_robustness,
+    eps_columns,
+    format_eps,
+    md_table,
+)
 from .base import DatasetRun, EvalTask, register_eval_task
 from .classification import in_attack_grid
 from .vqa import batches, likelihood_threat

@@ -380,8 +380,10 @@ class ClassificationTask(EvalTask):
             plot_curves(rows, os.path.join(out, "acc_vs_eps_average.png"), title="average over datasets")
             plots["accuracy vs ε: average"] = "acc_vs_eps_average.png"
         if len(models) > 1 and all((v.get("average") or {}).get("columns") for v in models.values()):
-            plot_grouped_bars({m: v["average"]["columns"] for m, v in models.items()},
-                              os.path.join(out, "model_comparison.png"), title="model comparison",
+            values = {m: v["average"]["columns"] for m, v in models.items()}
+            cols = sorted(set.intersection(*map(set, values.values())),
+                          key=lambda c: (c != "clean", c == "corruptions", c))
+            plot_grouped_bars(values, cols, os.path.join(out, "model_comparison.png"), title="model comparison",
                               ylabel="accuracy (%), mean over datasets")
             plots["model comparison"] = "model_comparison.png"
         return plots

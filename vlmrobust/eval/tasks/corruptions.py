@@ -27,8 +27,14 @@ import numpy as np
 import torch
 
 from ...data.sources import subset_indices
-from ..corruptions import ALEXNET_IMAGENET_C_ERRORS, ALEXNET_SOURCE, ALL_CORRUPTIONS, COMMON_CORRUPTIONS
-from ..corruptions import CorruptedDataset, corruption_errors
+from ..corruptions import (
+    ALEXNET_IMAGENET_C_ERRORS,
+    ALEXNET_SOURCE,
+    ALL_CORRUPTIONS,
+    COMMON_CORRUPTIONS,
+    CorruptedDataset,
+    corruption_errors,
+)
 from ..results import unpack_mask
 from ..schema import Ctx, DatasetSpec
 from ..tables import md_table, pct, safe_name

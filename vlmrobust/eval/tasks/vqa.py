@@ -43,8 +43,16 @@ import torch
 from ...data.sources import DatasetUnavailable, load_vqa_dataset
 from ..results import eps_key, fingerprint
 from ..schema import Ctx, DatasetSpec, attack_label, attack_settings, eps_grid, parse_norm
-from ..tables import add_curve_point, curve_cells, curve_columns, curve_expected_robustness, eps_columns, format_eps
-from ..tables import md_table, pct
+from ..tables import (
+    add_curve_point,
+    curve_cells,
+    curve_columns,
+    curve_expected_robustness,
+    eps_columns,
+    format_eps,
+    md_table,
+    pct,
+)
 from .base import DatasetRun, EvalTask, register_eval_task
 from .classification import in_attack_grid
 
@@ -366,8 +374,8 @@ class VQATask(EvalTask):
         md = ["### VQA accuracy", "",
               "Official VQA accuracy (min(1, #matching references / 3), averaged over leave-one-out reference "
               "subsets), in %; robust = per question the worst answer over the attack runs (and over every smaller "
-              "ε). Chance = always answering each question type's most frequent answer (where the dataset defines "
-              "it).", "", self._table(vqa, "VQA dataset"), ""]
+              "ε, unless its threat model starts every ε from the clean images). Chance = always answering each "
+              "question type's most frequent answer (where the dataset defines it).", "", self._table(vqa, "VQA dataset"), ""]
         for d, r in vqa.items():
             if len(r["per_type"]) > 1:
                 cols = list(next(iter(r["per_type"].values())))
