@@ -193,3 +193,36 @@ def test_trained_classifier_refuses_other_classes(digits_clip):
     assert tc.zero_shot_classifier(["zero", "one"], None) is head and tc.image_size == model.image_size
     with pytest.raises(ValueError, match="same classnames, same order"):
         tc.zero_shot_classifier(["one", "zero"], None)
+
+
+def test_lvlm_recipe_evaluates_through_the_suite_runner(tmp_path):
+    """The LVLM recipe's before / after rows are the suite runner's cells on a generated VQA suite (results v2 with a
+    run section), and that suite's protocol (every ε from the clean images) gives `evaluate_vqa`'s numbers."""
+    import fare_llava
+
+    from vlmrobust.data.shapes_vqa import ShapesVQA
+    from vlmrobust.eval import load_results
+    from vlmrobust.eval.vqa import evaluate_vqa
+    from vlmrobust.models import create_model
+
+    out = tmp_path / "llava"
+    fare_llava.main(["--config", str(ROOT / "recipes/configs/quickstart_llava.yaml"), "--output_dir", str(out),
+                     "--sft_steps", "0", "--train_samples", "16", "--max_steps", "1", "--per_device_train_batch_size",
+                     "4", "--attack_steps", "1", "--eval_samples", "12", "--eval_batch_size", "6",
+                     "--eval_attack_steps", "2", "--eval_epsilons", "2/255", "8/255", "--eval_targets", "yes",
+                     "--save_strategy", "no", "--disable_tqdm", "true"])
+    data = load_results(out)
+    assert data["run"]["rows"] == ["before", "after"] and data["run"]["method"] == "fare"
+    (entry,) = data["suite"]["datasets"]
+    assert entry["task"] == "vqa" and entry["seed"] == 10_000 and entry["attacks"][0]["nested_eps"] is False
+    report = (out / "report.md").read_text()
+    header, rows = next((h, r) for h, r in tables(report) if h[:2] == ["model", "n"])
+    assert [r[0] for r in rows] == ["before", "after"]
+    trained = create_model(f"llava:{out}")
+    ref = evaluate_vqa(trained, ShapesVQA(12, seed=10_000, transform=trained.preprocess), [2 / 255, 8 / 255], steps=2,
+                       batch_size=6, answer_mode="rank", targets=("yes",), seed=0)
+    cells = data["cells"]
+    assert round(cells["after|shapes-vqa|clean"]["accuracy"], 4) == ref["clean"]
+    for eps, key in ((2 / 255, "2/255"), (8 / 255, "8/255")):
+        assert round(cells[f"after|shapes-vqa|apgd-ensemble|Linf|{eps:.6g}"]["accuracy"], 4) == ref["robust"][key]
+        assert rows[1][header.index(f"apgd-ensemble (Linf) ε={key}")] == f"{100 * ref['robust'][key]:.1f}"
