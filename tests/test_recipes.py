@@ -195,15 +195,25 @@ def test_trained_classifier_refuses_other_classes(digits_clip):
         tc.zero_shot_classifier(["one", "zero"], None)
 
 
-def test_lvlm_recipe_evaluates_through_the_suite_runner(tmp_path):
+def test_lvlm_recipe_evaluates_through_the_suite_runner(tmp_path, monkeypatch):
     """The LVLM recipe's before / after rows are the suite runner's cells on a generated VQA suite (results v2 with a
-    run section), and that suite's protocol (every ε from the clean images) gives `evaluate_vqa`'s numbers."""
+    run section), and that suite's protocol (every ε from the clean images, in the dataset's batches) gives
+    `evaluate_vqa`'s numbers: the same attack calls on the same question batches."""
     import fare_llava
 
+    import vlmrobust.attacks.vlm as vlm_attacks
     from vlmrobust.data.shapes_vqa import ShapesVQA
     from vlmrobust.eval import load_results
     from vlmrobust.eval.vqa import evaluate_vqa
     from vlmrobust.models import create_model
+
+    calls, real = [], vlm_attacks.ensemble_attack
+
+    def recording(model, pixels, questions, references, **kw):
+        calls.append((kw["eps"], tuple(questions)))
+        return real(model, pixels, questions, references, **kw)
+
+    monkeypatch.setattr(vlm_attacks, "ensemble_attack", recording)
 
     out = tmp_path / "llava"
     fare_llava.main(["--config", str(ROOT / "recipes/configs/quickstart_llava.yaml"), "--output_dir", str(out),
@@ -219,8 +229,10 @@ def test_lvlm_recipe_evaluates_through_the_suite_runner(tmp_path):
     header, rows = next((h, r) for h, r in tables(report) if h[:2] == ["model", "n"])
     assert [r[0] for r in rows] == ["before", "after"]
     trained = create_model(f"llava:{out}")
+    recipe_calls, calls[:] = list(calls), []
     ref = evaluate_vqa(trained, ShapesVQA(12, seed=10_000, transform=trained.preprocess), [2 / 255, 8 / 255], steps=2,
                        batch_size=6, answer_mode="rank", targets=("yes",), seed=0)
+    assert len(calls) == 2 * 2 and sorted(recipe_calls[-len(calls):]) == sorted(calls)  # 2 batches × 2 ε, "after"
     cells = data["cells"]
     assert round(cells["after|shapes-vqa|clean"]["accuracy"], 4) == ref["clean"]
     for eps, key in ((2 / 255, "2/255"), (8 / 255, "8/255")):
