@@ -156,12 +156,11 @@ def recipe_suite(script: ScriptArguments, seed: int = 0) -> dict:
 def recipe_evaluator(script: ScriptArguments, output_dir: str | Path, *, seed: int = 0, bf16: bool = False,
                      device=None, progress: bool = True):
     """A `SuiteEvaluator` for the recipe's evaluation: every row (before / after, paradigms, guide) runs through the
-    suite runner on `recipe_suite`, worst case per point over the attacks, into `<output_dir>/eval/` (suite results,
-    report, plots, `suite.yaml`)."""
+    suite runner on `recipe_suite`, worst case per point over the attacks, into `<output_dir>` (`results.json` in the
+    one results format, `report.md`, plots, `suite.yaml`)."""
     from .eval.protocol import SuiteEvaluator
 
-    return SuiteEvaluator(recipe_suite(script, seed), Path(output_dir) / "eval", bf16=bf16, device=device,
-                          progress=progress)
+    return SuiteEvaluator(recipe_suite(script, seed), Path(output_dir), bf16=bf16, device=device, progress=progress)
 
 
 def reload_spec(model, path: str | Path) -> str:
