@@ -168,6 +168,7 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     from .eval.vqa import evaluate_vqa
     from .models import create_model
     from .script_utils import RecipeParser
+    from .utils.determinism import enable_determinism
     from .utils.distributed import outside_zero3_init
     from .utils.io import atomic_write_json
 
@@ -180,6 +181,8 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
     # whole on every rank (FARE copies the frozen reference tower from it); ZeRO-3 partitions the trained tower only
     with outside_zero3_init():
         model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
+    if args.full_determinism:  # same numbers for any thread count (utils/determinism.py)
+        enable_determinism(model)
     train_ds, eval_ds = load_vqa_datasets(script, model, seed=args.seed)
     timings, results = {}, {}
     if script.sft_steps > 0:
@@ -210,6 +213,8 @@ def run_lvlm_fare_recipe(config_class, trainer_class, argv=None) -> dict:
         backend = script.model_name_or_path.split(":", 1)[0]
         with outside_zero3_init():
             trained = create_model(f"{backend}:{args.output_dir}", **kw)
+        if args.full_determinism:
+            enable_determinism(trained)
         results["after"] = _eval(trained, "after")
         print(f"[eval after]  {json.dumps({k: results['after'][k] for k in ('clean', 'robust')})}")
     timings["total_s"] = round(time.time() - t_start, 1)
