@@ -98,8 +98,9 @@ class ThreadInvariantLayerNorm(nn.LayerNorm):
 def thread_invariant_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """`sigmoid(x)` from `exp` of a non-positive argument and exact arithmetic (no overflow, so no inf / NaN in the
     gradient): `1 / (1 + e)` for x ≥ 0 and `e / (1 + e)` below, with `e = exp(-|x|)`."""
-    e = torch.exp(-x.abs())
-    return torch.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    pos = x >= 0
+    e = torch.exp(torch.where(pos, -x, x))  # not -x.abs(): its gradient at 0 would be 0
+    return torch.where(pos, 1 / (1 + e), e / (1 + e))
 
 
 class ThreadInvariantSigmoidLinear(nn.Module):
