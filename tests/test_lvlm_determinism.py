@@ -49,7 +49,7 @@ def _launch(threads: int, out: Path, env: dict) -> subprocess.Popen:
 
 
 def _strip(obj, drop=("seconds", "train_runtime", "train_samples_per_second", "train_steps_per_second", "updated",
-                       "created", "timings", "attacked_questions_per_s", "images_per_s")):
+                       "created", "timings", "attacked_questions_per_s", "attacked_images_per_s")):
     """`obj` without wall-clock fields (everything else must match to the bit)."""
     if isinstance(obj, dict):
         return {k: _strip(v, drop) for k, v in obj.items() if k not in drop}
