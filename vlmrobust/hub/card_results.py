@@ -6,7 +6,7 @@ value). This module is the only place that knows the results format; when the fo
 
 Today it reads the suite runner's cells (`format: vlmrobust.eval/v1`, and `vlmrobust.results/v2`, which keeps the
 same cell keys: `model|dataset|clean`, `model|dataset|<attack>|<norm>|<ε>`, with `kind`, `accuracy` / `cider`,
-`attack`, `norm`, `eps`, `steps`, `n`), as written by `vlmrobust eval` and into a recipe's `<output_dir>/eval/`.
+`attack`, `norm`, `eps`, `steps`, `n`), as written by `vlmrobust eval` and by every recipe into `<output_dir>/results.json` (before v2: `<output_dir>/eval/`).
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def load_result_rows(path: str | os.PathLike, model: str | None = None) -> list[
 
 
 def find_results_file(folder: str | os.PathLike) -> Path | None:
-    """The results file of a checkpoint folder that holds suite cells: `eval/results.json`, else `results.json`."""
-    for candidate in (Path(folder) / "eval" / "results.json", Path(folder) / "results.json"):
+    """The results file of a checkpoint folder that holds suite cells: `results.json` (v2: a recipe writes its cells
+    there), else `eval/results.json` (where recipes kept them before v2)."""
+    for candidate in (Path(folder) / "results.json", Path(folder) / "eval" / "results.json"):
         if candidate.is_file():
             try:
                 if "cells" in json.loads(candidate.read_text(encoding="utf-8")):
