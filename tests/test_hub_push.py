@@ -294,10 +294,13 @@ def test_recipe_push_to_hub_goes_through_vlmrobust_push(hub, tiny_open_clip_dir,
     assert len(hub.commits("alice/recipe-fare")) == 2  # one commit, at the end (not one per save)
     files = hub.files("alice/recipe-fare")
     assert not any(p.startswith("checkpoint-") or p.endswith(".bin") for p in files)
-    assert {"open_clip_model.safetensors", "README.md", "eval/results.json", "report.md"} <= set(files)
+    assert {"open_clip_model.safetensors", "README.md", "results.json", "report.md"} <= set(files)
     assert hub.repos[("model", "alice/recipe-fare")].private
     meta, _ = parse_card(files["README.md"].decode())
     assert meta["model-index"][0]["name"] == "alice/recipe-fare"
+    # the card's numbers are the recipe's `after` row (the pushed checkpoint), read from its v2 results.json
+    results = meta["model-index"][0]["results"]
+    assert results and all(m["value"] is not None for r in results for m in r["metrics"])
     assert all(TOKEN.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 

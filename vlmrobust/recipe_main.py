@@ -41,7 +41,7 @@ def run_clip_recipe(method, argv=None) -> dict:
     """
     from .eval.protocol import TrainedClassifier
     from .eval.report import accuracy_table, protocol_text
-    from .hub.model_card import write_model_card
+    from .hub.card_folder import write_model_card
     from .hub.push import take_hub_push
     from .models import create_model
     from .trainers import resolve_method

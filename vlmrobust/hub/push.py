@@ -24,16 +24,9 @@ from pathlib import Path
 from .. import __version__
 from ..layout import TRAINING_STATE_PATTERNS, detect_layout, missing_files
 from ..utils.hub_access import HubAccessError, describe_hub_error, hub_endpoint, require_hub
+from .card_folder import card_info_from_folder, folder_results
 from .card_results import ResultRow, load_result_rows
-from .model_card import (
-    ResultSource,
-    append_result_set,
-    build_model_card,
-    card_info_from_folder,
-    checkpoint_kind,
-    folder_results,
-    is_generated,
-)
+from .model_card import ResultSource, append_result_set, build_model_card, checkpoint_kind, is_generated
 
 #: files larger than this are weights, not text: not scanned for the token
 _SCAN_LIMIT = 64 * 1024 * 1024
