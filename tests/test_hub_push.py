@@ -304,6 +304,38 @@ def test_recipe_push_to_hub_goes_through_vlmrobust_push(hub, tiny_open_clip_dir,
     assert all(TOKEN.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
+def test_lvlm_recipe_push_to_hub_uploads_the_llava_checkpoint_with_its_card(hub, tmp_path):
+    """`push_to_hub=True` in the LVLM recipe: one commit at the end with the transformers LLaVA checkpoint, the
+    results file and a card whose model-index holds the trained model's VQA numbers; the download loads with plain
+    transformers and gives the saved model's logits."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import fare_llava
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "llava"
+    fare_llava.main(["--config", str(ROOT / "recipes/configs/quickstart_llava.yaml"), "--output_dir", str(out),
+                     "--sft_steps", "0", "--train_samples", "8", "--max_steps", "1", "--per_device_train_batch_size",
+                     "4", "--attack_steps", "1", "--eval_samples", "6", "--eval_batch_size", "6",
+                     "--eval_attack_steps", "1", "--eval_epsilons", "8/255", "--save_strategy", "no",
+                     "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "alice/llava-fare",
+                     "--hub_token", TOKEN])
+    assert len(hub.commits("alice/llava-fare")) == 2  # the initial commit and the push
+    files = hub.files("alice/llava-fare")
+    assert {"config.json", "model.safetensors", "README.md", "results.json"} <= set(files)
+    assert not any(p.startswith("checkpoint-") or p.endswith(".bin") for p in files)
+    meta, _ = parse_card(files["README.md"].decode())
+    expected = load_result_rows(out / "results.json", "after")
+    assert expected and _same(rows_from_model_index(meta["model-index"]), expected)
+    assert {r.metric for r in expected} == {"vqa_accuracy"} and any(r.attack for r in expected)
+    path = snapshot_download("alice/llava-fare", token=TOKEN, cache_dir=tmp_path / "c")
+    enc = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    with torch.no_grad():
+        down = LlavaForConditionalGeneration.from_pretrained(path).eval()(**enc).logits
+        local = LlavaForConditionalGeneration.from_pretrained(out).eval()(**enc).logits
+    assert torch.equal(down, local)
+    assert all(TOKEN.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
 def test_radapt_recipe_pushes_each_paradigm_with_its_numbers(hub, tiny_open_clip_dir, tmp_path):
     sys.path.insert(0, str(ROOT / "recipes"))
     import radapt_clip
