@@ -80,8 +80,10 @@ def build(paradigm: str, base, args: RAdaptConfig, train_ds, out: Path, guide=No
 
 def main(argv=None) -> dict:
     from vlmrobust.eval.report import accuracy_table
+    from vlmrobust.hub.push import take_hub_push
 
     script, ra, args = make_parser().parse_args_and_config(argv)
+    hub = take_hub_push(args)  # push_to_hub=True: each paradigm folder goes up once, through `vlmrobust push`
     if ra.paradigm not in (*PARADIGMS, "all"):
         raise ValueError(f"--paradigm must be one of {', '.join(PARADIGMS)} or 'all', got {ra.paradigm!r}.")
     paradigms = list(PARADIGMS) if ra.paradigm == "all" else [ra.paradigm]
@@ -159,6 +161,9 @@ def main(argv=None) -> dict:
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
         print(f"\nWrote {root}/results.json (every cell, the suite and the rows), report.md and its plots, and one "
               f"folder per paradigm ({timings})")
+        for p in paradigms if hub is not None else ():  # one repo per paradigm: <hub_model_id>-<paradigm> when several
+            hub.push(root / p, suffix=f"-{p}" if len(paradigms) > 1 else "",
+                     results=(root / "results.json", LABELS[p]) if LABELS[p] in results else None)
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}
 

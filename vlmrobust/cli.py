@@ -7,6 +7,8 @@
     vlmrobust report outputs/run-a/results.json outputs/run-b/results.json --output outputs/compare
     vlmrobust report outputs/quickstart-fare          # a recipe's folder: its before / after rows and every cell
     vlmrobust convert outputs/old-eval/results.json   # a results file of format v1 -> v2
+    vlmrobust push outputs/fare4-vitb32 me/fare4-vit-b-32 [--private] [--revision dev] [--dry-run staged/]
+    vlmrobust eval --model hf-hub:me/fare4-vit-b-32 --suite digits --output outputs/eval-released --update-card
     vlmrobust info
 """
 
@@ -38,6 +40,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.add_argument("--update-card", action="store_true",
+                    help="append the results to the model card of the (single) Hub model evaluated, in one commit "
+                         "(needs a token with write access: `hf auth login` or HF_TOKEN)")
 
     rp = sub.add_parser("report", help="re-render report.md and plots from one or more results.json")
     rp.add_argument("results", nargs="+", help="results.json files (or their folders: `vlmrobust eval` outputs, recipe "
@@ -52,10 +57,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods / data sources")
 
-    ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub")
-    ps.add_argument("folder", help="output_dir of a vlmrobust run")
-    ps.add_argument("repo_id", help="e.g. me/fare4-vit-b-32")
+    ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub, in one "
+                                     "commit (token: `hf auth login` or HF_TOKEN)")
+    ps.add_argument("folder", help="output_dir of a vlmrobust run (any kind: open_clip, transformers CLIP / LLaVA / "
+                                   "Qwen-VL, PEFT adapter, R-Adapt anchors)")
+    ps.add_argument("repo_id", help="e.g. me/fare4-vit-b-32 (a bare name goes to your user)")
     ps.add_argument("--private", action="store_true", help="create the repo as private")
+    ps.add_argument("--revision", default=None, help="branch to push to (created from main when missing)")
+    ps.add_argument("--commit-message", default=None, help="commit title")
+    ps.add_argument("--dry-run", metavar="DIR", default=None,
+                    help="write exactly what would be uploaded (model card included) to DIR; no network")
     return parser
 
 
@@ -63,10 +74,22 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval.report import console_summary
     from .eval.runner import run_suite
 
+    if args.update_card:
+        from .hub.push import check_can_write, hub_model_repo
+
+        if len(args.model) != 1:
+            raise SystemExit("vlmrobust eval: error: --update-card takes exactly one --model (the Hub model whose card "
+                             "gets the results).")
+        try:  # a local model, no network or no write access: say so before evaluating anything
+            check_can_write(hub_model_repo(args.model[0]))
+        except ValueError as err:
+            print(f"vlmrobust eval: error: {err}", file=sys.stderr)
+            return 2
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    _probe_hub_for_suite(args.suite)
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
     res = run_suite(args.model, args.suite, args.output, device=args.device, bf16=args.bf16,
                     n_samples=args.n_samples, batch_size=args.batch_size, datasets=datasets, resume=args.resume,
@@ -75,7 +98,34 @@ def _eval(args: argparse.Namespace) -> int:
     run = res.get("last_run", {})
     print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused from an earlier run. "
           f"Wrote {args.output}/results.json, report.md and plots.")
+    skipped = res.get("skipped") or {}
+    if skipped and not res.get("cells"):
+        print(f"vlmrobust eval: error: every dataset was skipped ({len(skipped)}: "
+              f"{'; '.join(f'{k}: {v}' for k, v in skipped.items())[:500]}); nothing was evaluated.", file=sys.stderr)
+        return 1
+    if args.update_card:
+        from .hub.card_results import load_result_rows
+        from .hub.push import hub_model_repo, update_card
+
+        results = f"{args.output}/results.json"
+        url = update_card(hub_model_repo(args.model[0]), load_result_rows(results, args.model[0]), results,
+                          suite=res.get("suite", {}).get("name", str(args.suite)))
+        print(f"Added the results to the model card: {url}")
     return 0
+
+
+def _probe_hub_for_suite(suite: str) -> None:
+    """Probe the Hub once before a suite whose datasets come from it (fails over to the cache in seconds)."""
+    from .utils.hub_access import needs_hub_source, use_cache_if_unreachable
+
+    try:
+        from .eval.suite import load_suite
+
+        sources = [d.source for d in load_suite(suite).datasets]
+    except Exception:  # an unreadable suite is reported by run_suite itself, with its own message
+        return
+    if any(needs_hub_source(s) for s in sources):
+        use_cache_if_unreachable()
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -110,7 +160,12 @@ def _convert(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from .hub.push import push_to_hub
 
-    print(push_to_hub(args.folder, args.repo_id, private=args.private))
+    try:
+        print(push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                          commit_message=args.commit_message, dry_run=args.dry_run))
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # a local problem, said in one line
+        print(f"vlmrobust push: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -148,9 +203,15 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .utils.hub_access import HubAccessError
+
     args = make_parser().parse_args(argv)
     handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push}[args.command]
-    return handler(args)
+    try:
+        return handler(args)
+    except HubAccessError as err:  # already one line that says what to do: no traceback
+        print(f"vlmrobust {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ A vlmrobust output folder is in its backend's *native* layout, so the backend's 
   "local-dir:<dir>")`);
 - `transformers`: `config.json` + `*.safetensors` (`CLIPModel` / `LlavaForConditionalGeneration` / Qwen
   `from_pretrained`);
+- `peft`: `adapter_config.json` + `adapter_model.safetensors` (a LoRA / PEFT adapter of a LLaVA or Qwen-VL model;
+  `PeftModel.from_pretrained(<base model>, <dir>)`);
 - `radapt`: `radapt_config.json` + `radapt_anchor.safetensors` (anchors and settings only, no backbone weights;
   `create_model("radapt:<dir>")`).
 
@@ -26,6 +28,8 @@ OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 HF_CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAME = "model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 RADAPT_CONFIG_NAME = "radapt_config.json"
 RADAPT_WEIGHTS_NAME = "radapt_anchor.safetensors"
 VLMROBUST_CONFIG_NAME = "vlmrobust_config.json"
@@ -37,12 +41,19 @@ WEIGHT_SPACE_STATE_NAME = "vlmrobust_weight_space.pt"
 REQUIRED_FILES = {
     "open_clip": (OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_WEIGHTS_NAME),
     "transformers": (HF_CONFIG_NAME, "*.safetensors"),
+    "peft": (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME),
     "radapt": (RADAPT_CONFIG_NAME, RADAPT_WEIGHTS_NAME),
 }
 
+#: files and folders only needed to resume training (optimizer, scheduler, RNG, pickled arguments, which hold the Hub
+#: token, intermediate checkpoints), kept out of a published model; globs relative to the output folder
+TRAINING_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json",
+                           "training_args.bin", "checkpoint-*", "global_step*", "latest", "zero_to_fp32.py", "*.tmp",
+                           "vlmrobust_weight_space.pt")
+
 
 def detect_layout(folder: str | os.PathLike) -> str | None:
-    """`"radapt"`, `"open_clip"` or `"transformers"` from the config file a folder holds (None: none of them).
+    """`"radapt"`, `"open_clip"`, `"peft"` or `"transformers"` from the config file a folder holds (None: none).
 
     Only the config file decides; :func:`missing_files` says whether the layout is complete.
     """
@@ -51,9 +62,24 @@ def detect_layout(folder: str | os.PathLike) -> str | None:
         return "radapt"
     if (path / OPEN_CLIP_CONFIG_NAME).is_file():
         return "open_clip"
+    if (path / PEFT_CONFIG_NAME).is_file() and not (path / HF_CONFIG_NAME).is_file():
+        return "peft"
     if (path / HF_CONFIG_NAME).is_file():
         return "transformers"
     return None
+
+
+def hf_model_type(folder: str | os.PathLike) -> str | None:
+    """`model_type` of a transformers folder's `config.json` (`clip`, `llava`, `qwen2_vl`, ...), or None."""
+    import json
+
+    cfg = Path(folder) / HF_CONFIG_NAME
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text()).get("model_type")
+    except (ValueError, OSError):
+        return None
 
 
 def missing_files(folder: str | os.PathLike, layout: str) -> list[str]:

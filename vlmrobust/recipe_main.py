@@ -41,13 +41,15 @@ def run_clip_recipe(method, argv=None) -> dict:
     """
     from .eval.protocol import TrainedClassifier
     from .eval.report import accuracy_table, protocol_text
-    from .hub.model_card import write_model_card
+    from .hub.card_folder import write_model_card
+    from .hub.push import take_hub_push
     from .models import create_model
     from .trainers import resolve_method
 
     method = resolve_method(method)
     parser = RecipeParser((ScriptArguments, method.config_class))
     script, args = parser.parse_args_and_config(argv)
+    hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
@@ -97,6 +99,7 @@ def run_clip_recipe(method, argv=None) -> dict:
         results = {name: evaluate.robust_accuracy(name) for name in evaluate.rows}
         write_model_card(
             args.output_dir, backend=model.backend, base_model=script.model_name_or_path, method=args.method,
+            repo_id=hub.repo_id if hub else None,
             results_markdown=protocol_text(results) + "\n\n" + accuracy_table(results), notes=intro,
             training={"epsilon": f"{args.epsilon * 255:.3g}/255 ({args.attack_norm})", "attack":
                       f"{args.attack}-{args.attack_steps}", "dataset": script.dataset_name,
@@ -104,5 +107,7 @@ def run_clip_recipe(method, argv=None) -> dict:
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
         print(f"\nWrote {args.output_dir}/results.json (every cell, the suite and the run's rows), report.md and its "
               f"plots, suite.yaml, README.md (model card) and the checkpoint ({json.dumps(timings)})")
+    if hub is not None and state.is_main_process:
+        hub.push(args.output_dir)
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}

@@ -214,6 +214,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
 
     from .eval.protocol import SuiteEvaluator
     from .eval.report import console_summary
+    from .hub.push import take_hub_push
     from .models import create_model
     from .script_utils import RecipeParser
     from .trainers import resolve_method
@@ -222,6 +223,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
 
     method = resolve_method(method)
     script, args = RecipeParser((LVLMScriptArguments, method.config_class)).parse_args_and_config(argv)
+    hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
     set_seed(args.seed)
@@ -279,5 +281,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
                                   config=args.to_vlmrobust_dict()["config"], train_metrics=train_out.metrics,
                                   timings=timings)
         print(f"Wrote {args.output_dir}/results.json, report.md and the checkpoint ({json.dumps(timings)})")
+    if hub is not None and state.is_main_process:
+        hub.push(args.output_dir)
     state.wait_for_everyone()
     return results

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..layout import detect_layout
 from ..registry import Registry
+from ..utils.hub_access import hub_download, needs_hub
 from .base import VisionLanguageModel
 
 #: prefix -> loader(spec: str, **kwargs) -> VisionLanguageModel. Later backends (`llava:`, `qwen_vl:`) register here.
@@ -101,4 +102,9 @@ def create_model(name: str, **kwargs) -> VisionLanguageModel:
             f"Unknown model '{name}'. A model id starts with a backend prefix ({known}), "
             "e.g. 'open_clip:ViT-B-32/openai', 'hf-clip:openai/clip-vit-base-patch32' or 'local-dir:./outputs/fare'."
         )
-    return BACKENDS.get(prefix)(spec, **kwargs)
+    loader = BACKENDS.get(prefix)
+    if not needs_hub(name):
+        return loader(spec, **kwargs)
+    # a Hub id: probe the endpoint first (seconds, not minutes, without network) and report a cache miss in one line
+    with hub_download(f"'{name}'"):
+        return loader(spec, **kwargs)
