@@ -33,9 +33,10 @@ from ..optim import (
     set_full_grad,
 )
 from ..utils.distributed import check_zero_stage
-from ..utils.io import atomic_save_safetensors
+from ..utils.io import atomic_save_safetensors, check_safetensors, umask_modes
 from .activation_checkpointing import attach_activation_checkpointing
 from .base_config import RobustTrainingArguments
+from .run_guards import check_has_batches, check_output_dir, check_resume_config, check_steps_trained, resolve_resume
 from .training_attack import AttackLoop, check_training_attack
 
 __all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "image_collator", "require_vlm"]
@@ -233,6 +234,21 @@ class RobustTrainer(AttackLoop, Trainer):
                 self._before_optimizer_step(model)
         return loss.detach()
 
+    # -- the run: guards before and after (`run_guards`) -----------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, guarded: `resume_from_checkpoint=True` takes the newest *complete* checkpoint; an
+        earlier run in `output_dir` is refused unless resuming or `overwrite_output_dir`; a resumed run keeps its
+        method and threat model unless `resume_allow_config_change`; a run that trains fewer optimizer steps than
+        asked raises instead of saving an under-trained model as the result."""
+        resume = resolve_resume(self.args.output_dir, resume_from_checkpoint)
+        check_output_dir(self.args.output_dir, resume=resume, overwrite=self.args.overwrite_output_dir)
+        if resume is not None:
+            check_resume_config(self.args, resume)
+        check_has_batches(self.args, self.train_dataset)
+        out = super().train(resume_from_checkpoint=resume, **kwargs)
+        check_steps_trained(self)
+        return out
+
     # -- checkpoints: the weight-space hooks' state beside the optimizer's ------------------------------------------
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
@@ -268,7 +284,9 @@ class RobustTrainer(AttackLoop, Trainer):
         if extra:
             atomic_save_safetensors(Path(output_dir) / EXTRA_WEIGHTS_NAME, extra, metadata={"format": "pt"})
         self.vlm.save_pretrained(output_dir, state_dict=full, **self.args.to_vlmrobust_dict())
+        # pickled without its `*_token` secrets (`RobustTrainingArguments.__getstate__`)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        umask_modes(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         from safetensors.torch import load_file
@@ -279,6 +297,7 @@ class RobustTrainer(AttackLoop, Trainer):
         if not weights:
             raise FileNotFoundError(f"No vlmrobust checkpoint weights in {ckpt} ({OPEN_CLIP_WEIGHTS_NAME} / "
                                     f"{HF_WEIGHTS_NAME}): is this a checkpoint folder written by a vlmrobust trainer?")
+        check_safetensors(weights[0])
         full = load_file(weights[0], device="cpu")
         sd = {k: full[n] for k, n in self._native_keys.items() if n in full}
         missing = [k for k, n in self._native_keys.items() if n not in full]

@@ -61,6 +61,7 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Te
         clean = {k: v.detach().contiguous().clone() if _shares(v, tensors) else v.detach().contiguous()
                  for k, v in tensors.items()}
         save_file(clean, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors re-creates the file as 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -77,6 +78,37 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def umask_modes(folder: str | os.PathLike) -> None:
+    """Give the files right in `folder` the mode a plain `open()` gives (0666 minus the umask): libraries that
+    save through private temp files (safetensors: 0600) differ otherwise."""
+    want = 0o666 & ~_umask()
+    for p in [p for p in Path(folder).iterdir() if p.is_file() and not p.is_symlink()]:
+        try:
+            if (p.stat().st_mode & 0o777) != want:
+                os.chmod(p, want)
+        except OSError:  # not ours to change (a shared folder): leave it
+            pass
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """`tempfile.mkdtemp` with the mode a plain `mkdir` gives (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise a `ValueError` naming `path` when it is not a readable safetensors file (truncated, corrupt)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # SafetensorsError, OSError, ...: the library's message does not name the file
+        raise ValueError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); re-save or re-download "
+                         "it.") from None
 
 
 def _shares(t: torch.Tensor, tensors: dict[str, torch.Tensor]) -> bool:
