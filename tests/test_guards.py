@@ -100,17 +100,23 @@ def test_a_loader_with_no_batch_is_refused(tiny_open_clip_dir, image_dataset, tm
         trainer.train()
 
 
-def test_a_run_that_stops_short_fails(tiny_open_clip_dir, image_dataset, tmp_path):
-    from transformers import TrainerCallback
+def test_a_run_that_stops_short_fails(tmp_path, capsys):
+    from types import SimpleNamespace
 
-    class StopAtOne(TrainerCallback):  # stands for anything that ends the loop before max_steps
-        def on_step_end(self, args, state, control, **kw):
-            control.should_training_stop = True
+    from vlmrobust.trainers.run_guards import check_steps_trained
 
-    trainer = fare(tiny_open_clip_dir, image_dataset, tmp_path, max_steps=3)
-    trainer.add_callback(StopAtOne())
-    with pytest.raises(RuntimeError, match=r"after 1 of 3 optimizer steps"):
-        trainer.train()
+    def run(done, asked, stop):
+        return SimpleNamespace(state=SimpleNamespace(global_step=done, max_steps=asked),
+                               control=SimpleNamespace(should_training_stop=stop),
+                               args=SimpleNamespace(output_dir=str(tmp_path)))
+
+    with pytest.raises(RuntimeError, match=r"after 2 of 3 optimizer steps"):
+        check_steps_trained(run(2, 3, False))  # the loop ran out of data
+    with pytest.raises(RuntimeError, match=r"after 0 of 3 optimizer steps"):
+        check_steps_trained(run(0, 3, True))
+    check_steps_trained(run(3, 3, True))
+    check_steps_trained(run(1, 3, True))  # a callback (early stopping) asked for the stop: honoured, said
+    assert "stopped by a callback after 1 of 3" in capsys.readouterr().out
 
 
 # -- 4. resume takes the newest *complete* checkpoint --------------------------------------------------------------
@@ -329,3 +335,67 @@ def test_corrupt_safetensors_names_the_file(tiny_open_clip_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(ValueError, match=rf"{weights}.*corrupt or truncated"):
         create_model(f"local-dir:{folder}")
+
+
+# -- NaN / Inf in the loss or gradients ---------------------------------------------------------------------------
+class NaNAtStep(FARETrainer):
+    """FARE whose loss is NaN at the optimizer steps in `nan_steps` (1-based)."""
+
+    nan_steps = ()
+
+    def compute_loss(self, model, inputs, **kw):
+        loss = super().compute_loss(model, inputs, **kw)
+        return loss * float("nan") if self.state.global_step + 1 in self.nan_steps else loss
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_last_good_checkpoint(tiny_open_clip_dir, image_dataset,
+                                                                           tmp_path):
+    out = tmp_path / "run"
+    trainer = NaNAtStep(create_model(f"local-dir:{tiny_open_clip_dir}"),
+                        fare_args(out, max_steps=3, save_strategy="steps", save_steps=1), train_dataset=image_dataset)
+    trainer.nan_steps = (2,)
+    with pytest.raises(FloatingPointError, match=rf"optimizer step 2.*{out / 'checkpoint-1'}.*--nonfinite_loss skip"):
+        trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the NaN step never reached a weight
+
+
+def test_nan_loss_skip_mode_skips_the_step(tiny_open_clip_dir, image_dataset, tmp_path):
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    trainer = NaNAtStep(model, fare_args(tmp_path, max_steps=1, nonfinite_loss="skip"), train_dataset=image_dataset)
+    trainer.nan_steps = (1,)
+    trainer.train()
+    assert trainer.skipped_steps == [1] and trainer.state.global_step == 1
+    for k, v in model.image_encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="'stop' or 'skip'"):
+        fare_args(tmp_path, nonfinite_loss="ignore")
+
+
+def test_an_attack_that_returns_nan_never_counts_a_point_as_robust(monkeypatch):
+    from types import SimpleNamespace
+
+    from vlmrobust.eval import zero_shot
+
+    class Constant(torch.nn.Module):  # predicts class 0 for every image; NaN in, NaN logits out
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+
+        def forward(self, x):
+            return x.flatten(1).mean(1, keepdim=True) * 0 + self.w
+
+    class NaNAttack:
+        def __init__(self, *a, **kw):
+            pass
+
+        def perturb(self, x, y):
+            x_adv = x.clone()
+            x_adv[0] = float("nan")
+            return SimpleNamespace(x_adv=x_adv)
+
+    monkeypatch.setattr(zero_shot, "build_attack", NaNAttack)
+    data = [{"pixel_values": torch.full((3, 4, 4), 0.5), "labels": 0} for _ in range(3)]
+    survived, broken = zero_shot.attack_survivors(Constant(), data, [0, 1, 2], 4 / 255, attacks=["apgd-ce"],
+                                                  device="cpu")
+    assert survived.tolist() == [False, True, True] and broken == {"apgd-ce": 1}

@@ -78,6 +78,9 @@ class RobustTrainingArguments(TrainingArguments):
     l2sp_lambda: float = field(default=0.01, metadata={"help": "L2-SP lambda: g <- g + lambda * (theta - theta_0)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Train into an output_dir that already holds a run (its checkpoints and model are replaced)."})
+    nonfinite_loss: str = field(default="stop", metadata={
+        "help": "A NaN / Inf loss or gradient: 'stop' the run (naming the step and the last good checkpoint) or "
+                "'skip' the optimizer step."})
     resume_allow_config_change: bool = field(default=False, metadata={
         "help": "Resume a checkpoint with another method / epsilon / attack than it was trained with."})
 
@@ -117,6 +120,8 @@ class RobustTrainingArguments(TrainingArguments):
         if self.attack_seed is None:
             self.attack_seed = self.seed
         _ = self.epsilon_scheduler  # validates the schedule fields
+        if self.nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}.")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive number of optimizer steps, or -1 to train "
                              f"num_train_epochs epochs; got {self.max_steps}.")

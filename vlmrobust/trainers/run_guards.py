@@ -158,11 +158,28 @@ def check_has_batches(args, dataset) -> None:
 
 
 def check_steps_trained(trainer) -> None:
-    """Fail a run that ended before the optimizer steps it was asked for: its model is not the requested run."""
-    done, asked = trainer.state.global_step, trainer.state.max_steps
-    if done < max(asked, 1):
-        raise RuntimeError(
-            f"Training stopped after {done} of {asked} optimizer steps (the data ran out or the loop was stopped); "
-            f"the model is not the run that was asked for. Check the dataset and batch size, or set max_steps to the "
-            f"steps the data gives. Checkpoints so far are in {trainer.args.output_dir}.")
+    """Fail a run that ended before the optimizer steps it was asked for (its model is not the requested run).
 
+    A stop a callback asked for (`control.should_training_stop`, e.g. early stopping) is honoured with a note;
+    a run of zero steps always fails.
+    """
+    done, asked = trainer.state.global_step, trainer.state.max_steps
+    if done >= max(asked, 1):
+        return
+    if done > 0 and getattr(trainer.control, "should_training_stop", False):
+        print(f"[vlmrobust] training stopped by a callback after {done} of {asked} optimizer steps.")
+        return
+    raise RuntimeError(
+        f"Training stopped after {done} of {asked} optimizer steps (the data ran out or the loop ended early); "
+        "the model is not the run that was asked for. Check the dataset and batch size, or set max_steps to the "
+        f"steps the data gives. Checkpoints so far are in {trainer.args.output_dir}.")
+
+
+def nonfinite_message(step: int, output_dir: str | os.PathLike) -> str:
+    """What a run stopped by a NaN / Inf loss or gradient says: the step and the last good checkpoint."""
+    last = newest_complete_checkpoint(output_dir)
+    where = (f"the last good checkpoint is {last} (resume with --resume_from_checkpoint true)" if last
+             else "no checkpoint was saved before it")
+    return (f"Non-finite loss or gradient (NaN / Inf) at optimizer step {step}: training stopped before the "
+            f"optimizer step, so no weight took it; {where}. Lower the learning rate or the budget, check the data, "
+            "or pass --nonfinite_loss skip to skip such steps.")
