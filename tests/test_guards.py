@@ -399,3 +399,35 @@ def test_an_attack_that_returns_nan_never_counts_a_point_as_robust(monkeypatch):
     survived, broken = zero_shot.attack_survivors(Constant(), data, [0, 1, 2], 4 / 255, attacks=["apgd-ce"],
                                                   device="cpu")
     assert survived.tolist() == [False, True, True] and broken == {"apgd-ce": 1}
+
+
+# -- unreadable images -------------------------------------------------------------------------------------------------
+def _folder_with_a_corrupt_image(root: Path) -> Path:
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(root / cls / f"{i}.png")
+    (root / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+def test_an_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp_path):
+    import datasets
+
+    from vlmrobust.data.classification import build_classification_dataset, default_image_transform
+    from vlmrobust.trainers.base_trainer import image_collator
+
+    root = _folder_with_a_corrupt_image(tmp_path / "imgs")
+    rows = datasets.load_dataset("imagefolder", data_dir=str(root), split="train")
+    ds = build_classification_dataset(rows, name=f"imagefolder:{root}", split="train",
+                                      transform=default_image_transform(8), templates="simple")
+    bad = next(i for i in range(len(ds)) if ds.data.cast_column("image", datasets.Image(decode=False))[i]["image"]
+               ["path"].endswith("dog/1.png"))
+    with pytest.raises(ValueError, match=rf"Unreadable image imagefolder:.* row {bad}, file .*dog/1.png.*'skip'"):
+        ds[bad]
+    ds.bad_images = "skip"
+    items = [ds[i] for i in range(len(ds))]
+    assert sum(it is None for it in items) == 1 and ds.skipped == 1
+    assert image_collator(items)["pixel_values"].shape[0] == len(ds) - 1

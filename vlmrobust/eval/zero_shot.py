@@ -98,6 +98,9 @@ def _subset(dataset: Dataset, n_samples: int | None, seed: int) -> Dataset:
 
 
 def _collate(batch):
+    if any(b is None for b in batch):  # a skipped unreadable image would shift every point after it
+        raise ValueError("An unreadable image was skipped (bad_images='skip'), but evaluation scores every point of "
+                         "its subset by position: remove or replace the file, or use bad_images='fail' to name it.")
     return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor(
         [int(b["labels"]) for b in batch], dtype=torch.long)
 

@@ -50,7 +50,11 @@ __all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "i
 
 
 def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack `pixel_values` (and `labels` when present) of dataset items."""
+    """Stack `pixel_values` (and `labels` when present) of dataset items (skipped unreadable images, `None`,
+    dropped)."""
+    features = [f for f in features if f is not None]
+    if not features:
+        raise ValueError("Every image of a training batch was unreadable (skipped): check the dataset.")
     batch = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
     if "labels" in features[0]:
         batch["labels"] = torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long)
