@@ -112,3 +112,46 @@ def test_full_disk_while_saving_weights_names_the_file_and_keeps_the_old_one(tin
     with pytest.raises(OSError, match=rf"No space left on device.*{out / OPEN_CLIP_WEIGHTS_NAME}"):
         model.save_pretrained(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# -- SIGKILL mid-eval ---------------------------------------------------------------------------------------------------
+EVAL = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from vlmrobust.eval.runner import run_suite
+tiny, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+suite = {"name": "faults", "datasets": [{"name": "digits", "source": "digits", "n_samples": 12, "batch_size": 6,
+         "attacks": [{"attack": "apgd-ce", "norm": "Linf", "eps": ["2/255", "4/255", "8/255"], "steps": 2}]}]}
+done = []
+def on_cell(key, cell):
+    done.append(key)
+    if kill_after and len(done) == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+res = run_suite({"m": f"local-dir:{tiny}"}, suite, out, device="cpu", on_cell=on_cell, progress=False)
+print("LAST_RUN", res["last_run"]["computed_cells"], res["last_run"]["reused_cells"], flush=True)
+"""
+
+
+def _eval(tiny, out, kill_after=0):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", EVAL, str(tiny), str(out), str(kill_after)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_eval_resumes_from_the_stored_cells(tiny_open_clip_dir, tmp_path):
+    full = _eval(tiny_open_clip_dir, tmp_path / "full")
+    assert full.returncode == 0 and "LAST_RUN 4 0" in full.stdout, full.stderr[-3000:]
+    killed = _eval(tiny_open_clip_dir, tmp_path / "cut", kill_after=2)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    stored = json.loads((tmp_path / "cut" / "results.json").read_text())  # valid JSON: written atomically
+    assert len(stored["cells"]) == 2
+    resumed = _eval(tiny_open_clip_dir, tmp_path / "cut")
+    assert resumed.returncode == 0 and "LAST_RUN 2 2" in resumed.stdout, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "full" / "results.json").read_text())["cells"]
+    b = json.loads((tmp_path / "cut" / "results.json").read_text())["cells"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert {f: v for f, v in a[k].items() if f != "seconds" and "per_s" not in f} == \
+               {f: v for f, v in b[k].items() if f != "seconds" and "per_s" not in f}, k
