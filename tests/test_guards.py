@@ -167,7 +167,7 @@ def test_resume_refuses_a_changed_threat_model_unless_told(tiny_open_clip_dir, i
     out = tmp_path / "run"
     fare(tiny_open_clip_dir, image_dataset, out, max_steps=1, save_strategy="steps", save_steps=1).train()
     changed = fare(tiny_open_clip_dir, image_dataset, out, max_steps=2, epsilon=8 / 255, attack_steps=3)
-    with pytest.raises(ValueError, match=r"epsilon.*attack_steps.*--resume_allow_config_change"):
+    with pytest.raises(ValueError, match=r"epsilon: 4/255 -> 8/255; attack_steps: 1 -> 3.*--resume_allow_config_change"):
         changed.train(resume_from_checkpoint=True)
     told = fare(tiny_open_clip_dir, image_dataset, out, max_steps=2, epsilon=8 / 255,
                 resume_allow_config_change=True)

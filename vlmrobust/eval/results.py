@@ -187,7 +187,6 @@ class Store:
             except CorruptResultsError as err:
                 moved = move_aside(self.path)
                 logger.warning("%s Moved it aside to %s; starting afresh (no finished cell is reused).", err, moved)
-                print(f"[vlmrobust] {err} Moved it aside to {moved}; starting afresh.")
             except ResultsFormatError as err:
                 raise ResultsFormatError(f"{err} (or run without resuming: --no-resume / resume=False)") from None
         self.cells: dict[str, dict] = dict(old.get("cells", {}))

@@ -125,6 +125,12 @@ def _differs(a, b) -> bool:
     return a != b
 
 
+def _show(key: str, value) -> str:
+    if key in ("epsilon", "attack_step_size") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value * 255:.4g}/255"
+    return repr(value)
+
+
 def check_resume_config(args, checkpoint: str | os.PathLike) -> None:
     """Refuse to resume `checkpoint` with another method / threat model than it was trained with, unless
     `args.resume_allow_config_change` (then the saved config states the new values from this point on)."""
@@ -132,7 +138,7 @@ def check_resume_config(args, checkpoint: str | os.PathLike) -> None:
     if saved is None:
         return
     now = {**args.to_vlmrobust_dict()["config"], "method": args.method}
-    changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in RESUME_KEYS
+    changed = [f"{k}: {_show(k, saved[k])} -> {_show(k, now.get(k))}" for k in RESUME_KEYS
                if k in saved and _differs(saved[k], now.get(k))]
     if changed and not getattr(args, "resume_allow_config_change", False):
         raise ValueError(f"Resuming {checkpoint} with another training setup ({'; '.join(changed)}): the saved "
