@@ -19,6 +19,16 @@ import sys
 from collections.abc import Sequence
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmrobust", description="Robustness evaluation of vision-language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,14 +41,14 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True, help="folder for results.json, report.md and plots")
     ev.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     ev.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (perturbations stay fp32)")
-    ev.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
-    ev.add_argument("--batch-size", type=int, default=None, help="override the suite's batch sizes")
+    ev.add_argument("--n-samples", type=_positive_int, default=None, help="cap every dataset's sample count")
+    ev.add_argument("--batch-size", type=_positive_int, default=None, help="override the suite's batch sizes")
     ev.add_argument("--datasets", default=None, help="comma-separated subset of the suite's datasets")
     ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="reuse finished cells of an existing results.json (default: on)")
     ev.add_argument("--skip-missing", action="store_true", help="skip datasets that cannot be loaded")
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ev.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument("--update-card", action="store_true",
                     help="append the results to the model card of the (single) Hub model evaluated, in one commit "

@@ -216,6 +216,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     from .eval.report import console_summary
     from .hub.push import take_hub_push
     from .models import create_model
+    from .recipe_main import guard_output_dir
     from .script_utils import RecipeParser
     from .trainers import resolve_method
     from .utils.determinism import enable_determinism
@@ -223,6 +224,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
 
     method = resolve_method(method)
     script, args = RecipeParser((LVLMScriptArguments, method.config_class)).parse_args_and_config(argv)
+    resume = guard_output_dir(args)  # before SFT / evaluation write anything into output_dir
     hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
@@ -258,7 +260,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     pixels = PixelsOnly(train_ds, model.preprocess)
     trainer = method.trainer_class(model, args, train_dataset=pixels, **method.trainer_kwargs(pixels))
     t0 = time.time()
-    train_out = trainer.train()
+    train_out = trainer.train(resume_from_checkpoint=resume)
     timings["train_s"] = round(time.time() - t0, 1)
     trainer.save_model(args.output_dir)
     state.wait_for_everyone()

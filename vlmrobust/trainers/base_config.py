@@ -76,6 +76,13 @@ class RobustTrainingArguments(TrainingArguments):
     weight_space: str = field(default="none", metadata={
         "help": "Weight-space hooks, '+'-joined names from vlmrobust.optim.WEIGHT_SPACE (e.g. 'l2sp'), or 'none'."})
     l2sp_lambda: float = field(default=0.01, metadata={"help": "L2-SP lambda: g <- g + lambda * (theta - theta_0)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Train into an output_dir that already holds a run (its checkpoints and model are replaced)."})
+    nonfinite_loss: str = field(default="stop", metadata={
+        "help": "A NaN / Inf loss or gradient: 'stop' the run (naming the step and the last good checkpoint) or "
+                "'skip' the optimizer step."})
+    resume_allow_config_change: bool = field(default=False, metadata={
+        "help": "Resume a checkpoint with another method / epsilon / attack than it was trained with."})
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
@@ -113,7 +120,31 @@ class RobustTrainingArguments(TrainingArguments):
         if self.attack_seed is None:
             self.attack_seed = self.seed
         _ = self.epsilon_scheduler  # validates the schedule fields
+        if self.nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be a positive number of optimizer steps, or -1 to train "
+                             f"num_train_epochs epochs; got {self.max_steps}.")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1; got {self.num_train_epochs}.")
         super().__post_init__()
+
+    # -- secrets never reach the disk: a pickled config (training_args.bin) has no `*_token` value ----------------
+    def __getstate__(self) -> dict:
+        return {k: None if k.endswith("_token") else v for k, v in self.__dict__.items()}
+
+    def __copy__(self):
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     @property
     def epsilon_scheduler(self) -> EpsilonSchedule:
