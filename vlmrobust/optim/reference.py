@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ..utils.distributed import outside_zero3_init
+
+#: PEFT's LoRA adapter tensors (`...lora_A.default.weight`, `lora_B`, `lora_embedding_A` / `_B`): their θ₀ is 0
+LORA_ADAPTER_PATTERN = re.compile(r"(?:^|\.)lora_(?:embedding_)?[AB](?:\.|$)")
+
+
+def is_lora_adapter(name: str) -> bool:
+    """Whether parameter `name` is a LoRA adapter tensor (whose weight-space θ₀ is 0, see `ReferenceWeights.anchor`)."""
+    return LORA_ADAPTER_PATTERN.search(name) is not None
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -74,6 +83,18 @@ class ReferenceWeights:
         if t is not None and device is not None and t.device != torch.device(device):
             self.to(device)
             t = self._tensors[name]
+        return t
+
+    def anchor(self, name: str, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """θ₀ of parameter `name` as the weight-space hooks see it: 0 for LoRA adapter tensors, else the snapshot.
+
+        A LoRA model starts as the pretrained model (B·A = 0), so pulling the adapters towards 0 is pulling towards
+        the pretrained function; DiGraP (arXiv 2502.15895) and SPD's reference code take θ₀ = 0 for adapters, not
+        their random initialisation.
+        """
+        t = self.get(name, device)
+        if t is not None and is_lora_adapter(name):
+            return torch.zeros_like(t)
         return t
 
     def to(self, device: torch.device | str) -> ReferenceWeights:
