@@ -7,6 +7,8 @@
     vlmrobust report outputs/run-a/results.json outputs/run-b/results.json --output outputs/compare
     vlmrobust report outputs/quickstart-fare          # a recipe's folder: its before / after rows and every cell
     vlmrobust convert outputs/old-eval/results.json   # a results file of format v1 -> v2
+    vlmrobust wise-ft --model local-dir:outputs/quickstart-digrap --base vlmrobust:tiny-digits-clip \
+        --alphas 0,0.25,0.5,0.75,1 --suite digits --output outputs/quickstart-digrap/wise-ft
     vlmrobust info
 """
 
@@ -50,6 +52,19 @@ def make_parser() -> argparse.ArgumentParser:
     cv.add_argument("--output", default=None, help="where to write the converted file (default: in place, the old "
                                                    "one kept as results.v1.json)")
 
+    wf = sub.add_parser("wise-ft", help="WiSE-FT: interpolate a fine-tuned checkpoint with its base at several alphas, "
+                                        "save each (native layout) and evaluate each through a suite")
+    wf.add_argument("--model", required=True, help="create_model id of the fine-tuned checkpoint (local-dir:…)")
+    wf.add_argument("--base", required=True, help="create_model id of the model it was fine-tuned from (theta_0)")
+    wf.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                    help="comma-separated floats in [0, 1]: weight of the fine-tuned model (default 0,0.25,0.5,0.75,1)")
+    wf.add_argument("--suite", default=None, help="suite name or YAML path (none: only write the checkpoints)")
+    wf.add_argument("--output", required=True, help="folder for alpha_<a>/ checkpoints and eval/")
+    wf.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda when available)")
+    wf.add_argument("--bf16", action="store_true", help="bf16 autocast for the evaluation")
+    wf.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
+    wf.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods / data sources")
 
     ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub")
@@ -75,6 +90,21 @@ def _eval(args: argparse.Namespace) -> int:
     run = res.get("last_run", {})
     print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused from an earlier run. "
           f"Wrote {args.output}/results.json, report.md and plots.")
+    return 0
+
+
+def _wise_ft(args: argparse.Namespace) -> int:
+    from .hub.wise_ft import wise_ft
+
+    out = wise_ft(args.model, args.base, args.alphas, args.output, suite=args.suite, device=args.device,
+                  bf16=args.bf16, n_samples=args.n_samples, progress=not args.no_progress)
+    for alpha, folder in out["checkpoints"].items():
+        print(f"alpha={alpha:g}: {folder}")
+    if out["results"] is not None:
+        from .eval.report import console_summary
+
+        print(console_summary(out["results"].get("summary", {})))
+        print(f"Wrote {args.output}/eval/results.json and report.md (a row per alpha).")
     return 0
 
 
@@ -149,7 +179,8 @@ def _info(_: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push}[args.command]
+    handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push,
+               "wise-ft": _wise_ft}[args.command]
     return handler(args)
 
 
