@@ -45,21 +45,28 @@ class ReferenceWeights:
 
     Args:
         module (`nn.Module`): the trainable module as the trainer hands it to the `Trainer`, whole (not partitioned).
+        trainable_only (`bool`, *optional*, defaults to `False`): keep only the tensors that require gradients, as a
+            table (no module view): enough for the weight-space hooks, and no copy of a frozen 7B base under LoRA.
 
     Raises:
         ValueError: when `module` is already partitioned by DeepSpeed ZeRO-3 (build the model under
             `vlmrobust.utils.distributed.outside_zero3_init`).
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, trainable_only: bool = False):
         partitioned = [n for n, p in module.named_parameters() if hasattr(p, "ds_id")]
         if partitioned:
             raise ValueError(f"Cannot snapshot θ₀: {len(partitioned)} parameters (e.g. {partitioned[0]!r}) are already "
                              "partitioned by DeepSpeed ZeRO-3. Build the model under `outside_zero3_init()` so that it "
                              "is whole when the trainer is created.")
+        self.module: nn.Module | None = None
+        if trainable_only:
+            self._tensors: dict[str, torch.Tensor] = {n: p.detach().clone() for n, p in module.named_parameters()
+                                                      if p.requires_grad}
+            return
         with outside_zero3_init():
             self.module = frozen_copy(module)
-        self._tensors: dict[str, torch.Tensor] = dict(self.module.named_parameters())
+        self._tensors = dict(self.module.named_parameters())
 
     # -- the table view ----------------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -102,6 +109,9 @@ class ReferenceWeights:
         first = next(iter(self._tensors.values()), None)
         if first is not None and first.device == torch.device(device):
             return self
+        if self.module is None:
+            self._tensors = {n: t.to(device) for n, t in self._tensors.items()}
+            return self
         self.module.to(device)
         self._tensors = dict(self.module.named_parameters())
         return self
@@ -109,6 +119,9 @@ class ReferenceWeights:
     # -- the module view ---------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         """Run the frozen module (on the device of the first tensor argument)."""
+        if self.module is None:
+            raise TypeError("These ReferenceWeights keep only the trainable tensors (trainable_only=True): no module "
+                            "to run.")
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if first is not None:
             self.to(first.device)
