@@ -121,22 +121,12 @@ def lora_scale(model, alpha: float):
             m.scaling.update(s)
 
 
-def run_lvlm_digrap_recipe(argv=None) -> dict:
-    """Parse `(VQAFinetuneScriptArguments, DiGraPVQAConfig)`, then [SFT] → LoRA → eval → fine-tune with the
-    weight-space hooks → eval (ID / near / far, and WiSE-FT α) → save the adapters → `results.json`."""
-    from transformers import set_seed
-
-    from .eval.vqa import evaluate_vqa
+def prepare(script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig) -> tuple:
+    """The model before LoRA (the offline fixture taught shapes-VQA on every colour and shape when `sft_steps`) and
+    the data splits; returns `(model, data, timings)`."""
     from .models import create_model
-    from .models.lvlm_base import apply_lora, lora_config
-    from .optim import GradientTransform, ReferenceWeights, WeightSpaceRunner, build_weight_space
-    from .script_utils import RecipeParser
-    from .utils.io import atomic_write_json
     from .vlm_recipe_main import LVLMScriptArguments, finetune_vqa, tiny_fixture_kwargs
 
-    script, args = RecipeParser((VQAFinetuneScriptArguments, DiGraPVQAConfig)).parse_args_and_config(argv)
-    set_seed(args.seed)
-    t_start, timings = time.time(), {}
     tiny = tiny_fixture_kwargs(LVLMScriptArguments(model_name_or_path=script.model_name_or_path,
                                                    tiny_image_size=script.tiny_image_size,
                                                    tiny_hidden=script.tiny_hidden))
@@ -144,7 +134,7 @@ def run_lvlm_digrap_recipe(argv=None) -> dict:
     if args.bf16 and not tiny:
         load["torch_dtype"] = torch.bfloat16  # LoRA adapters train in the base's dtype here (no autocast)
     model = create_model(script.model_name_or_path, **tiny, **load)
-    data = shapes_splits(script, model, args.seed)
+    data, timings = shapes_splits(script, model, args.seed), {}
     if script.sft_steps > 0:
         t0 = time.time()
         model.requires_grad_(True)
@@ -152,6 +142,20 @@ def run_lvlm_digrap_recipe(argv=None) -> dict:
                      lr=script.sft_learning_rate, seed=args.seed)
         timings["sft_s"] = round(time.time() - t0, 1)
     model.requires_grad_(False)
+    return model, data, timings
+
+
+def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig,
+                  timings: dict | None = None, save: bool = True) -> dict:
+    """LoRA on `model` (in place), eval → fine-tune with the weight-space hooks → eval (ID / near / far, WiSE-FT α)
+    → [save the adapters and `results.json` to `output_dir`]; returns the summary."""
+    from .eval.vqa import evaluate_vqa
+    from .models.lvlm_base import apply_lora, lora_config
+    from .optim import GradientTransform, ReferenceWeights, WeightSpaceRunner, build_weight_space
+    from .utils.io import atomic_write_json
+    from .vlm_recipe_main import finetune_vqa
+
+    t_start, timings = time.time(), dict(timings or {})
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)  # the same adapters for the same seed
         model.model = apply_lora(model.model, lora_config(lora_r=args.lora_r, lora_alpha=args.lora_alpha,
@@ -182,16 +186,31 @@ def run_lvlm_digrap_recipe(argv=None) -> dict:
     for alpha in script.wise_alphas:
         with lora_scale(model, alpha):
             results[f"wise-ft α={alpha:g}"] = evaluate(f"wise-ft α={alpha:g}")
-    out = Path(args.output_dir)
-    model.save_pretrained(out, **args.to_vlmrobust_dict())  # PEFT adapter layout
-    if runner:
-        runner.save(out)
     summary = {"method": args.method, "weight_space": args.weight_space, "model": script.model_name_or_path,
                "splits": {"id": [script.id_colours, script.id_shapes], "near": [script.near_colours, script.id_shapes],
                           "far": [script.far_colours, script.far_shapes]},
                "results": results, "final_loss": losses[-1] if losses else None,
                "omega": next((h.omegas() for h in hooks if hasattr(h, "omegas")), None),
                "timings": {**timings, "total_s": round(time.time() - t_start, 1)}}
-    atomic_write_json(out / "results.json", summary)
+    if save:
+        out = Path(args.output_dir)
+        model.save_pretrained(out, **args.to_vlmrobust_dict())  # PEFT adapter layout
+        if runner:
+            runner.save(out)
+        atomic_write_json(out / "results.json", summary)
+    return summary
+
+
+def run_lvlm_digrap_recipe(argv=None) -> dict:
+    """Parse `(VQAFinetuneScriptArguments, DiGraPVQAConfig)`, then [SFT] → LoRA → eval → fine-tune with the
+    weight-space hooks → eval (ID / near / far, and WiSE-FT α) → save the adapters → `results.json`."""
+    from transformers import set_seed
+
+    from .script_utils import RecipeParser
+
+    script, args = RecipeParser((VQAFinetuneScriptArguments, DiGraPVQAConfig)).parse_args_and_config(argv)
+    set_seed(args.seed)
+    model, data, timings = prepare(script, args)
+    summary = lora_finetune(model, data, script, args, timings)
     print(json.dumps({k: v for k, v in summary.items() if k in ("results", "timings")}, indent=1))
     return summary
