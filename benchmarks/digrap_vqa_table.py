@@ -2,7 +2,8 @@
 quickstart): one SFT stage (the stand-in for pretraining), then each method on a copy of the same model, same
 budget; prints the README's ID / near OOD / far OOD table.
 
-    python benchmarks/digrap_vqa_table.py --output outputs/digrap-vqa [--steps 300] [--sft_steps 1500]
+    python benchmarks/digrap_vqa_table.py --output outputs/digrap-vqa [--steps 300] [--sft_steps 1500] \
+        [--eval_samples 200]
 """
 
 import argparse
@@ -33,11 +34,13 @@ def main():
     p.add_argument("--output", default="outputs/digrap-vqa")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--sft_steps", type=int, default=1500)
+    p.add_argument("--eval_samples", type=int, default=200)
     opts = p.parse_args()
     out = Path(opts.output)
     script, args = RecipeParser((VQAFinetuneScriptArguments, DiGraPVQAConfig)).parse_args_and_config(
         ["--config", str(ROOT / "recipes/configs/quickstart_digrap_vqa.yaml"), "--output_dir", str(out),
-         "--max_steps", str(opts.steps), "--sft_steps", str(opts.sft_steps), "--use_cpu", "true"])
+         "--max_steps", str(opts.steps), "--sft_steps", str(opts.sft_steps), "--eval_samples", str(opts.eval_samples),
+         "--use_cpu", "true"])
     set_seed(args.seed)
     base, data, _ = prepare(script, args)
     rows = {}
