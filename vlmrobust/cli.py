@@ -172,6 +172,9 @@ def _info(_: argparse.Namespace) -> int:
         from .trainers import METHODS
 
         print(f"methods: {', '.join(METHODS.names())}")
+        from .optim import WEIGHT_SPACE
+
+        print(f"weight-space hooks (--weight_space): {', '.join(WEIGHT_SPACE.names())}")
     except Exception as err:  # the trainers pull in transformers/accelerate; info must still work without them
         print(f"methods: unavailable ({type(err).__name__}: {err})")
     return 0
