@@ -48,6 +48,8 @@ from vlmrobust.models import create_model  # noqa: E402
 from vlmrobust.trainers import (  # noqa: E402
     AdversarialConfig,
     AdversarialTrainer,
+    DiGraPConfig,
+    DiGraPTrainer,
     FAREConfig,
     FARETrainer,
     RAdaptConfig,
@@ -66,6 +68,8 @@ JOBS = {
     "at": ("open_clip", AdversarialConfig, AdversarialTrainer, {"loss": "classic", "attack": "pgd"}, True),
     "trades": ("open_clip", AdversarialConfig, AdversarialTrainer, {"loss": "trades", "attack": "apgd"}, True),
     "radapt": ("open_clip", RAdaptConfig, RAdaptTrainer, {"alpha": 0.5, "d0": 10.0, "d0_reference_size": 32}, False),
+    # DiGraP's own method (CE on the zero-shot head) with LoRA adapters on the tower (θ₀ = 0 for them)
+    "digrap_lora": ("open_clip", DiGraPConfig, DiGraPTrainer, {"lora_r": 2, "digrap_omega_init": 0.5}, True),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }

@@ -8,7 +8,7 @@ accumulation steps). Each of the 9 files in recipes/accelerate_configs/ is launc
 
 The `@digrap` / `@ftp` / `@spd` jobs train with the shipped weight-space methods: the same weights, and the same ω
 (DiGraP) / radius γ (FTP) per tensor and number of decayed tensors (SPD), under DDP, ZeRO-2 and ZeRO-3 (also fully
-partitioned) as on 1 process; DiGraP's state (ω, its Adam moments, the previous component) survives a kill and resume
+partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (merged checkpoint); DiGraP's state (ω, its Adam moments, the previous component) survives a kill and resume
 under ZeRO-3. Observed: ω and γ equal to 1e-6, weights within the tolerances below.
 
 The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
@@ -55,7 +55,7 @@ RUNNER = HERE / "dist_train_run.py"
 ALL = ["fare", "tecoa", "at", "trades", "radapt", "fare_llava", "fare_qwen_vl"]
 WS = ["fare@ws", "at@ws"]  # weight-space hooks on FARE's encoder and on AT's encoder + head
 # the shipped weight-space methods (3 steps each): DiGraP's projection and learned ω, FTP's learned radius, SPD
-WS_METHODS = ["fare@digrap", "at@digrap", "fare@ftp", "fare@spd"]
+WS_METHODS = ["fare@digrap", "at@digrap", "fare@ftp", "fare@spd", "digrap_lora@digrap"]  # + the digrap method, LoRA
 TIMINGS: dict[str, float] = {}
 
 
