@@ -8,8 +8,9 @@ accumulation steps). Each of the 9 files in recipes/accelerate_configs/ is launc
 
 The `@digrap` / `@ftp` / `@spd` jobs train with the shipped weight-space methods: the same weights, and the same ω
 (DiGraP) / radius γ (FTP) per tensor and number of decayed tensors (SPD), under DDP, ZeRO-2 and ZeRO-3 (also fully
-partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (merged checkpoint); DiGraP's state (ω, its Adam moments, the previous component) survives a kill and resume
-under ZeRO-3. Observed: ω and γ equal to 1e-6, weights within the tolerances below.
+partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (merged checkpoint); DiGraP's state
+(ω, its Adam moments, the previous component) survives a kill and resume under ZeRO-3. Observed: ω and γ equal to
+1e-6, weights within the tolerances below.
 
 The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
 around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and ZeRO-3 (also with every parameter
