@@ -7,13 +7,16 @@ colours x two shapes; ID / near OOD (new colours) / far OOD (new colours and sha
     python recipes/digrap_vqa.py --config recipes/configs/quickstart_digrap_vqa.yaml
     python recipes/digrap_vqa.py --config recipes/configs/quickstart_digrap_vqa.yaml --weight_space none \\
         --wise_alphas 0.5                                                # vanilla LoRA, and WiSE-FT of its delta
+    python recipes/digrap_vqa.py --config recipes/configs/quickstart_digrap_vqa.yaml --weight_space none \
+        --lp_steps 100                                                   # LP-FT (output-head probe, then LoRA + head)
 
 Real checkpoints (the FRAMES-VQA fine-tuning settings; shapes-VQA data until the FRAMES-VQA loaders are wired in):
 
     python recipes/digrap_vqa.py --config recipes/configs/digrap_llava15_7b_lora.yaml
     python recipes/digrap_vqa.py --config recipes/configs/digrap_qwen25vl_3b_lora.yaml
 
-`--weight_space` picks the method: digrap (default), none (vanilla LoRA), l2sp, ftp, spd. One process: this recipe's
+`--weight_space` picks the method: digrap (default), none (vanilla LoRA), l2sp, ftp, spd; `--lp_steps` adds LP-FT's
+probe of the output head before the LoRA stage (the head is then fine-tuned with the adapters and saved beside them). One process: this recipe's
 loop (`finetune_vqa`) has no DDP / DeepSpeed yet.
 """
 

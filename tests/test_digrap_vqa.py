@@ -49,3 +49,43 @@ def test_lora_scale_interpolates_the_delta_and_restores_it():
             quarter = layer(x)
         torch.testing.assert_close(quarter, base + 0.25 * (full - base), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(layer(x), full)
+
+
+def test_lp_ft_probes_the_output_head_then_fine_tunes_adapters_and_head(tmp_path, monkeypatch):
+    """LP-FT: the first stage trains the output head alone; the second the LoRA adapters and the probed head, with
+    the probed head as the weight-space θ₀ (L2-SP here); the head is saved beside the adapters."""
+    import vlmrobust.vlm_recipe_main as vrm
+    from vlmrobust.models import create_model
+    from vlmrobust.vlm_finetune_main import DiGraPVQAConfig, VQAFinetuneScriptArguments, lora_finetune, shapes_splits
+
+    calls, original = [], vrm.finetune_vqa
+
+    def spy(model, dataset, **kw):
+        head = model.model.get_output_embeddings().weight
+        calls.append({"trainable": {n for n, p in model.named_parameters() if p.requires_grad},
+                      "head": head.detach().clone(), "others": {n: p.detach().clone() for n, p in
+                                                                model.named_parameters() if ".lora_" in n},
+                      "ref": kw.get("weight_space") and kw["weight_space"].reference})
+        return original(model, dataset, **kw)
+
+    monkeypatch.setattr(vrm, "finetune_vqa", spy)
+    model = create_model("llava:tiny")
+    script = VQAFinetuneScriptArguments(train_samples=16, eval_samples=4, sft_samples=16, eval_batch_size=4)
+    data = shapes_splits(script, model, 0)
+    args = DiGraPVQAConfig(output_dir=str(tmp_path), weight_space="l2sp", l2sp_lambda=0.1, lp_steps=3,
+                           lp_learning_rate=0.05, max_steps=2, per_device_train_batch_size=8, learning_rate=1e-2,
+                           use_cpu=True, report_to="none", logging_steps=100)
+    summary = lora_finetune(model, data, script, args)
+    head_name = next(n for n in calls[1]["trainable"] if ".lora_" not in n)
+    assert len(calls) == 2 and calls[0]["trainable"] == {head_name} and head_name.endswith("lm_head.weight")
+    assert calls[1]["trainable"] - {head_name} and all(".lora_" in n for n in calls[1]["trainable"] - {head_name})
+    assert not torch.equal(calls[1]["head"], calls[0]["head"])  # the probe moved the head...
+    assert all(torch.equal(v, calls[1]["others"][n]) for n, v in calls[0]["others"].items())  # ...not the adapters
+    ref = calls[1]["ref"]
+    assert torch.equal(ref[head_name], calls[1]["head"])  # θ₀ of the head: the probe
+    head = model.model.get_output_embeddings().weight
+    assert not torch.equal(head, calls[1]["head"])  # fine-tuned in the second stage
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(load_file(tmp_path / "lp_ft_head.safetensors")["weight"], head.detach())
+    assert {"before", "probed", "after"} == set(summary["results"]) and summary["lp_steps"] == 3

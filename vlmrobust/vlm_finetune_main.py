@@ -75,6 +75,11 @@ class DiGraPVQAConfig(RobustTrainingArguments):
         lora_alpha (`float`, *optional*): LoRA α; defaults to 2r.
         lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`): attention projections of
             the language model to adapt.
+        lp_steps (`int`, *optional*, defaults to 0): LP-FT (Kumar et al., arXiv 2202.10054): first train the language
+            model's output head alone (the linear probe: every other weight frozen) for this many steps at
+            `lp_learning_rate`, then fine-tune the LoRA adapters *and* the probed head (θ₀ of the head = the probed
+            head for the weight-space hooks). 0: no probe, the head stays frozen.
+        lp_learning_rate (`float`, *optional*, defaults to 1e-3): the probe's AdamW learning rate.
     """
 
     method: str = field(default="digrap_vqa", metadata={"help": "Method name (not a registered trainer)."})
@@ -85,6 +90,13 @@ class DiGraPVQAConfig(RobustTrainingArguments):
                                            metadata={"help": "Language-model projections to adapt."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (warm-up 10%, cosine)."})
     max_steps: int = field(default=300, metadata={"help": "LoRA fine-tuning steps."})
+    lp_steps: int = field(default=0, metadata={"help": "LP-FT: output-head probe steps before LoRA (0: none)."})
+    lp_learning_rate: float = field(default=1e-3, metadata={"help": "LP-FT: the probe's learning rate."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lp_steps < 0:
+            raise ValueError(f"lp_steps must be >= 0, got {self.lp_steps}.")
 
 
 def shapes_splits(script: VQAFinetuneScriptArguments, model, seed: int) -> dict:
@@ -146,9 +158,11 @@ def prepare(script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig) -> tuple:
 
 
 def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig,
-                  timings: dict | None = None, save: bool = True) -> dict:
-    """LoRA on `model` (in place), eval → fine-tune with the weight-space hooks → eval (ID / near / far, WiSE-FT α)
-    → [save the adapters and `results.json` to `output_dir`]; returns the summary."""
+                  timings: dict | None = None, save: bool = True, eval_before: bool = True) -> dict:
+    """LoRA on `model` (in place), eval → [LP-FT's probe of the output head → eval] → fine-tune with the
+    weight-space hooks → eval (ID / near / far, WiSE-FT α) → [save the adapters and `results.json` to
+    `output_dir`]; returns the summary (`eval_before=False` skips the first evaluation, e.g. when comparing
+    several methods from one model)."""
     from .eval.vqa import evaluate_vqa
     from .models.lvlm_base import apply_lora, lora_config
     from .optim import GradientTransform, ReferenceWeights, WeightSpaceRunner, build_weight_space
@@ -160,10 +174,6 @@ def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: D
         torch.manual_seed(args.seed)  # the same adapters for the same seed
         model.model = apply_lora(model.model, lora_config(lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                                                           target_modules=args.lora_target_modules))
-    hooks = build_weight_space(args)
-    reference = (ReferenceWeights(model, trainable_only=True) if any(h.needs_reference for h in hooks) else None)
-    runner = WeightSpaceRunner([h for h in hooks if isinstance(h, GradientTransform)],
-                               [h for h in hooks if not isinstance(h, GradientTransform)], reference)
     candidates = data["sft"].answer_candidates()
 
     def evaluate(name: str) -> dict:
@@ -175,7 +185,22 @@ def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: D
         print(f"[eval {name}] " + ", ".join(f"{k} {100 * v:.1f}" for k, v in out.items()))
         return out
 
-    results = {"before": evaluate("before")}
+    results = {"before": evaluate("before")} if eval_before else {}
+    head = model.model.get_output_embeddings() if args.lp_steps else None
+    if head is not None:  # LP-FT: probe the output head on the frozen model, then fine-tune LoRA + the probed head
+        t0, adapters = time.time(), [p for p in model.parameters() if p.requires_grad]
+        model.requires_grad_(False)
+        head.requires_grad_(True)
+        finetune_vqa(model, data["train"], steps=args.lp_steps, batch_size=args.per_device_train_batch_size,
+                     lr=args.lp_learning_rate, weight_decay=args.weight_decay, seed=args.seed, log_every=0)
+        for p in adapters:
+            p.requires_grad_(True)
+        timings["lp_s"] = round(time.time() - t0, 1)
+        results["probed"] = evaluate("probed")
+    hooks = build_weight_space(args)  # θ₀: the trainable tensors now (LoRA adapters: 0; an LP-FT head: the probe)
+    reference = (ReferenceWeights(model, trainable_only=True) if any(h.needs_reference for h in hooks) else None)
+    runner = WeightSpaceRunner([h for h in hooks if isinstance(h, GradientTransform)],
+                               [h for h in hooks if not isinstance(h, GradientTransform)], reference)
     t0 = time.time()
     losses = finetune_vqa(model, data["train"], steps=args.max_steps, batch_size=args.per_device_train_batch_size,
                           lr=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed,
@@ -186,7 +211,8 @@ def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: D
     for alpha in script.wise_alphas:
         with lora_scale(model, alpha):
             results[f"wise-ft α={alpha:g}"] = evaluate(f"wise-ft α={alpha:g}")
-    summary = {"method": args.method, "weight_space": args.weight_space, "model": script.model_name_or_path,
+    summary = {"method": args.method, "weight_space": args.weight_space, "lp_steps": args.lp_steps,
+               "model": script.model_name_or_path, "eval_samples": script.eval_samples, "seed": args.seed,
                "splits": {"id": [script.id_colours, script.id_shapes], "near": [script.near_colours, script.id_shapes],
                           "far": [script.far_colours, script.far_shapes]},
                "results": results, "final_loss": losses[-1] if losses else None,
@@ -195,6 +221,10 @@ def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: D
     if save:
         out = Path(args.output_dir)
         model.save_pretrained(out, **args.to_vlmrobust_dict())  # PEFT adapter layout
+        if head is not None:  # LP-FT: the fine-tuned head is not part of the adapters
+            from safetensors.torch import save_file
+
+            save_file({"weight": head.weight.detach().cpu().contiguous()}, str(out / "lp_ft_head.safetensors"))
         if runner:
             runner.save(out)
         atomic_write_json(out / "results.json", summary)
