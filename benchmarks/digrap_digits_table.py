@@ -8,7 +8,9 @@ Re-running reuses finished trainings (their checkpoints) and the suite's finishe
 """
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,16 +33,18 @@ def slug(row: str) -> str:
     return row.split(" (")[0].lower().replace(" ", "-")
 
 
-def train(out: Path, steps: int) -> dict[str, Path]:
+def train(out: Path, steps: int, seed: int, timings: dict) -> dict[str, Path]:
     import digrap_clip
 
     dirs = {}
     for row, flags in ROWS.items():
         d = out / slug(row)
         if not (d / "open_clip_model.safetensors").is_file():
+            t0 = time.time()
             digrap_clip.main(["--config", str(ROOT / "recipes/configs/quickstart_digrap.yaml"), "--output_dir", str(d),
                               "--max_steps", str(steps), "--save_strategy", "no", "--eval_before", "false",
-                              "--eval_after", "false", "--disable_tqdm", "true", *flags])
+                              "--eval_after", "false", "--disable_tqdm", "true", "--seed", str(seed), *flags])
+            timings[f"train {row}"] = round(time.time() - t0, 1)
         dirs[row] = d
     return dirs
 
@@ -72,24 +76,41 @@ def models(out: Path, dirs: dict[str, Path]) -> dict:
     return refs
 
 
-def table(data: dict, names: list[str]) -> str:
+def cell(acc: float, n: int) -> str:
+    """`acc` in percent with its Wilson 95% interval over `n` evaluated images."""
+    from vlmrobust.metrics import wilson_interval
+
+    if acc != acc:  # nan: missing cell
+        return "–"
+    lo, hi = wilson_interval(acc * n, n)
+    return f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def table(data: dict, names: list[str], n_clean: int = 240, n_corr: int = 100) -> str:
+    """ID = clean test digits; near / far OOD = the 19 corruptions at severity 1 / 5 (3 in between); robust accuracy
+    at ε = 2/255, 4/255. Wilson 95% intervals over the distinct images: n_clean for clean and robust cells, n_corr
+    for corruption means (each corruption is applied to the same n_corr images, so the mean is not over 19·n_corr
+    independent draws; n_corr is the conservative count)."""
     rows = {n: {"corr": {}} for n in names}
-    for cell in data["cells"].values():
-        r = rows.get(cell["model"])
+    for c in data["cells"].values():
+        r = rows.get(c["model"])
         if r is None:
             continue
-        if cell.get("kind") == "corruption":
-            r["corr"].setdefault(int(cell["severity"]), []).append(cell["accuracy"])
-        elif cell.get("kind") == "clean":
-            r["clean"] = cell["accuracy"]
-        elif cell.get("eps") is not None:
-            r[f"{float(cell['eps']) * 255:.0f}"] = cell["accuracy"]
-    lines = ["| model | clean (ID) | corruptions sev 1 | sev 3 | sev 5 | ε=2/255 | ε=4/255 |", "|---|---|---|---|---|---|---|"]
+        if c.get("kind") == "corruption":
+            r["corr"].setdefault(int(c["severity"]), []).append(c["accuracy"])
+        elif c.get("kind") == "clean":
+            r["clean"] = c["accuracy"]
+        elif c.get("eps") is not None:
+            r[f"{float(c['eps']) * 255:.0f}"] = c["accuracy"]
+    nan = float("nan")
+    lines = ["| model | ID: clean | near OOD: corruptions sev 1 | corruptions sev 3 | far OOD: corruptions sev 5 | "
+             "ε=2/255 | ε=4/255 |", "|---|---|---|---|---|---|---|"]
     for n in names:
         r = rows[n]
-        corr = [100 * sum(r["corr"].get(s, [float("nan")])) / max(len(r["corr"].get(s, [])), 1) for s in (1, 3, 5)]
-        vals = [100 * r.get("clean", float("nan")), *corr, 100 * r.get("2", float("nan")), 100 * r.get("4", float("nan"))]
-        lines.append(f"| {n} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+        corr = [sum(r["corr"][s]) / len(r["corr"][s]) if r["corr"].get(s) else nan for s in (1, 3, 5)]
+        vals = [cell(r.get("clean", nan), n_clean), *(cell(v, n_corr) for v in corr),
+                cell(r.get("2", nan), n_clean), cell(r.get("4", nan), n_clean)]
+        lines.append(f"| {n} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
@@ -97,15 +118,22 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--output", default="outputs/digrap-digits")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     opts = p.parse_args()
     out = Path(opts.output)
     from vlmrobust.eval.runner import run_suite
 
-    refs = models(out, train(out, opts.steps))
+    tpath = out / "timings.json"
+    timings = json.loads(tpath.read_text()) if tpath.is_file() else {}
+    refs = models(out, train(out, opts.steps, opts.seed, timings))
+    t0 = time.time()
     data = run_suite(refs, ROOT / "benchmarks/digrap_digits_suite.yaml", out / "eval", device=opts.device,
                      progress=False)
+    timings.setdefault("eval (suite, all models)", round(time.time() - t0, 1))
+    tpath.write_text(json.dumps(timings, indent=1))
     print(table(data, list(refs)))
+    print("\nwall times (s): " + ", ".join(f"{k} {v:g}" for k, v in timings.items()))
 
 
 if __name__ == "__main__":
