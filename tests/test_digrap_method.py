@@ -94,3 +94,14 @@ def test_lp_ft_probes_the_head_then_fine_tunes_everything(tiny_open_clip_dir, tm
     assert torch.equal(trainer.reference["head.weight"], probed)
     assert not torch.equal(trainer.model.head.weight, probed)
     assert not torch.equal(model.image_encoder.state_dict()["tower.proj"], tower["tower.proj"])
+
+
+def test_lp_ft_train_alone_runs_the_probe_first(tiny_open_clip_dir, tmp_path):
+    """`train()` by itself (no prior `_linear_probe` call) probes the head, saves it and anchors θ₀ of the head there."""
+    model, trainer = _trainer(tiny_open_clip_dir, tmp_path, weight_space="l2sp", train_head=True, lp_steps=3,
+                              lp_learning_rate=0.05, max_steps=1)
+    zero_shot = trainer.model.head.weight.detach().clone()
+    trainer.train()
+    probed = load_file(tmp_path / LP_HEAD_NAME)["weight"]
+    assert not torch.allclose(probed, zero_shot)
+    assert torch.equal(trainer.reference["head.weight"], probed)
