@@ -78,7 +78,7 @@ def run_clip_recipe(method, argv=None) -> dict:
     state.wait_for_everyone()
 
     if script.eval_after and state.is_main_process:
-        if method.trains_classifier:  # AT / TRADES: the trained classifier, same protocol
+        if method.is_classifier(args):  # AT / TRADES, a trained head: the trained classifier, same protocol
             clf = trainer.accelerator.unwrap_model(trainer.model).eval()
             evaluate("after", TrainedClassifier(model, clf, train_ds.classnames))
         else:  # reload the saved checkpoint through the backend's loader: what users will get

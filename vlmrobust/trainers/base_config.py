@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 
 from .. import __version__
 from ..attacks import ATTACKS, check_budget
-from ..optim import parse_weight_space
+from ..optim import build_weight_space
 from .schedules import EpsilonSchedule
 
 
@@ -48,10 +48,19 @@ class RobustTrainingArguments(TrainingArguments):
         epsilon_schedule_end (`float`, *optional*, defaults to 0): T2.
         epsilon_schedule_unit (`str`, *optional*, defaults to `"steps"`): unit of T1 / T2, `"steps"` or `"epochs"`.
         weight_space (`str`, *optional*, defaults to `"none"`): weight-space hooks from `vlmrobust.optim.WEIGHT_SPACE`,
-            `'+'`-joined: `"l2sp"` (L2-SP, arXiv 1802.01483). Hooks that read θ₀ make the trainer keep the shared
-            frozen snapshot of the trained module.
+            `'+'`-joined: `"l2sp"` (L2-SP, arXiv 1802.01483), `"digrap"` (DiGraP, arXiv 2502.15895), `"ftp"` (FTP,
+            arXiv 2310.19182), `"spd"` (SPD, arXiv 2411.01713). Hooks that read θ₀ make the trainer keep the shared
+            frozen snapshot of the trained module (θ₀ = 0 for LoRA adapter tensors).
         l2sp_lambda (`float`, *optional*, defaults to 0.01): λ of L2-SP, `g ← g + λ·(θ − θ₀)` (no paper default for
             CLIP; tune it).
+        digrap_mu (`float`, *optional*, defaults to 0.5): DiGraP's μ, learning rate of the scalar Adam on each ω.
+        digrap_omega_init (`float`, *optional*, defaults to 0.0): DiGraP's ω at the start, in [0, 1].
+        digrap_learn_omega (`bool`, *optional*, defaults to `True`): learn ω by hypergradient (else fixed).
+        ftp_lr (`float`, *optional*, defaults to 1e-2): FTP's learning rate of the scalar Adam on each radius γ.
+        ftp_k (`float`, *optional*, defaults to 1.0): FTP's annealing factor of positive hypergradients (a float).
+        ftp_gamma_init (`float`, *optional*, defaults to 1e-8): FTP's radius on the first step.
+        spd_lambda (`float`, *optional*, defaults to 1.0): SPD's decay strength λ (AdamSPD's `weight_decay`; set
+            `weight_decay` 0 to match AdamSPD, whose decay replaces AdamW's).
     """
 
     method: str = field(default="base", metadata={"help": "Method name in the METHODS registry."})
@@ -83,6 +92,13 @@ class RobustTrainingArguments(TrainingArguments):
                 "'skip' the optimizer step."})
     resume_allow_config_change: bool = field(default=False, metadata={
         "help": "Resume a checkpoint with another method / epsilon / attack than it was trained with."})
+    digrap_mu: float = field(default=0.5, metadata={"help": "DiGraP: lr of the scalar Adam on each omega."})
+    digrap_omega_init: float = field(default=0.0, metadata={"help": "DiGraP: initial omega, in [0, 1]."})
+    digrap_learn_omega: bool = field(default=True, metadata={"help": "DiGraP: learn omega by hypergradient."})
+    ftp_lr: float = field(default=1e-2, metadata={"help": "FTP: lr of the scalar Adam on each radius gamma."})
+    ftp_k: float = field(default=1.0, metadata={"help": "FTP: annealing factor of positive hypergradients."})
+    ftp_gamma_init: float = field(default=1e-8, metadata={"help": "FTP: radius on the first step."})
+    spd_lambda: float = field(default=1.0, metadata={"help": "SPD: decay strength lambda."})
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
@@ -97,9 +113,7 @@ class RobustTrainingArguments(TrainingArguments):
             self.attack_options = json.loads(text) if text else None
         if self.attack_options is not None and not isinstance(self.attack_options, dict):
             raise ValueError(f"attack_options must be a mapping (JSON object), got {self.attack_options!r}.")
-        parse_weight_space(self.weight_space)
-        if not self.l2sp_lambda >= 0:
-            raise ValueError(f"l2sp_lambda must be >= 0, got {self.l2sp_lambda}.")
+        build_weight_space(self)  # checks the names and each hook's own arguments
         self.attack_norm = {"linf": "Linf", "l2": "L2"}.get(str(self.attack_norm).lower(), self.attack_norm)
         if self.attack_momentum_style not in ("fare", "mi-fgsm"):
             raise ValueError(f"attack_momentum_style must be 'fare' (the FARE reference's rule) or 'mi-fgsm', got "

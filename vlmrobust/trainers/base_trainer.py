@@ -242,7 +242,7 @@ class RobustTrainer(AttackLoop, Trainer):
                 p.grad = None
             return
         self.on_full_backward(model)
-        if self.weight_space.transforms:
+        if self.weight_space.acts_after_backward:
             self.weight_space.after_backward(self.unwrapped(model), self._loss_scale())
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
