@@ -10,6 +10,7 @@ Every source is a [`DataSource`] registered by name in `DATA_SOURCES` from its o
 | `webdataset:<Hub id or dir>`                                                   | classification  | `webdataset`  |
 | `hf:<Hub dataset id>`, a bare Hub id, or a `save_to_disk` folder               | all three       | `hub`         |
 | `shapes-vqa` (generated, offline; formerly the LVLM recipe's `shapes`)         | vqa             | `shapes`      |
+| `mini-frames:<variant>` (generated, offline: ID / near / far OOD shapes-VQA)   | vqa             | `shapes`      |
 | `shapes-caption` (generated, offline)                                          | caption         | `shapes`      |
 | `vqa-json:<questions.json>,<annotations.json>,<image dir>` (or the suite keys) | vqa             | `json_files`  |
 | `coco-json:<captions.json>,<image dir>` (or the suite keys)                    | caption         | `json_files`  |
