@@ -15,7 +15,7 @@ from .base import (
 )
 
 # the built-in tasks register themselves on import (report order: vqa, caption, classification, its analyses)
-from . import caption, classification, corruptions, frames, margin, vqa  # noqa: E402, F401  isort: skip
+from . import caption, classification, corruptions, frames, margin, shift, vqa  # noqa: E402, F401  isort: skip
 
 __all__ = ["EVAL_TASKS", "DatasetRun", "EvalTask", "SuiteRun", "all_tasks", "analyses_of", "current_cells",
            "dataset_entry", "register_eval_task", "task_of_cell"]
