@@ -220,10 +220,10 @@ class VQATask(EvalTask):
                 if files[k] is None:
                     raise ctx.fail(f"{w}.{k}", "missing; source vqa-json needs questions_file, annotations_file and "
                                                "image_dir.")
-        else:
+        elif not source.startswith("frames:"):  # frames:<dataset> takes them as overrides of its default files
             extra = [k for k, v in files.items() if v is not None]
             if extra:
-                raise ctx.fail(f"{w}.{extra[0]}", "only used with source: vqa-json.")
+                raise ctx.fail(f"{w}.{extra[0]}", "only used with source: vqa-json or frames:<dataset>.")
         return VQADataset(**common, vqa=VQASpec(
             answer_mode=mode, candidates=tuple(cands) if cands else None,
             max_new_tokens=ctx.integer(raw.get("max_new_tokens", 10), f"{w}.max_new_tokens", lo=1), **files,
