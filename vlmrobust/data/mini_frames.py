@@ -105,7 +105,7 @@ class Rephrased(ShapesVQA):
                   "tell me the shape of the object."),
         "count": ("what is the number of shapes in the picture?", "count the objects: how many?",
                   "how many things are shown?"),
-        "yesno": ("does the image contain a {colour} {shape}?", "can you see a {colour} {shape} here?"),
+        "yesno": ("does the image contain a {colour} {shape}?", "do you see a {colour} {shape} here?"),
         "position": ("where is the {shape}: left or right?", "which side is the {shape} on, left or right?"),
     }
 
