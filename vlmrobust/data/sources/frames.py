@@ -24,7 +24,7 @@ class FramesSource(DataSource):
     """One FRAMES-VQA dataset: local official files first, then the Hub copy."""
 
     name = "frames"
-    syntax = ("frames:<" + "|".join(FRAMES_DATASETS) + ">",)
+    syntax = ("frames:<dataset>",)
     tasks = ("vqa",)
     description = "a FRAMES-VQA dataset from its official files (local root first) or its Hub copy"
     located = True
@@ -35,7 +35,8 @@ class FramesSource(DataSource):
     def load(self, request: LoadRequest) -> torch.utils.data.Dataset:
         name = request.location
         if name not in FRAMES_DATASETS:
-            raise ValueError(f"unknown FRAMES-VQA dataset {name!r} in {request.source!r}; write {self.syntax[0]}.")
+            raise ValueError(f"unknown FRAMES-VQA dataset {name!r} in {request.source!r}; datasets: "
+                             f"{', '.join(FRAMES_DATASETS)}.")
         root = frames_root(request.data_dir)
         files = {v: request.option(k) for k, v in _OVERRIDES.items() if request.option(k) is not None}
         try:

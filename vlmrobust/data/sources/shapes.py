@@ -49,7 +49,7 @@ class MiniFramesSource(_GeneratedSource):
     """One split of mini-FRAMES (`vlmrobust.data.mini_frames`): shapes-VQA's ID scenes or a near / far OOD shift."""
 
     name = "mini-frames"
-    syntax = ("mini-frames:<" + "|".join(MINI_FRAMES_VARIANTS) + ">",)
+    syntax = ("mini-frames:<variant>",)
     tasks = ("vqa",)
     description = "mini-FRAMES: shapes-VQA with ID / near / far OOD shifts (offline)"
     located = True
@@ -57,7 +57,8 @@ class MiniFramesSource(_GeneratedSource):
     def load(self, request: LoadRequest) -> ShapesVQA:
         variant = request.location or "id"
         if variant not in MINI_FRAMES_VARIANTS:
-            raise ValueError(f"unknown mini-FRAMES variant {variant!r} in {request.source!r}; write {self.syntax[0]}.")
+            raise ValueError(f"unknown mini-FRAMES variant {variant!r} in {request.source!r}; variants: "
+                             f"{', '.join(MINI_FRAMES_VARIANTS)}.")
         return mini_frames(variant, self.count(request), image_size=request.option("render_size", 64),
                            seed=request.seed, transform=request.transform or request.preprocess)
 

@@ -204,24 +204,6 @@ def cells_by_model(results: dict) -> dict[str, list[dict]]:
     return out
 
 
-def sample_correlations(cells: list[dict]) -> list[list[str]]:
-    """Per-sample Pearson / Spearman between every two embedding kinds, over every dataset's samples."""
-    from ..shift import pearson, spearman
-
-    by_kind: dict[str, dict[str, list[float]]] = {}
-    for c in cells:
-        by_kind.setdefault(c["embedding"], {})[c["dataset"]] = c["scores"]
-    kinds, rows = list(by_kind), []
-    for i, a in enumerate(kinds):
-        for b in kinds[i + 1:]:
-            common = [d for d in by_kind[a] if d in by_kind[b] and len(by_kind[a][d]) == len(by_kind[b][d])]
-            x = [s for d in common for s in by_kind[a][d]]
-            y = [s for d in common for s in by_kind[b][d]]
-            p, s = pearson(x, y), spearman(x, y)
-            rows.append([a, b, str(len(x)), "–" if p is None else f"{p:.3f}", "–" if s is None else f"{s:.3f}"])
-    return rows
-
-
 register_eval_task(ShiftAnalysis())
 
-__all__ = ["ShiftAnalysis", "ShiftSpec", "parse_shift", "sample_correlations"]
+__all__ = ["ShiftAnalysis", "ShiftSpec", "cells_by_model", "parse_shift"]

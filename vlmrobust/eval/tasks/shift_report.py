@@ -9,6 +9,7 @@ import numpy as np
 
 from ...utils.io import atomic_savefig
 from ..plots import _pyplot
+from ..shift import pearson, spearman
 from ..tables import md_table, pct, safe_name
 
 
@@ -17,8 +18,6 @@ def _fmt(v: float | None) -> str:
 
 
 def shift_markdown(name: str, model: str, summary: dict, cells: list[dict]) -> list[str]:
-    from .shift import sample_correlations
-
     avg, rows = summary.get(name), summary.get("vqa", {})
     if not avg:
         return []
@@ -43,6 +42,22 @@ def shift_markdown(name: str, model: str, summary: dict, cells: list[dict]) -> l
         md += ["Per-sample correlation of the shift scores between embedding kinds (all datasets' samples):", "",
                md_table(["embedding", "embedding", "samples", "Pearson r", "Spearman ρ"], pairs), ""]
     return md
+
+
+def sample_correlations(cells: list[dict]) -> list[list[str]]:
+    """Per-sample Pearson / Spearman between every two embedding kinds, over every dataset's samples."""
+    by_kind: dict[str, dict[str, list[float]]] = {}
+    for c in cells:
+        by_kind.setdefault(c["embedding"], {})[c["dataset"]] = c["scores"]
+    kinds, rows = list(by_kind), []
+    for i, a in enumerate(kinds):
+        for b in kinds[i + 1:]:
+            common = [d for d in by_kind[a] if d in by_kind[b] and len(by_kind[a][d]) == len(by_kind[b][d])]
+            x = [s for d in common for s in by_kind[a][d]]
+            y = [s for d in common for s in by_kind[b][d]]
+            p, s = pearson(x, y), spearman(x, y)
+            rows.append([a, b, str(len(x)), "–" if p is None else f"{p:.3f}", "–" if s is None else f"{s:.3f}"])
+    return rows
 
 
 def shift_plots(name: str, summary: dict, cells: dict[str, list[dict]], out: Path) -> dict[str, str]:
