@@ -72,7 +72,7 @@ def test_every_source_says_what_it_accepts_serves_and_expects():
 
     sources_doc = sources.__doc__
     assert set(DATA_SOURCES.names()) == {"digits", "parquet", "imagefolder", "webdataset", "hf", "shapes-vqa",
-                                         "shapes-caption", "vqa-json", "coco-json"}
+                                         "shapes-caption", "vqa-json", "coco-json", "mini-frames", "frames"}
     for name in DATA_SOURCES:
         s = DATA_SOURCES.get(name)
         assert s.name == name and s.syntax and s.description and s.expects

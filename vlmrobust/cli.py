@@ -1,4 +1,5 @@
-"""The `vlmrobust` command: `eval` (run a suite), `report` (re-render from results JSON), `convert`, `info`.
+"""The `vlmrobust` command: `eval` (run a suite), `shift` (Mahalanobis shift analysis of a VQA suite), `report`
+(re-render from results JSON), `convert`, `push`, `info`.
 
     vlmrobust eval --model vlmrobust:tiny-digits-clip --suite digits --output outputs/eval-digits
     vlmrobust eval --model llava:tiny --suite shapes_vqa --output outputs/eval-shapes-vqa      # VQA (LVLMs)
@@ -9,8 +10,11 @@
     vlmrobust convert outputs/old-eval/results.json   # a results file of format v1 -> v2
     vlmrobust push outputs/fare4-vitb32 me/fare4-vit-b-32 [--private] [--revision dev] [--dry-run staged/]
     vlmrobust eval --model hf-hub:me/fare4-vit-b-32 --suite digits --output outputs/eval-released --update-card
-    vlmrobust wise-ft --model local-dir:outputs/quickstart-digrap --base vlmrobust:tiny-digits-clip \
+    vlmrobust wise-ft --model local-dir:outputs/quickstart-digrap --base vlmrobust:tiny-digits-clip \\
         --alphas 0,0.25,0.5,0.75,1 --suite digits --output outputs/quickstart-digrap/wise-ft
+    vlmrobust eval --model llava:outputs/quickstart-fare-llava/sft --suite mini_frames --output outputs/mini-frames
+    vlmrobust shift --model llava:outputs/quickstart-fare-llava/sft --suite mini_frames --output outputs/mini-frames \\
+        --encoder image:google/vit-base-patch16-224 --encoder text:bert-base-uncased
     vlmrobust info
 """
 
@@ -80,6 +84,27 @@ def make_parser() -> argparse.ArgumentParser:
     wf.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
     wf.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    sh = sub.add_parser("shift", help="Mahalanobis shift of a VQA suite's datasets from the ID training data, and its "
+                                      "correlation with accuracy (resumable; the eval's results.json and report)")
+    sh.add_argument("--model", action="append", required=True, help="an LVLM (llava:… / qwen_vl:…); repeat for several")
+    sh.add_argument("--suite", required=True, help="a VQA suite (mini_frames, frames_vqa, or a YAML path)")
+    sh.add_argument("--output", required=True, help="folder for results.json, report.md and plots (the eval's folder "
+                                                    "reuses its accuracy cells)")
+    sh.add_argument("--encoder", action="append", default=[],
+                    help="a uni-modal encoder, image:<transformers model id or folder> or text:<id>; repeat")
+    sh.add_argument("--no-vlm", action="store_true", help="skip the VLM's own image / question / joint embeddings")
+    sh.add_argument("--reference", default=None, help="the ID dataset (default: the one tagged frames level id)")
+    sh.add_argument("--reference-samples", type=int, default=200, help="ID training questions the Gaussian is fit on")
+    sh.add_argument("--reference-seed", type=int, default=0, help="seed of those (generated sets: the training seed)")
+    sh.add_argument("--reference-split", default="train", help="split of those (datasets with splits)")
+    sh.add_argument("--ridge", type=float, default=1e-8, help="Σ + ridge·I before the pseudo-inverse")
+    sh.add_argument("--device", default=None)
+    sh.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
+    sh.add_argument("--batch-size", type=int, default=None, help="override the suite's batch sizes")
+    sh.add_argument("--datasets", default=None, help="comma-separated subset of the suite's datasets")
+    sh.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sh.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods / data sources")
 
     ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub, in one "
@@ -136,6 +161,39 @@ def _eval(args: argparse.Namespace) -> int:
         url = update_card(hub_model_repo(args.model[0]), load_result_rows(results, args.model[0]), results,
                           suite=res.get("suite", {}).get("name", str(args.suite)))
         print(f"Added the results to the model card: {url}")
+    return 0
+
+
+def _shift(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .eval.report import console_summary
+    from .eval.runner import run_suite
+    from .eval.suite import load_suite
+    from .eval.tasks.shift import ShiftSpec
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec = ShiftSpec(encoders=tuple(args.encoder), vlm=not args.no_vlm, reference=args.reference,
+                     reference_seed=args.reference_seed, reference_split=args.reference_split,
+                     reference_samples=args.reference_samples, ridge=args.ridge)
+    if not spec.kinds:
+        raise SystemExit("vlmrobust shift: error: no embedding: give --encoder or drop --no-vlm.")
+    suite = load_suite(args.suite, n_samples=args.n_samples, batch_size=args.batch_size)
+    keep = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
+    datasets = tuple(dataclasses.replace(d, analyses={**d.analyses, "shift": spec}) for d in suite.datasets
+                     if d.task == "vqa" and (keep is None or d.name in keep))
+    if not datasets:
+        raise SystemExit(f"vlmrobust shift: error: suite {suite.name!r} has no VQA datasets to analyse.")
+    suite = dataclasses.replace(suite, datasets=datasets,
+                                average_exclude=tuple(e for e in suite.average_exclude if e in {d.name for d in datasets}))
+    res = run_suite(args.model, suite, args.output, device=args.device, progress=not args.no_progress)
+    print(console_summary(res.get("summary", {})))
+    run = res.get("last_run", {})
+    print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused. Wrote {args.output}/"
+          "results.json, report.md and plots.")
     return 0
 
 
@@ -249,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .utils.hub_access import HubAccessError
 
     args = make_parser().parse_args(argv)
-    handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push,
-               "wise-ft": _wise_ft}[args.command]
+    handler = {"eval": _eval, "shift": _shift, "report": _report, "convert": _convert, "info": _info,
+               "push": _push, "wise-ft": _wise_ft}[args.command]
     try:
         return handler(args)
     except HubAccessError as err:  # already one line that says what to do: no traceback

@@ -83,12 +83,19 @@ class ShapesVQA(Dataset):
         return self.items[i]
 
     # -- generation -----------------------------------------------------------------------------------------------
+    #: question templates per type (variants such as mini-FRAMES' rephrasings replace them)
+    templates: dict[str, tuple[str, ...]] = _TEMPLATES
+
     def _canvas(self, rng: random.Random):
         from PIL import Image, ImageDraw
 
         grey = rng.randint(215, 255)
         img = Image.new("RGB", (self.image_size, self.image_size), (grey, grey, grey))
         return img, ImageDraw.Draw(img)
+
+    def _draw(self, img, draw, shape: str, cx: float, cy: float, r: float, colour: str, rng: random.Random) -> None:
+        """Draw one object (variants change its look: shades, textures, new shapes)."""
+        draw_shape(draw, shape, cx, cy, r, COLOURS[colour])
 
     def _make(self, idx: int, qtype: str, rng: random.Random) -> dict:
         s = self.image_size
@@ -102,7 +109,7 @@ class ShapesVQA(Dataset):
             for gy, gx in cells:
                 cx = (gx + 0.5) * s / 2 + rng.uniform(-0.05, 0.05) * s
                 cy = (gy + 0.5) * s / 2 + rng.uniform(-0.05, 0.05) * s
-                draw_shape(draw, shape, cx, cy, s * 0.14, COLOURS[colour])
+                self._draw(img, draw, shape, cx, cy, s * 0.14, colour, rng)
             answer = str(k)
         else:
             side = rng.choice(("left", "right"))
@@ -110,7 +117,7 @@ class ShapesVQA(Dataset):
             cy = s * rng.uniform(0.35, 0.65)
             if qtype != "position":
                 cx = s * rng.uniform(0.3, 0.7)
-            draw_shape(draw, shape, cx, cy, r, COLOURS[colour])
+            self._draw(img, draw, shape, cx, cy, r, colour, rng)
             if qtype == "colour":
                 answer = colour
             elif qtype == "shape":
@@ -126,7 +133,7 @@ class ShapesVQA(Dataset):
                     if change in ("shape", "both"):
                         ask_s = rng.choice([x for x in self.shapes if x != shape])
                 answer = "yes" if ask_yes else "no"
-        template = rng.choice(_TEMPLATES[qtype])
+        template = rng.choice(self.templates[qtype])
         question = template.format(colour=ask_c, shape=ask_s)
         return {"image": img, "question": question, "answers": self._references(answer, qtype, rng),
                 "answer": answer, "question_type": qtype, "question_id": idx}

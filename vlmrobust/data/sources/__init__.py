@@ -10,16 +10,18 @@ Every source is a [`DataSource`] registered by name in `DATA_SOURCES` from its o
 | `webdataset:<Hub id or dir>`                                                   | classification  | `webdataset`  |
 | `hf:<Hub dataset id>`, a bare Hub id, or a `save_to_disk` folder               | all three       | `hub`         |
 | `shapes-vqa` (generated, offline; formerly the LVLM recipe's `shapes`)         | vqa             | `shapes`      |
+| `mini-frames:<variant>` (generated, offline: ID / near / far OOD shapes-VQA)   | vqa             | `shapes`      |
 | `shapes-caption` (generated, offline)                                          | caption         | `shapes`      |
 | `vqa-json:<questions.json>,<annotations.json>,<image dir>` (or the suite keys) | vqa             | `json_files`  |
 | `coco-json:<captions.json>,<image dir>` (or the suite keys)                    | caption         | `json_files`  |
+| `frames:<dataset>` (FRAMES-VQA's ten datasets: local official files, else Hub)  | vqa             | `frames`      |
 
 `vlmrobust info` lists what is registered. To add a source: a module with a `DataSource` subclass (`name`, `syntax`,
 `tasks`, `expects`, `load`) ending in `register_source(MySource())`, imported below.
 """
 
 # Each of these modules registers its source(s) when imported.
-from . import digits, hub, imagefolder, json_files, parquet, shapes, webdataset  # noqa: F401
+from . import digits, frames, hub, imagefolder, json_files, parquet, shapes, webdataset  # noqa: F401
 from .base import (
     DATA_SOURCES,
     TASKS,

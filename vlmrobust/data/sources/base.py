@@ -99,6 +99,7 @@ class DataSource:
         expects (`str`): the files it expects and where to get them; said whenever they are missing.
         located (`bool`): it accepts `<name>:<location>`.
         former_names (`tuple[str, ...]`): old spellings, refused with a message naming `name`.
+        generated (`bool`): an offline generator (needs `n_samples`; has its own closed answer set).
     """
 
     name: ClassVar[str] = ""
@@ -108,6 +109,7 @@ class DataSource:
     expects: ClassVar[str] = ""
     located: ClassVar[bool] = False
     former_names: ClassVar[tuple[str, ...]] = ()
+    generated: ClassVar[bool] = False
 
     def load(self, request: LoadRequest) -> torch.utils.data.Dataset:
         """The split, subset and resolution of `request` (items as the task's evaluators and trainers expect).

@@ -1,9 +1,11 @@
-"""`shapes-vqa` and `shapes-caption`: offline VQA and captioning sets generated from rendered coloured shapes."""
+"""`shapes-vqa`, `mini-frames:<variant>` and `shapes-caption`: offline VQA and captioning sets generated from rendered
+coloured shapes."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from ..mini_frames import MINI_FRAMES_VARIANTS, mini_frames
 from ..shapes_captions import CAPTION_PROMPT, ShapesCaptions
 from ..shapes_vqa import ShapesVQA
 from .base import DataSource, LoadRequest, register_source
@@ -17,6 +19,7 @@ class _GeneratedSource(DataSource):
     through the model's preprocessing once; `split` is ignored."""
 
     expects = "Nothing to download: the data is generated from n_samples and seed"
+    generated = True
 
     def count(self, request: LoadRequest) -> int:
         if request.n_samples is None:
@@ -42,6 +45,24 @@ class ShapesVQASource(_GeneratedSource):
                          transform=request.transform or request.preprocess)
 
 
+class MiniFramesSource(_GeneratedSource):
+    """One split of mini-FRAMES (`vlmrobust.data.mini_frames`): shapes-VQA's ID scenes or a near / far OOD shift."""
+
+    name = "mini-frames"
+    syntax = ("mini-frames:<variant>",)
+    tasks = ("vqa",)
+    description = "mini-FRAMES: shapes-VQA with ID / near / far OOD shifts (offline)"
+    located = True
+
+    def load(self, request: LoadRequest) -> ShapesVQA:
+        variant = request.location or "id"
+        if variant not in MINI_FRAMES_VARIANTS:
+            raise ValueError(f"unknown mini-FRAMES variant {variant!r} in {request.source!r}; variants: "
+                             f"{', '.join(MINI_FRAMES_VARIANTS)}.")
+        return mini_frames(variant, self.count(request), image_size=request.option("render_size", 64),
+                           seed=request.seed, transform=request.transform or request.preprocess)
+
+
 class ShapesCaptionSource(_GeneratedSource):
     """[`ShapesCaptions`]: one to three shapes of one colour and kind, 5 COCO-style reference captions each."""
 
@@ -57,4 +78,5 @@ class ShapesCaptionSource(_GeneratedSource):
 
 
 register_source(ShapesVQASource())
+register_source(MiniFramesSource())
 register_source(ShapesCaptionSource())

@@ -16,7 +16,8 @@ Dataset-entry keys (besides the shared ones)::
         image_dir: ...
         image_pattern: null
         answers_field: answers         # a Hub dataset's answers column
-        image_size: 64                 # rendered side of shapes-vqa images
+        image_size: 64                 # rendered side of shapes-vqa / mini-frames images
+        perturb: {eps: 8/255, steps: 10}   # evaluate APGD-perturbed images (mini-FRAMES' adversarial split)
       attacks:
         - attack: apgd                 # APGD on the teacher-forced answer loss (the only VQA attack)
           eps: [2/255, 4/255]
@@ -53,11 +54,22 @@ from ..tables import (
     md_table,
     pct,
 )
-from .base import DatasetRun, EvalTask, register_eval_task
+from .base import DatasetRun, EvalTask, analyses_of, register_eval_task
 from .classification import in_attack_grid
+from .vqa_perturb import decoding_record, parse_perturb, perturb_split
 
 #: VQA sources that are not Hub ids
 VQA_SOURCES = ("shapes-vqa", "vqa-json")
+
+
+def generated_source(source: str) -> bool:
+    """Whether `source` is an offline generator (shapes-vqa, mini-frames:...), with its own closed answer set."""
+    from ...data.sources import resolve_source
+
+    try:
+        return resolve_source(source, "vqa").generated
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,9 @@ class VQASpec:
         questions_file, annotations_file, image_dir, image_pattern: the official VQA JSON files and image folder
             (`source: vqa-json`, see `VQAJsonDataset`).
         answers_field (`str`): answers column of a Hub dataset (list of strings or of `{"answer": ...}`).
-        image_size (`int`): rendered side of `shapes-vqa` images.
+        image_size (`int`): rendered side of `shapes-vqa` / `mini-frames` images.
+        perturb (`dict`, *optional*): `{eps, steps, norm, seed}`: the evaluated images are APGD-perturbed against
+            the evaluated model once, at load (`vqa_perturb.perturb_split`; mini-FRAMES' adversarial split).
     """
 
     answer_mode: str = "generate"
@@ -85,6 +99,7 @@ class VQASpec:
     image_pattern: str | None = None
     answers_field: str = "answers"
     image_size: int = 64
+    perturb: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +142,7 @@ class VQADataset(DatasetSpec):
 _ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "ensemble", "targets", "max_references",
                 "nested_eps"}
 _VQA_KEYS = {"answer_mode", "candidates", "max_new_tokens", "questions_file", "annotations_file", "image_dir",
-             "image_pattern", "answers_field", "image_size"}
+             "image_pattern", "answers_field", "image_size", "perturb"}
 
 
 def likelihood_threat(ctx: Ctx, raw: dict, where: str, kind: str, target: str) -> tuple[str, tuple[float, ...]]:
@@ -183,20 +198,21 @@ class VQATask(EvalTask):
 
     def parse(self, ctx: Ctx, entry: dict, common: dict, where: str) -> VQADataset:
         source = common["source"]
-        if source == "shapes-vqa" and common["n_samples"] is None:
-            raise ctx.fail(f"{where}.n_samples", "missing; the shapes-vqa generator needs the number of questions.")
+        generated = generated_source(source)
+        if generated and common["n_samples"] is None:
+            raise ctx.fail(f"{where}.n_samples", f"missing; the {source} generator needs the number of questions.")
         w = f"{where}.vqa"
         raw = ctx.check_keys(entry.get("vqa") or {}, _VQA_KEYS, w)
-        mode = raw.get("answer_mode", "rank" if source == "shapes-vqa" else "generate")
+        mode = raw.get("answer_mode", "rank" if generated else "generate")
         if mode not in ("rank", "generate"):
             raise ctx.fail(f"{w}.answer_mode", f"must be 'rank' or 'generate', got {mode!r}.")
         cands = raw.get("candidates")
         if cands is not None and (not isinstance(cands, list) or not cands
                                   or not all(isinstance(c, str) and c for c in cands)):
             raise ctx.fail(f"{w}.candidates", f"must be a non-empty list of answer strings, got {cands!r}.")
-        if mode == "rank" and cands is None and source != "shapes-vqa":
-            raise ctx.fail(f"{w}.candidates", "answer_mode 'rank' needs the closed answer set here (only shapes-vqa "
-                                              "provides its own); give candidates or use 'generate'.")
+        if mode == "rank" and cands is None and not generated:
+            raise ctx.fail(f"{w}.candidates", "answer_mode 'rank' needs the closed answer set here (only the "
+                                              "generated sets provide their own); give candidates or use 'generate'.")
         files = {k: ctx.string(raw.get(k), f"{w}.{k}", optional=True)
                  for k in ("questions_file", "annotations_file", "image_dir", "image_pattern")}
         if source == "vqa-json":
@@ -204,15 +220,16 @@ class VQATask(EvalTask):
                 if files[k] is None:
                     raise ctx.fail(f"{w}.{k}", "missing; source vqa-json needs questions_file, annotations_file and "
                                                "image_dir.")
-        else:
+        elif not source.startswith("frames:"):  # frames:<dataset> takes them as overrides of its default files
             extra = [k for k, v in files.items() if v is not None]
             if extra:
-                raise ctx.fail(f"{w}.{extra[0]}", "only used with source: vqa-json.")
+                raise ctx.fail(f"{w}.{extra[0]}", "only used with source: vqa-json or frames:<dataset>.")
         return VQADataset(**common, vqa=VQASpec(
             answer_mode=mode, candidates=tuple(cands) if cands else None,
             max_new_tokens=ctx.integer(raw.get("max_new_tokens", 10), f"{w}.max_new_tokens", lo=1), **files,
             answers_field=ctx.string(raw.get("answers_field", "answers"), f"{w}.answers_field"),
-            image_size=ctx.integer(raw.get("image_size", 64), f"{w}.image_size", lo=8)))
+            image_size=ctx.integer(raw.get("image_size", 64), f"{w}.image_size", lo=8),
+            perturb=parse_perturb(ctx, raw.get("perturb"), f"{w}.perturb")))
 
     def data_config(self, spec: VQADataset) -> dict:
         return {"task": "vqa", "source": spec.source, "split": spec.split, "n_samples": spec.n_samples,
@@ -220,7 +237,8 @@ class VQATask(EvalTask):
 
     # -- cells --------------------------------------------------------------------------------------------------------
     def load(self, spec, model):
-        return load_vqa_dataset(spec, model)
+        data = load_vqa_dataset(spec, model)
+        return perturb_split(data, model, spec.vqa.perturb, spec.batch_size) if spec.vqa.perturb else data
 
     def run(self, run: DatasetRun) -> None:
         clean_cfg = {**run.base, "kind": "vqa_clean", "batch_size": run.spec.batch_size}
@@ -276,7 +294,8 @@ class VQATask(EvalTask):
         scores = [round(v, 4) for v in scores]  # stored rounded; the attack cells start from these
         cell = {"kind": "vqa_clean", "task": "vqa", "metric": "vqa_accuracy", "model": run.model_name,
                 "dataset": run.spec.name, "n": len(scores), "accuracy": sum(scores) / max(len(scores), 1),
-                "answer_mode": run.spec.vqa.answer_mode, "scores": scores, "question_types": types,
+                "answer_mode": run.spec.vqa.answer_mode, **decoding_record(run.model, run.spec.vqa),
+                "scores": scores, "question_types": types,
                 "per_type": _per_type(scores, types)}
         if hasattr(data, "chance_accuracy"):
             cell["chance_accuracy"] = round(data.chance_accuracy()["overall"], 4)
@@ -325,7 +344,7 @@ class VQATask(EvalTask):
 
     def summarize(self, model: str, cells: list[dict], suite: dict) -> dict:
         rows: dict[str, dict] = {}
-        for cell in cells:
+        for cell in (c for c in cells if c["kind"] in self.cell_kinds):  # (its analyses' cells come too)
             row = rows.setdefault(cell["dataset"], {"clean": None, "robust": {}, "per_type": {}})
             if cell["kind"] == "vqa_clean":
                 row.update(clean=cell["accuracy"], n=cell["n"], chance=cell.get("chance_accuracy"),
@@ -337,12 +356,17 @@ class VQATask(EvalTask):
                 eps = format_eps(float(cell["eps"])) if cell["norm"] == "Linf" else f"{float(cell['eps']):g}"
                 for t, v in cell.get("per_type", {}).items():
                     row["per_type"].setdefault(t, {})[f"{cell['attack']} ({cell['norm']}) ε={eps}"] = v
-        out = {}
+        out, extra = {}, {}
         for entry in suite["datasets"]:
             row = rows.get(entry["name"])
             if row is not None and row["clean"] is not None:
-                out[entry["name"]] = {**row, "expected_robustness": curve_expected_robustness(row)}
-        return {"vqa": out} if out else {}
+                out[entry["name"]] = row = {**row, "expected_robustness": curve_expected_robustness(row)}
+                for a in (a for a in analyses_of(self.name) if a.name in (entry.get("analyses") or {})):
+                    row[a.name] = a.summarize_row(row, [c for c in cells if c["dataset"] == entry["name"]
+                                                        and c["kind"] in a.cell_kinds], entry, suite)
+        for a in analyses_of(self.name):  # per-model entries over the datasets (e.g. FRAMES' near / far means)
+            extra.update(a.average(list(out.values())))
+        return {"vqa": out, **extra} if out else {}
 
     def columns(self, row: dict) -> dict[str, float]:
         return curve_columns(row)
