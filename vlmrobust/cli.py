@@ -1,5 +1,5 @@
 """The `vlmrobust` command: `eval` (run a suite), `shift` (Mahalanobis shift analysis of a VQA suite), `report`
-(re-render from results JSON), `convert`, `push`, `info`.
+(re-render from results JSON), `convert`, `push`, `wise-ft`, `info`.
 
     vlmrobust eval --model vlmrobust:tiny-digits-clip --suite digits --output outputs/eval-digits
     vlmrobust eval --model llava:tiny --suite shapes_vqa --output outputs/eval-shapes-vqa      # VQA (LVLMs)
