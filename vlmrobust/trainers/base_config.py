@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from .. import __version__
 from ..attacks import ATTACKS, check_budget
 from ..optim import parse_weight_space
+from .performance import resolve_fast_paths, take_over_hf_compile
 from .schedules import EpsilonSchedule
 
 
@@ -52,6 +53,16 @@ class RobustTrainingArguments(TrainingArguments):
             frozen snapshot of the trained module.
         l2sp_lambda (`float`, *optional*, defaults to 0.01): λ of L2-SP, `g ← g + λ·(θ − θ₀)` (no paper default for
             CLIP; tune it).
+        precision (`str`, *optional*, defaults to `"auto"`): `"bf16"` (autocast over the whole step; δ and its
+            projection stay fp32), `"fp32"`, or `"auto"`: bf16 on a CUDA GPU with bf16 (without DeepSpeed), fp32
+            elsewhere. `bf16=True` is the same as `"bf16"`. Resolved in place.
+        compile_encoder (`bool`, *optional*): `torch.compile` the trained image encoder and the frozen target in
+            place; default (None): on for CLIP backends on a CUDA GPU, off on the CPU. HF's `torch_compile=True`
+            means the same.
+        compile_mode (`str`, *optional*): `torch.compile` mode (e.g. `"max-autotune-no-cudagraphs"`).
+        fused_optimizer (`bool`, *optional*): fused AdamW (`optim="adamw_torch_fused"`); default: on a CUDA GPU.
+        fast_dataloader (`bool`, *optional*): DataLoader workers (`min(4, cpus // 2)` if 0), persistent workers,
+            pinned memory, no per-step NaN check of the loss (a host sync); default: on a CUDA GPU.
     """
 
     method: str = field(default="base", metadata={"help": "Method name in the METHODS registry."})
@@ -76,6 +87,16 @@ class RobustTrainingArguments(TrainingArguments):
     weight_space: str = field(default="none", metadata={
         "help": "Weight-space hooks, '+'-joined names from vlmrobust.optim.WEIGHT_SPACE (e.g. 'l2sp'), or 'none'."})
     l2sp_lambda: float = field(default=0.01, metadata={"help": "L2-SP lambda: g <- g + lambda * (theta - theta_0)."})
+    # fast paths (vlmrobust.trainers.performance): "auto" / None = on for a CUDA GPU, plain fp32 on the CPU
+    precision: str = field(default="auto", metadata={
+        "help": "'auto' (bf16 autocast on a CUDA GPU, fp32 on CPU), 'bf16' or 'fp32'; the perturbation stays fp32."})
+    compile_encoder: bool | None = field(default=None, metadata={
+        "help": "torch.compile the image encoder in place (default: on for CLIP backends on a CUDA GPU)."})
+    compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode of compile_encoder."})
+    fused_optimizer: bool | None = field(default=None, metadata={
+        "help": "Fused AdamW (default: on a CUDA GPU)."})
+    fast_dataloader: bool | None = field(default=None, metadata={
+        "help": "DataLoader workers, persistent workers, pinned memory (default: on a CUDA GPU)."})
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
@@ -113,7 +134,9 @@ class RobustTrainingArguments(TrainingArguments):
         if self.attack_seed is None:
             self.attack_seed = self.seed
         _ = self.epsilon_scheduler  # validates the schedule fields
+        resolve_fast_paths(self)
         super().__post_init__()
+        take_over_hf_compile(self)
 
     @property
     def epsilon_scheduler(self) -> EpsilonSchedule:
