@@ -291,7 +291,8 @@ class Attack:
             self._init_index, self._init_round = None, 0
             result = self._perturb(x, target, generator)
         x_adv = cast_toward(self._clip(x, result.x_adv.float()), x, images.dtype)
-        x_max = cast_toward(self._clip(x, result.x_max_loss.float()), x, images.dtype)
+        # `attack(images, target)` returns x_adv alone: no second clip / cast for the max-loss point
+        x_max = cast_toward(self._clip(x, result.x_max_loss.float()), x, images.dtype) if full_result else x_adv
         return AttackResult(x_adv=x_adv.detach(), x_max_loss=x_max.detach(), loss=result.loss.detach(), success=result.success)
 
     def _perturb(self, x: Tensor, target: Tensor, generator: torch.Generator) -> AttackResult:
