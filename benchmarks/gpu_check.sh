@@ -19,11 +19,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     || { echo "gpu_check: installing the carried wheels failed" >&2; exit 2; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if [[ ${#SMOKE[@]} -eq 0 ]] && ! $PY -c "import vlmrobust" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . 2>/dev/null \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# the project itself, without its dependencies (the GPU image has torch / transformers / accelerate / timm); the
+# smoke run (and a failed install) uses the checkout
+if [[ ${#SMOKE[@]} -eq 0 ]] && $PY -m pip install -q --no-deps --no-build-isolation --no-index --upgrade \
+    --target /tmp/site . >/tmp/gpu_check_install.log 2>&1; then
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-$PY -c "import vlmrobust" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+(cd / && $PY -c "import vlmrobust") || { echo "gpu_check: vlmrobust does not import" >&2; exit 2; }
 $PY -c "import open_clip" || { echo "gpu_check: open_clip is missing: carry its wheels in .whl/ (benchmarks/fetch_wheels.sh)" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 command -v nvidia-smi >/dev/null && [[ ${#SMOKE[@]} -eq 0 ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

@@ -304,7 +304,10 @@ def main(argv=None) -> int:
     if device.type == "cpu" or a.threads:
         torch.set_num_threads(a.threads or 1)  # one thread: two contending ones on a shared runner are far slower
     methods = a.methods or [m for m in DEFAULT_METHODS if m in METHODS]
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    dyn = torch._dynamo.config  # every row compiles fresh encoder instances: room for their graphs
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dyn, key):
+            setattr(dyn, key, max(getattr(dyn, key), 64))
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     peak_name, peak = pm.card_peak(card) if device.type == "cuda" else (None, None)
     ctx = {"device": device, "smoke": a.smoke, "clip_models": {}, "peak": peak,
@@ -314,6 +317,25 @@ def main(argv=None) -> int:
     if a.only:
         rows = [r for r in rows if r["kind"] in a.only]
     results = []
+    name = a.output or RESULTS / (f"perf_check_smoke_{device.type}.json" if a.smoke else
+                                  f"perf_check_{card.replace(' ', '_')}.json")
+
+    def write():  # after every row: a run cut short still leaves its JSON
+        from vlmrobust.utils.io import atomic_write_json
+
+        meta = {"benchmark": "perf_check", "smoke": a.smoke, "device": card, "device_type": device.type,
+                "peak": {"name": peak_name, "tflops": peak}, "torch": torch.__version__,
+                "python": platform.python_version(), "vlmrobust": __version__, "versions": _versions(),
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch_threads": torch.get_num_threads(),
+                "load_average_1min": os.getloadavg()[0],
+                "settings": {"epsilon": "4/255", "attack": "pgd", "attack_steps": 10, "attack_step_size": "1/255",
+                             "steps": ctx["steps"], "warmup": ctx["warmup"], "plain_steps": ctx["plain_steps"],
+                             "repeats": a.repeats, "methods": methods,
+                             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32},
+                "seconds": round(time.perf_counter() - t_start, 1), "results": results}
+        atomic_write_json(name, meta)
+        return meta
+
     for spec in rows:
         elapsed = time.perf_counter() - t_start
         need = 0 if a.smoke else ROW_COST_S.get(f"{spec['kind']}:{spec['model']}", 60)
@@ -332,20 +354,8 @@ def main(argv=None) -> int:
         row["row_seconds"] = round(time.perf_counter() - t, 1)
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "traceback"}, default=str), flush=True)
-    meta = {"benchmark": "perf_check", "smoke": a.smoke, "device": card, "device_type": device.type,
-            "peak": {"name": peak_name, "tflops": peak}, "torch": torch.__version__, "python": platform.python_version(),
-            "vlmrobust": __version__, "versions": _versions(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
-            "settings": {"epsilon": "4/255", "attack": "pgd", "attack_steps": 10, "attack_step_size": "1/255",
-                         "steps": ctx["steps"], "warmup": ctx["warmup"], "plain_steps": ctx["plain_steps"],
-                         "repeats": a.repeats,
-                         "methods": methods, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32},
-            "seconds": round(time.perf_counter() - t_start, 1), "results": results}
-    name = a.output or RESULTS / (f"perf_check_smoke_{device.type}.json" if a.smoke else
-                                  f"perf_check_{card.replace(' ', '_')}.json")
-    from vlmrobust.utils.io import atomic_write_json
-
-    atomic_write_json(name, meta)
+        write()
+    meta = write()
     print(f"wrote {name} in {meta['seconds']} s")
     return 1 if any("error" in r for r in results) else 0
 

@@ -144,10 +144,10 @@ class AttackLoop:
         was_training = module.training if module is not None else None
         if module is not None:
             module.eval()
-        # gradients w.r.t. δ only: a compiled encoder's backward would also compute the weights' (eager autograd
-        # prunes them by itself; not under ZeRO, whose partitioned parameters keep their flags)
-        frozen = getattr(self, "compiled", False) and not getattr(self, "is_deepspeed_enabled", False)
-        trained = self._attack_frozen_module() if frozen else None
+        # gradients w.r.t. δ only: with the weights frozen, eager autograd records no weight-gradient graph in the
+        # attack's forwards, and a compiled encoder's backward computes no weight gradients (not under ZeRO, whose
+        # partitioned parameters keep their flags)
+        trained = None if getattr(self, "is_deepspeed_enabled", False) else self._attack_frozen_module()
         try:
             atk = build_training_attack(a, forward, eps=eps, loss_fn=loss_fn, seed=seed, random_start=rs,
                                         sample_seeds=sample_seeds)
