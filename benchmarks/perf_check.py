@@ -126,7 +126,7 @@ def train_row(spec, ctx) -> dict:
     del probe
     plain = pm.PLAIN_STEPS.get(method) if spec.get("plain", True) else None
     pb = spec.get("plain_batch", spec["batch"])
-    ours_times, plain_times, ours, p = [], [], None, None
+    ours_times, plain_times, ours, p, paired = [], [], None, None, []
     # toolkit and plain twin alternate, `repeats` times: on a loaded machine both see the same background
     for _ in range(ctx["repeats"]):
         model = make()
@@ -140,6 +140,8 @@ def train_row(spec, ctx) -> dict:
             kw = {"classnames": dataset.classnames} if method == "tecoa" else {}
             p = plain(model, batches(dataset, pb, device), ctx["plain_steps"], ctx["plain_warmup"], device, **kw)
             plain_times += p["step_times_s"]
+            # toolkit / plain of this repeat (adjacent in time: the same background load), per image
+            paired.append((spec["batch"] / _median(ours["step_times_s"])) / (pb / _median(p["step_times_s"])))
             del model
             _free(device)
     step_s = _median(ours_times)
@@ -156,6 +158,8 @@ def train_row(spec, ctx) -> dict:
     row["plain_fp32"] = {"batch": pb, "img_per_s": pb / _median(plain_times), "step_times_s": plain_times,
                          "peak_mem_gib": p["peak_mem_gib"]}
     row["ratio_vs_plain_fp32"] = row["img_per_s"] / row["plain_fp32"]["img_per_s"]
+    row["paired_ratios"] = [round(r, 4) for r in paired]
+    row["median_paired_ratio"] = _median(paired)
     return row
 
 
