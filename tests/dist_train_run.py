@@ -19,6 +19,9 @@ A job is a method name from `JOBS` with optional `@` options, e.g. `fare@ga2`:
     ckpt     activation checkpointing
     ws       weight-space hooks: L2-SP from the config, then the test's stateful EMAGradient and a GradientLog, and
              an L2Ball(0.05) post-step constraint around θ₀ (tests/ws_hooks.py)
+    digrap   DiGraP (ω from 0.5, learned), 3 optimizer steps; `info.json` gets every tensor's ω
+    ftp      FTP (radius lr 0.05), 3 optimizer steps; `info.json` gets every tensor's radius
+    spd      SPD (λ = 1), 3 optimizer steps; `info.json` gets how many tensors were decayed
     kill<t>  save a checkpoint every step and die right after checkpoint-t (every rank, `os._exit`)
     resume   resume from the last checkpoint of the `kill` job of the same method
 Results go to `OUT/<method>[-opt...]`; `kill` and `resume` share `OUT/<method>-resume`.
@@ -45,6 +48,8 @@ from vlmrobust.models import create_model  # noqa: E402
 from vlmrobust.trainers import (  # noqa: E402
     AdversarialConfig,
     AdversarialTrainer,
+    DiGraPConfig,
+    DiGraPTrainer,
     FAREConfig,
     FARETrainer,
     RAdaptConfig,
@@ -63,9 +68,33 @@ JOBS = {
     "at": ("open_clip", AdversarialConfig, AdversarialTrainer, {"loss": "classic", "attack": "pgd"}, True),
     "trades": ("open_clip", AdversarialConfig, AdversarialTrainer, {"loss": "trades", "attack": "apgd"}, True),
     "radapt": ("open_clip", RAdaptConfig, RAdaptTrainer, {"alpha": 0.5, "d0": 10.0, "d0_reference_size": 32}, False),
+    # DiGraP's own method (CE on the zero-shot head) with LoRA adapters on the tower (θ₀ = 0 for them)
+    "digrap_lora": ("open_clip", DiGraPConfig, DiGraPTrainer, {"lora_r": 2, "digrap_omega_init": 0.5}, True),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }
+
+
+# `@<name>` job options that train with a shipped weight-space method: config overrides (3 steps, so that DiGraP's ω
+# and FTP's radius take a hypergradient step: the first step has no previous component)
+WEIGHT_SPACE_JOBS = {
+    "digrap": {"weight_space": "digrap", "digrap_omega_init": 0.5, "digrap_mu": 0.5, "max_steps": 3},
+    "ftp": {"weight_space": "ftp", "ftp_lr": 0.05, "max_steps": 3},
+    "spd": {"weight_space": "spd", "spd_lambda": 1.0, "max_steps": 3},
+}
+
+
+def weight_space_summary(trainer):
+    """The shipped hooks' per-tensor scalars (ω, γ) and counters, for info.json."""
+    out = {}
+    for h in trainer.weight_space.hooks:
+        if hasattr(h, "omegas"):
+            out["omega"] = h.omegas()
+        if hasattr(h, "radii"):
+            out["gamma"] = h.radii()
+        if hasattr(h, "decayed"):
+            out["decayed"] = h.decayed
+    return out
 
 
 # SGD learning rates: large enough that 2 steps move every weight far beyond the comparison tolerance
@@ -114,6 +143,7 @@ def innermost(optimizer):
 def parse_job(job):
     name, *flags = job.split("@")
     o = {"ga": 1, "adam": False, "bf16": False, "ckpt": False, "ws": False, "kill": 0, "resume": False}
+    o.update(dict.fromkeys(WEIGHT_SPACE_JOBS, False))
     for f in flags:
         if f.startswith("ga"):
             o["ga"] = int(f[2:])
@@ -148,6 +178,9 @@ def run_job(job, out, opts):
               activation_checkpointing=o["ckpt"], save_strategy="steps" if save_every else "no",
               save_steps=save_every or 500)
     kw.update(overrides)
+    for opt, job_kw in WEIGHT_SPACE_JOBS.items():
+        if o[opt]:
+            kw.update(job_kw)
     extra = {}
     if o["ws"]:
         kw.update(weight_space="l2sp", l2sp_lambda=1.0)
@@ -179,6 +212,7 @@ def run_job(job, out, opts):
                   "ema_calls": sorted({s["calls"] for s in ema.state.values()}),
                   "projected": trainer.weight_space.constraints[0].projected,
                   "n_trainable": sum(p.requires_grad for p in trainer.model.parameters())}
+        ws.update(weight_space_summary(trainer))
         info = {"world_size": trainer.args.world_size, "per_device": per_device, "ga": o["ga"],
                 "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage
                 if trainer.is_deepspeed_enabled else 0,

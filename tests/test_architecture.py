@@ -20,7 +20,7 @@ LAYERS = {
     "models": 3,
     "optim": 4, "trainers": 4, "eval": 4,
     "hub": 5,
-    "script_utils": 6, "recipe_main": 6, "vlm_recipe_main": 6,
+    "script_utils": 6, "recipe_main": 6, "vlm_recipe_main": 6, "vlm_finetune_main": 6,
     "cli": 7,
 }
 

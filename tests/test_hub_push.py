@@ -317,17 +317,17 @@ def test_lvlm_recipe_push_to_hub_uploads_the_llava_checkpoint_with_its_card(hub,
                      "--sft_steps", "0", "--train_samples", "8", "--max_steps", "1", "--per_device_train_batch_size",
                      "4", "--attack_steps", "1", "--eval_samples", "6", "--eval_batch_size", "6",
                      "--eval_attack_steps", "1", "--eval_epsilons", "8/255", "--save_strategy", "no",
-                     "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "alice/llava-fare",
+                     "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "alice/llava-fare-recipe",
                      "--hub_token", TOKEN])
-    assert len(hub.commits("alice/llava-fare")) == 2  # the initial commit and the push
-    files = hub.files("alice/llava-fare")
+    assert len(hub.commits("alice/llava-fare-recipe")) == 2  # the initial commit and the push
+    files = hub.files("alice/llava-fare-recipe")
     assert {"config.json", "model.safetensors", "README.md", "results.json"} <= set(files)
     assert not any(p.startswith("checkpoint-") or p.endswith(".bin") for p in files)
     meta, _ = parse_card(files["README.md"].decode())
     expected = load_result_rows(out / "results.json", "after")
     assert expected and _same(rows_from_model_index(meta["model-index"]), expected)
     assert {r.metric for r in expected} == {"vqa_accuracy"} and any(r.attack for r in expected)
-    path = snapshot_download("alice/llava-fare", token=TOKEN, cache_dir=tmp_path / "c")
+    path = snapshot_download("alice/llava-fare-recipe", token=TOKEN, cache_dir=tmp_path / "c")
     enc = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     with torch.no_grad():
         down = LlavaForConditionalGeneration.from_pretrained(path).eval()(**enc).logits

@@ -92,13 +92,15 @@ def test_duplicate_or_inconsistent_registration_fails_loudly(methods):
         register_method("toy-2", ToyConfig, ToyTrainer)
     with pytest.raises(TypeError, match="must subclass RobustTrainingArguments"):
         register_method("toy-3", dict, ToyTrainer)
-    with pytest.raises(KeyError, match="Unknown method 'fair'. Known methods: adversarial, fare"):
+    with pytest.raises(KeyError, match="Unknown method 'fair'. Known methods: adversarial, digrap, fare"):
         resolve_method("fair")
 
 
 def test_shipped_methods_carry_their_metadata():
     expect = {"fare": (False, False, "2402.12336"), "tecoa": (True, False, "2212.07016"),
               "adversarial": (True, True, "2508.14079"), "radapt": (False, False, "2603.12799")}
+    # a method whose head trains only with some options decides per run (digrap: `train_head`)
+    assert callable(METHODS.get("digrap").trains_classifier) and METHODS.get("digrap").paper == "2502.15895"
     for name, (classnames, classifier, paper) in expect.items():
         m = METHODS.get(name)
         assert (m.needs_classnames, m.trains_classifier, m.paper) == (classnames, classifier, paper), name

@@ -83,11 +83,18 @@ def test_fare_recipe_end_to_end(digits_clip, tmp_path):
     assert [h["step"] for h in state["log_history"] if "loss" in h][0] == 6  # history carried over
 
 
-@pytest.mark.parametrize("recipe,extra", [("tecoa_clip", []), ("adv_clip", ["--loss", "trades"]),
-                                          ("adv_clip", ["--loss", "classic", "--protocol", "lp"])])
+QUICKSTART = {"tecoa_clip": "quickstart_tecoa.yaml", "adv_clip": "quickstart_trades.yaml",
+              "digrap_clip": "quickstart_digrap.yaml"}
+
+
+@pytest.mark.parametrize("recipe,extra", [
+    ("tecoa_clip", []), ("adv_clip", ["--loss", "trades"]), ("adv_clip", ["--loss", "classic", "--protocol", "lp"]),
+    ("digrap_clip", []), ("digrap_clip", ["--lora_r", "2", "--weight_space", "ftp", "--adversarial", "true"]),
+    ("digrap_clip", ["--weight_space", "none", "--train_head", "true", "--lp_steps", "3"]),  # LP-FT: a classifier
+])
 def test_other_recipes_run_on_quickstart_data(digits_clip, tmp_path, recipe, extra):
     mod = __import__(recipe)
-    cfg = "quickstart_tecoa.yaml" if recipe == "tecoa_clip" else "quickstart_trades.yaml"
+    cfg = QUICKSTART[recipe]
     argv = _short(digits_clip, tmp_path, "--max_steps", "4", "--eval_before", "false", *extra)
     argv[1] = str(ROOT / "recipes/configs" / cfg)
     res = mod.main(argv)

@@ -6,6 +6,12 @@ native layout) plus the full gradients the gradient hook saw. The 1-process refe
 single_gpu.yaml) runs the same jobs with the same global batch (4 images: 1 x 4 against 2 x 2, or 2 x 1 x 2
 accumulation steps). Each of the 9 files in recipes/accelerate_configs/ is launched by one of these tests.
 
+The `@digrap` / `@ftp` / `@spd` jobs train with the shipped weight-space methods: the same weights, and the same ω
+(DiGraP) / radius γ (FTP) per tensor and number of decayed tensors (SPD), under DDP, ZeRO-2 and ZeRO-3 (also fully
+partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (merged checkpoint); DiGraP's state
+(ω, its Adam moments, the previous component) survives a kill and resume under ZeRO-3. Observed: ω and γ equal to
+1e-6, weights within the tolerances below.
+
 The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
 around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and ZeRO-3 (also with every parameter
 partitioned) they must give the 1-process weights, the transform must see the same full gradients exactly once per
@@ -49,6 +55,8 @@ CONFIGS = ROOT / "recipes" / "accelerate_configs"
 RUNNER = HERE / "dist_train_run.py"
 ALL = ["fare", "tecoa", "at", "trades", "radapt", "fare_llava", "fare_qwen_vl"]
 WS = ["fare@ws", "at@ws"]  # weight-space hooks on FARE's encoder and on AT's encoder + head
+# the shipped weight-space methods (3 steps each): DiGraP's projection and learned ω, FTP's learned radius, SPD
+WS_METHODS = ["fare@digrap", "at@digrap", "fare@ftp", "fare@spd", "digrap_lora@digrap"]  # + the digrap method, LoRA
 TIMINGS: dict[str, float] = {}
 
 
@@ -286,8 +294,8 @@ def reference(tmp_path_factory, env):
     """Every job on 1 process, global batch 4, with the untrained weights saved too (launched with single_gpu.yaml,
     which on a machine without GPUs runs on the CPU; fp32, as the runs it is compared with)."""
     out = tmp_path_factory.mktemp("ref_1proc")
-    run_jobs(out, [*ALL, "fare@adam", *WS], env, config="single_gpu.yaml", launch_args=("--mixed_precision", "no"),
-             extra=["--save_init"])
+    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS], env, config="single_gpu.yaml",
+             launch_args=("--mixed_precision", "no"), extra=["--save_init"])
     for job in ALL:
         assert info(out / job)["world_size"] == 1
         assert_trained(out / job)
@@ -304,6 +312,18 @@ def _check_ws(run, ref, jobs=WS):
         assert_same_training(ref / d.replace("-ga2", ""), run / d)
 
 
+def _check_ws_methods(run, ref, jobs=(*WS_METHODS, "at@digrap@ga2")):
+    """Same weights, gradients, and per-tensor ω / γ / SPD decay count as the 1-process run."""
+    for job in jobs:
+        d = job.replace("@", "-")
+        assert_same_training(ref / d.replace("-ga2", ""), run / d)
+        want, got = info(ref / d.replace("-ga2", ""))["weight_space"], info(run / d)["weight_space"]
+        assert want.keys() == got.keys() and want, (job, got)
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, dict) else value), (job, key)
+    assert any(0 < w < 1 or w == 1.0 for w in info(ref / "at-digrap")["weight_space"]["omega"].values())
+
+
 def _check_ga(run, ref, job):
     got = info(run / f"{job}-ga2")
     assert (got["world_size"], got["per_device"], got["ga"]) == (2, 1, 2)
@@ -313,11 +333,13 @@ def _check_ga(run, ref, job):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(reference, env, tmp_path):
-    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2"], env, config="cpu_multi.yaml")
+    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"], env,
+             config="cpu_multi.yaml")
     for job in ALL:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, 0), job
         assert_same_training(reference / job, tmp_path / job)
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
+    _check_ws_methods(tmp_path, reference)
     for job in ("fare", "at"):
         _check_ga(tmp_path, reference, job)
 
@@ -344,7 +366,7 @@ def _plain_loaders_read(ckpt_dir, saved_file):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,config", [(2, "cpu_deepspeed_zero2.yaml"), (3, "cpu_deepspeed_zero3.yaml")])
 def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, tmp_path):
-    jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2"]
+    jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"]
     if stage == 3:
         jobs.append("fare_llava@ckpt")  # activation checkpointing of an LVLM tower under ZeRO-3
     # the last job (with the weight-space hooks, so their state must come back too) is killed (every rank, os._exit)
@@ -358,6 +380,7 @@ def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, 
     for job in ("fare", "at"):
         _check_ga(tmp_path, reference, job)
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
+    _check_ws_methods(tmp_path, reference)
     if stage == 3:
         assert_same_training(reference / "fare_llava", tmp_path / "fare_llava-ckpt")
         _plain_loaders_read(tmp_path / "fare" / "final", tmp_path / "fare" / "final" / "open_clip_model.safetensors")
@@ -383,9 +406,19 @@ def test_weight_space_hooks_under_zero3_with_every_parameter_partitioned(referen
     ds = json.loads((ROOT / "recipes/ds_configs/zero3.json").read_text())
     ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3_partitioned.json").write_text(json.dumps(ds))
-    run_jobs(tmp_path, [*WS, "fare@ws@ga2"], env, config="cpu_deepspeed_zero3.yaml",
-             launch_args=("--deepspeed_config_file", str(tmp_path / "zero3_partitioned.json")))
+    launch_args = ("--deepspeed_config_file", str(tmp_path / "zero3_partitioned.json"))
+    # the last job (DiGraP, 3 steps) is killed right after checkpoint-2, then resumed
+    proc = run_jobs(tmp_path, [*WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2", "at@digrap@kill2"], env,
+                    config="cpu_deepspeed_zero3.yaml", launch_args=launch_args, check=False)
+    assert "KILLED after checkpoint-2" in proc.stdout and "DONE" not in proc.stdout, proc.stderr[-4000:]
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
+    _check_ws_methods(tmp_path, reference)
+    run_jobs(tmp_path, ["at@digrap@resume"], env, config="cpu_deepspeed_zero3.yaml", launch_args=launch_args)
+    killed = tmp_path / "at-digrap-resume"
+    assert info(killed)["resumed_from"].endswith("checkpoint-2") and info(killed)["global_step"] == 3
+    assert_same_training(reference / "at-digrap", killed, check_grads=False)
+    assert info(killed)["weight_space"]["omega"] == pytest.approx(
+        info(reference / "at-digrap")["weight_space"]["omega"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -174,7 +174,7 @@ def test_runner_state_is_keyed_by_name_and_checked():
 
 
 def test_config_names_registered_hooks_and_attacks(tmp_path):
-    with pytest.raises(ValueError, match="registered: l2sp"):
+    with pytest.raises(ValueError, match=r"registered: digrap, ftp, l2sp, spd"):
         _args(tmp_path, weight_space="l2-sp")
     with pytest.raises(ValueError, match=r"'pdg' is not a registered attack; registered: .*apgd.*pgd"):
         _args(tmp_path, attack="pdg")

@@ -9,6 +9,8 @@
     vlmrobust convert outputs/old-eval/results.json   # a results file of format v1 -> v2
     vlmrobust push outputs/fare4-vitb32 me/fare4-vit-b-32 [--private] [--revision dev] [--dry-run staged/]
     vlmrobust eval --model hf-hub:me/fare4-vit-b-32 --suite digits --output outputs/eval-released --update-card
+    vlmrobust wise-ft --model local-dir:outputs/quickstart-digrap --base vlmrobust:tiny-digits-clip \
+        --alphas 0,0.25,0.5,0.75,1 --suite digits --output outputs/quickstart-digrap/wise-ft
     vlmrobust info
 """
 
@@ -17,6 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -31,14 +43,14 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True, help="folder for results.json, report.md and plots")
     ev.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     ev.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (perturbations stay fp32)")
-    ev.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
-    ev.add_argument("--batch-size", type=int, default=None, help="override the suite's batch sizes")
+    ev.add_argument("--n-samples", type=_positive_int, default=None, help="cap every dataset's sample count")
+    ev.add_argument("--batch-size", type=_positive_int, default=None, help="override the suite's batch sizes")
     ev.add_argument("--datasets", default=None, help="comma-separated subset of the suite's datasets")
     ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="reuse finished cells of an existing results.json (default: on)")
     ev.add_argument("--skip-missing", action="store_true", help="skip datasets that cannot be loaded")
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ev.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument("--update-card", action="store_true",
                     help="append the results to the model card of the (single) Hub model evaluated, in one commit "
@@ -54,6 +66,19 @@ def make_parser() -> argparse.ArgumentParser:
     cv.add_argument("results", help="the v1 results.json (or its folder)")
     cv.add_argument("--output", default=None, help="where to write the converted file (default: in place, the old "
                                                    "one kept as results.v1.json)")
+
+    wf = sub.add_parser("wise-ft", help="WiSE-FT: interpolate a fine-tuned checkpoint with its base at several alphas, "
+                                        "save each (native layout) and evaluate each through a suite")
+    wf.add_argument("--model", required=True, help="create_model id of the fine-tuned checkpoint (local-dir:…)")
+    wf.add_argument("--base", required=True, help="create_model id of the model it was fine-tuned from (theta_0)")
+    wf.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                    help="comma-separated floats in [0, 1]: weight of the fine-tuned model (default 0,0.25,0.5,0.75,1)")
+    wf.add_argument("--suite", default=None, help="suite name or YAML path (none: only write the checkpoints)")
+    wf.add_argument("--output", required=True, help="folder for alpha_<a>/ checkpoints and eval/")
+    wf.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda when available)")
+    wf.add_argument("--bf16", action="store_true", help="bf16 autocast for the evaluation")
+    wf.add_argument("--n-samples", type=int, default=None, help="cap every dataset's sample count")
+    wf.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods / data sources")
 
@@ -128,6 +153,21 @@ def _probe_hub_for_suite(suite: str) -> None:
         use_cache_if_unreachable()
 
 
+def _wise_ft(args: argparse.Namespace) -> int:
+    from .hub.wise_ft import wise_ft
+
+    out = wise_ft(args.model, args.base, args.alphas, args.output, suite=args.suite, device=args.device,
+                  bf16=args.bf16, n_samples=args.n_samples, progress=not args.no_progress)
+    for alpha, folder in out["checkpoints"].items():
+        print(f"alpha={alpha:g}: {folder}")
+    if out["results"] is not None:
+        from .eval.report import console_summary
+
+        print(console_summary(out["results"].get("summary", {})))
+        print(f"Wrote {args.output}/eval/results.json and report.md (a row per alpha).")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -197,6 +237,9 @@ def _info(_: argparse.Namespace) -> int:
         from .trainers import METHODS
 
         print(f"methods: {', '.join(METHODS.names())}")
+        from .optim import WEIGHT_SPACE
+
+        print(f"weight-space hooks (--weight_space): {', '.join(WEIGHT_SPACE.names())}")
     except Exception as err:  # the trainers pull in transformers/accelerate; info must still work without them
         print(f"methods: unavailable ({type(err).__name__}: {err})")
     return 0
@@ -206,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .utils.hub_access import HubAccessError
 
     args = make_parser().parse_args(argv)
-    handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push}[args.command]
+    handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push,
+               "wise-ft": _wise_ft}[args.command]
     try:
         return handler(args)
     except HubAccessError as err:  # already one line that says what to do: no traceback

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from accelerate import PartialState
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .script_utils import RecipeParser, ScriptArguments, load_datasets, recipe_evaluator, reload_spec
 from .utils.distributed import outside_zero3_init
 
 
 def _resolve_resume(args) -> str | None:
-    r = args.resume_from_checkpoint
-    if r in (None, "", "false", "False", False):
-        return None
-    if r in ("true", "True", True):
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if last is None:
-            print(f"[vlmrobust] no checkpoint in {args.output_dir} to resume from: starting fresh.")
-        return last
-    if not Path(r).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {r}: no such checkpoint folder.")
-    return r
+    """The checkpoint to resume (`--resume_from_checkpoint true`: the newest complete one; none yet: start fresh)."""
+    from .trainers.run_guards import resolve_resume
+
+    return resolve_resume(args.output_dir, args.resume_from_checkpoint, fresh_if_none=True)
+
+
+def guard_output_dir(args) -> str | None:
+    """Resolve the resume point and refuse an `output_dir` holding an earlier run, before anything is evaluated
+    or written there; returns the checkpoint to resume (None: a fresh run)."""
+    from .trainers.run_guards import check_output_dir
+
+    resume = _resolve_resume(args)
+    check_output_dir(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)
+    return resume
 
 
 def run_clip_recipe(method, argv=None) -> dict:
@@ -49,6 +50,7 @@ def run_clip_recipe(method, argv=None) -> dict:
     method = resolve_method(method)
     parser = RecipeParser((ScriptArguments, method.config_class))
     script, args = parser.parse_args_and_config(argv)
+    resume = guard_output_dir(args)
     hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
@@ -70,13 +72,13 @@ def run_clip_recipe(method, argv=None) -> dict:
 
     trainer = method.trainer_class(model, args, train_dataset=train_ds, **method.trainer_kwargs(train_ds))
     t0 = time.time()
-    train_out = trainer.train(resume_from_checkpoint=_resolve_resume(args))
+    train_out = trainer.train(resume_from_checkpoint=resume)
     timings["train_s"] = round(time.time() - t0, 1)
     trainer.save_model(args.output_dir)
     state.wait_for_everyone()
 
     if script.eval_after and state.is_main_process:
-        if method.trains_classifier:  # AT / TRADES: the trained classifier, same protocol
+        if method.is_classifier(args):  # AT / TRADES, a trained head: the trained classifier, same protocol
             clf = trainer.accelerator.unwrap_model(trainer.model).eval()
             evaluate("after", TrainedClassifier(model, clf, train_ds.classnames))
         else:  # reload the saved checkpoint through the backend's loader: what users will get

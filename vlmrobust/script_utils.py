@@ -46,7 +46,10 @@ class RecipeParser(HfArgumentParser):
             del args[i : i + 2]
             if not path.is_file():
                 raise FileNotFoundError(f"Config file not found: {path}")
-            cfg = yaml.safe_load(path.read_text()) or {}
+            cfg = yaml.safe_load(path.read_text())
+            if cfg is None or cfg == {}:  # would train with every default into ./trainer_output
+                raise ValueError(f"{path} is empty: a recipe config sets at least output_dir (see recipes/configs/ "
+                                 "for examples).")
             if not isinstance(cfg, dict):
                 raise ValueError(f"{path} must be a YAML mapping of argument names to values.")
             known = {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc)}

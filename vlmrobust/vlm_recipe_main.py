@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 # -- supervised fine-tuning on VQA (teacher-forced answer CE) ---------------------------------------------------------
 def finetune_vqa(model, dataset, *, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-                 weight_decay: float = 0.0, seed: int = 0, log_every: int = 50) -> list[float]:
+                 weight_decay: float = 0.0, seed: int = 0, log_every: int = 50, weight_space=None) -> list[float]:
     """Fine-tune an LVLM's trainable parameters on VQA answers (prompt / image tokens masked); returns the losses.
 
     A plain AdamW loop with linear warm-up (10%) and cosine decay: enough for the offline fixtures and for LoRA
@@ -36,6 +36,9 @@ def finetune_vqa(model, dataset, *, steps: int = 300, batch_size: int = 32, lr: 
         weight_decay (`float`, *optional*, defaults to 0.0): AdamW weight decay.
         seed (`int`, *optional*, defaults to 0): data order.
         log_every (`int`, *optional*, defaults to 50): print the mean loss every n steps (0: silent).
+        weight_space (`vlmrobust.optim.WeightSpaceRunner`, *optional*): weight-space hooks (DiGraP, L2-SP, FTP, SPD):
+            its gradient transforms run after each backward, before clipping and the step; its constraints after
+            the step. One process (this loop has no DDP / DeepSpeed).
     """
     import math
 
@@ -60,8 +63,12 @@ def finetune_vqa(model, dataset, *, steps: int = 300, batch_size: int = 32, lr: 
             loss = model.answer_loss(pixels, batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if weight_space is not None:
+                weight_space.after_backward(model)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if weight_space is not None:
+                weight_space.after_step(model)
             sched.step()
             losses.append(loss.item())
             step += 1
@@ -216,6 +223,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     from .eval.report import console_summary
     from .hub.push import take_hub_push
     from .models import create_model
+    from .recipe_main import guard_output_dir
     from .script_utils import RecipeParser
     from .trainers import resolve_method
     from .utils.determinism import enable_determinism
@@ -223,6 +231,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
 
     method = resolve_method(method)
     script, args = RecipeParser((LVLMScriptArguments, method.config_class)).parse_args_and_config(argv)
+    resume = guard_output_dir(args)  # before SFT / evaluation write anything into output_dir
     hub = take_hub_push(args)  # push_to_hub=True: the finished output goes up once, through `vlmrobust push`
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
     state = PartialState()
@@ -258,7 +267,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     pixels = PixelsOnly(train_ds, model.preprocess)
     trainer = method.trainer_class(model, args, train_dataset=pixels, **method.trainer_kwargs(pixels))
     t0 = time.time()
-    train_out = trainer.train()
+    train_out = trainer.train(resume_from_checkpoint=resume)
     timings["train_s"] = round(time.time() - t0, 1)
     trainer.save_model(args.output_dir)
     state.wait_for_everyone()

@@ -8,6 +8,7 @@ the model backend normalises inside its forward.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import datasets
 
 Transform = Callable[[Image.Image], torch.Tensor]
+logger = logging.getLogger(__name__)
 
 # Tried in this order among `ClassLabel` columns, then among plain columns (CIFAR-100 has fine and coarse labels).
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label")
@@ -87,12 +89,35 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        row = self.data[int(index)]
-        image = row[self.image_column]
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return {"pixel_values": self.transform(image), "labels": int(row[self.label_column])}
+    #: an unreadable / corrupt image: "fail" (raise naming the row and file) or "skip" (the item is None, which the
+    #: collators drop; `skipped` counts them in this process)
+    bad_images: str = "fail"
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int] | None:
+        try:
+            row = self.data[int(index)]
+            image = row[self.image_column]
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            pixels = self.transform(image)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated files
+            where = f"{self.name} (split {self.split}) row {index}{self._file_of(index)}"
+            if self.bad_images == "skip":
+                self.skipped = getattr(self, "skipped", 0) + 1
+                logger.warning("Skipping unreadable image %s: %s (%d skipped so far).", where, err, self.skipped)
+                return None
+            raise ValueError(f"Unreadable image {where}: {type(err).__name__}: {err}. Remove or replace the file, or "
+                             "skip such images (bad_images='skip': each is skipped, counted and reported).") from None
+        return {"pixel_values": pixels, "labels": int(row[self.label_column])}
+
+    def _file_of(self, index: int) -> str:
+        try:
+            import datasets
+
+            raw = self.data.cast_column(self.image_column, datasets.Image(decode=False))[int(index)][self.image_column]
+            return f", file {raw['path']}" if raw.get("path") else ""
+        except Exception:  # best effort: the row number alone still finds it
+            return ""
 
     @property
     def labels(self) -> torch.Tensor:
@@ -107,7 +132,9 @@ class ClassificationDataset(Dataset):
 
 
 def collate_classification(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Stack items of [`ClassificationDataset`] or [`DigitsDataset`] into `{"pixel_values", "labels"}` tensors."""
+    """Stack items of [`ClassificationDataset`] or [`DigitsDataset`] into `{"pixel_values", "labels"}` tensors
+    (skipped unreadable images, `None`, dropped)."""
+    batch = [item for item in batch if item is not None]
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "labels": torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long),

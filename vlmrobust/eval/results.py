@@ -49,6 +49,10 @@ class ResultsFormatError(ValueError):
     """A file is not a `vlmrobust.results/v2` results file; the message says what it is and what to do."""
 
 
+class CorruptResultsError(ResultsFormatError):
+    """A results file that cannot be trusted: not valid JSON, or v2 with fields outside its schema."""
+
+
 def fingerprint(obj) -> str:
     """Short stable hash of a JSON-able object (decides whether a stored cell is still valid)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
@@ -94,12 +98,57 @@ def check_format(data: dict, path: str | os.PathLike) -> dict:
     raise ResultsFormatError(f"{path} is not a vlmrobust results file (format {fmt!r}; expected {FORMAT}).")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_results(data: dict, path: str | os.PathLike) -> dict:
+    """Return a v2 results dict if its fields fit the schema, else raise `CorruptResultsError` naming the field.
+
+    Checked: the top-level types, each cell a mapping with a `kind`, a sample count `n` >= 0, and every number
+    whose key ends in `accuracy` a fraction in [0, 1] (a hand-edited 7.5 is not reported as 750%).
+    """
+    def bad(what: str):
+        raise CorruptResultsError(f"{path} does not fit the {FORMAT} schema: {what}.")
+
+    for key, kind in (("cells", dict), ("suite", dict), ("models", list), ("skipped", dict)):
+        if key in data and not isinstance(data[key], kind):
+            bad(f"`{key}` must be a {kind.__name__}, got {type(data[key]).__name__}")
+    if not isinstance(data.get("cells"), dict):
+        bad("no `cells` mapping")
+    for key, cell in data["cells"].items():
+        if not isinstance(cell, dict) or not isinstance(cell.get("kind"), str):
+            bad(f"cell {key!r} is not a mapping with a `kind`")
+        n = cell.get("n")
+        if n is not None and (not _number(n) or n < 0):
+            bad(f"cell {key!r} has n {n!r} (a sample count >= 0)")
+        for field, v in cell.items():
+            if field.endswith("accuracy") and v is not None and (not _number(v) or not 0 <= v <= 1):
+                bad(f"cell {key!r} has {field} {v!r}, outside [0, 1] (accuracies are fractions)")
+    return data
+
+
 def load_results(path: str | os.PathLike) -> dict:
-    """Read a `results.json` (or the one in a folder) of format v2; older formats raise `ResultsFormatError`."""
+    """Read a `results.json` (or the one in a folder) of format v2, validated (`validate_results`); older formats
+    raise `ResultsFormatError`, a file that is not JSON or breaks the schema `CorruptResultsError`."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_NAME
-    return check_format(json.loads(path.read_text(encoding="utf-8")), path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptResultsError(f"{path} is not valid JSON ({err}): truncated or hand-edited.") from None
+    return validate_results(check_format(data, path), path)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a bad results file to `<name>.corrupt` (`.corrupt.1`, ... when taken); returns the new path."""
+    target, i = path.with_name(path.name + ".corrupt"), 0
+    while target.exists():
+        i += 1
+        target = path.with_name(f"{path.name}.corrupt.{i}")
+    os.replace(path, target)
+    return target
 
 
 def merge_results(results: Sequence[dict]) -> dict:
@@ -135,10 +184,11 @@ class Store:
         if resume and self.path.is_file():
             try:
                 old = load_results(self.path)
+            except CorruptResultsError as err:
+                moved = move_aside(self.path)
+                logger.warning("%s Moved it aside to %s; starting afresh (no finished cell is reused).", err, moved)
             except ResultsFormatError as err:
                 raise ResultsFormatError(f"{err} (or run without resuming: --no-resume / resume=False)") from None
-            except json.JSONDecodeError as err:
-                logger.warning("Ignoring unreadable %s (%s); starting afresh.", self.path, err)
         self.cells: dict[str, dict] = dict(old.get("cells", {}))
         prev_models = [m for m in old.get("models", []) if m not in models]
         self.data = {"format": FORMAT, "vlmrobust_version": __version__, "suite": suite,
@@ -163,5 +213,6 @@ class Store:
         atomic_write_json(self.path, self.data)
 
 
-__all__ = ["FORMAT", "RESULTS_NAME", "ResultsFormatError", "Store", "attack_key", "check_format", "clean_key",
-           "eps_key", "fingerprint", "load_results", "merge_results", "pack_mask", "unpack_mask"]
+__all__ = ["FORMAT", "RESULTS_NAME", "CorruptResultsError", "ResultsFormatError", "Store", "attack_key", "check_format", "clean_key",
+           "eps_key", "fingerprint", "load_results", "merge_results", "move_aside", "pack_mask", "unpack_mask",
+           "validate_results"]

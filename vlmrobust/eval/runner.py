@@ -196,6 +196,9 @@ def run_suite(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if not isinstance(suite, Suite):
+        for flag, v in (("n_samples", n_samples), ("batch_size", batch_size)):
+            if v is not None and (not isinstance(v, int) or v < 1):  # 0 would be silently ignored or empty
+                raise ValueError(f"{flag} must be a positive integer, got {v!r}.")
         suite = load_suite(suite, n_samples=n_samples, batch_size=batch_size)
     elif n_samples is not None or batch_size is not None:
         raise ValueError("n_samples / batch_size overrides need a suite name or path, not a loaded Suite.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..attacks import build_attack, check_budget
+
+logger = logging.getLogger(__name__)
 
 #: Components that need a minimum number of classes (DLR losses use the 3rd / 4th largest logit).
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
@@ -95,6 +98,9 @@ def _subset(dataset: Dataset, n_samples: int | None, seed: int) -> Dataset:
 
 
 def _collate(batch):
+    if any(b is None for b in batch):  # a skipped unreadable image would shift every point after it
+        raise ValueError("An unreadable image was skipped (bad_images='skip'), but evaluation scores every point of "
+                         "its subset by position: remove or replace the file, or use bad_images='fail' to name it.")
     return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor(
         [int(b["labels"]) for b in batch], dtype=torch.long)
 
@@ -236,7 +242,7 @@ def predict(
                 x, y = x.to(device), y.to(device)
                 with _autocast(device, bf16):
                     logits = classifier(x)
-                correct.append((logits.argmax(-1) == y).cpu())
+                correct.append(((logits.argmax(-1) == y) & torch.isfinite(logits).all(-1)).cpu())
                 margins.append(_margins(logits).cpu())
                 bar.update(len(x))
     finally:
@@ -332,13 +338,20 @@ def attack_survivors(
                     atk = build_attack(name, classifier, norm=norm, eps=eps, steps=steps, seed=seed + b, **kwargs)
                     with autocast:
                         res = atk.perturb(x[idx], y[idx])
-                    dist = per_sample_norm((res.x_adv.float() - x[idx].float()), canon)
+                    # a NaN / Inf adversarial point (or logit) is never counted as robust: it counts as broken
+                    finite = torch.isfinite(res.x_adv.detach().flatten(1)).all(1)
+                    x_adv = torch.where(finite.view(-1, *[1] * (x.dim() - 1)), res.x_adv, x[idx])
+                    dist = per_sample_norm((x_adv.float() - x[idx].float()), canon)
                     if bool((dist > eps * (1 + 1e-4) + 1e-6).any()) or bool(
-                            (res.x_adv < 0).any() | (res.x_adv > 1).any()):
+                            (x_adv < 0).any() | (x_adv > 1).any()):
                         raise RuntimeError(f"{name} returned points outside the {canon} ball of radius {eps:.6g} or "
                                            "the [0, 1] box; refusing to count them.")
                     with torch.no_grad(), autocast:
-                        still = classifier(res.x_adv).argmax(-1) == y[idx]
+                        logits = classifier(res.x_adv)
+                    still = (logits.argmax(-1) == y[idx]) & finite & torch.isfinite(logits).all(-1)
+                    if not bool(finite.all()):
+                        logger.warning("%s returned %d non-finite (NaN / Inf) points: counted as broken.", name,
+                                       int((~finite).sum()))
                     broken_by[name] += int((~still).sum())
                     alive[idx] = still
                 out.append(alive.cpu())

@@ -99,13 +99,14 @@ class HFCLIP(VisionLanguageModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **extra_config):
         """Write transformers' own layout (`config.json`, `model.safetensors`, processor files)."""
-        from ..utils.io import atomic_write_json
+        from ..utils.io import atomic_write_json, umask_modes
 
         out = Path(save_directory)
         self.model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         self.processor.save_pretrained(out)
         atomic_write_json(out / "vlmrobust_config.json",
                           {"vlmrobust_version": __version__, "backend": self.backend, **extra_config})
+        umask_modes(out)  # transformers saves safetensors as 0600, its JSON as 0644
 
 
 def load_hf_clip(name_or_path: str, *, device: str | torch.device = "cpu", torch_dtype=None, **kwargs) -> HFCLIP:

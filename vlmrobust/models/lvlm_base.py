@@ -165,7 +165,7 @@ class LVLM(VisionLanguageModel):
         A LoRA-wrapped model writes PEFT's adapter layout (`adapter_config.json`, `adapter_model.safetensors`)
         unless `merge_lora`, which merges the adapters into a copy and writes the full model.
         """
-        from ..utils.io import atomic_write_json
+        from ..utils.io import atomic_write_json, umask_modes
 
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,7 @@ class LVLM(VisionLanguageModel):
         self.processor.save_pretrained(out)
         atomic_write_json(out / "vlmrobust_config.json",
                           {"vlmrobust_version": __version__, "backend": self.backend, **extra_config})
+        umask_modes(out)  # transformers saves safetensors as 0600, its JSON as 0644
 
     # -- not meaningful for a generative model ------------------------------------------------------------------
     def encode_text(self, texts, normalize: bool = False) -> torch.Tensor:

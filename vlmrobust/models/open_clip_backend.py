@@ -90,6 +90,27 @@ class OpenCLIP(VisionLanguageModel):
                        extra_config=extra_config)
 
 
+#: the weight files open_clip's `local-dir:` loader looks for, in its order of preference
+LOCAL_WEIGHT_NAMES = (OPEN_CLIP_WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                      "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
+                      "model.pth")
+
+
+def _check_local_weights(path: Path, name: str) -> None:
+    """Refuse a folder without weights (open_clip would only warn and build a *random* model) or with a corrupt
+    safetensors file (whose error would not name it)."""
+    from ..utils.io import check_safetensors
+
+    found = [path / n for n in LOCAL_WEIGHT_NAMES if (path / n).is_file()]
+    if not found:
+        raise FileNotFoundError(
+            f"'{name}': {path} has {OPEN_CLIP_CONFIG_NAME} but no weights ({OPEN_CLIP_WEIGHTS_NAME}); open_clip would "
+            "build a randomly initialised model from the config alone. Copy the weights file beside the config, or "
+            "point at the folder that has them.")
+    if found[0].suffix == ".safetensors":
+        check_safetensors(found[0])
+
+
 def load_open_clip(name: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
                    precision: str = "fp32", **kwargs) -> OpenCLIP:
     """Create an :class:`OpenCLIP` from an open_clip name.
@@ -111,6 +132,7 @@ def load_open_clip(name: str, pretrained: str | None = None, *, device: str | to
                 f"({OPEN_CLIP_CONFIG_NAME} + {OPEN_CLIP_WEIGHTS_NAME}), as written by vlmrobust's recipes or "
                 "`open_clip.push_to_hf_hub`."
             )
+        _check_local_weights(path, name)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, precision=precision, **kwargs

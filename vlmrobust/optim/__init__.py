@@ -7,6 +7,8 @@ with and without DeepSpeed ZeRO (`full_tensors`) and keep their state by paramet
 factory with `@WEIGHT_SPACE.register("name")` and are chosen with the config's `weight_space`.
 """
 
+from .digrap import DiGraP, ScalarAdam
+from .ftp import FTP
 from .full_tensors import get_full_grad, get_full_param, set_full_grad, set_full_param
 from .hooks import (
     WEIGHT_SPACE,
@@ -17,11 +19,12 @@ from .hooks import (
     parse_weight_space,
 )
 from .l2sp import L2SP
-from .reference import ReferenceWeights, frozen_copy
+from .reference import ReferenceWeights, frozen_copy, is_lora_adapter
 from .runner import PostStepCallback, WeightSpaceRunner
+from .spd import SPD
 
 __all__ = [
-    "L2SP", "WEIGHT_SPACE", "GradientTransform", "PostStepCallback", "PostStepConstraint", "ReferenceWeights",
-    "WeightSpaceHook", "WeightSpaceRunner", "build_weight_space", "frozen_copy", "get_full_grad", "get_full_param",
-    "parse_weight_space", "set_full_grad", "set_full_param",
+    "FTP", "L2SP", "SPD", "WEIGHT_SPACE", "DiGraP", "GradientTransform", "PostStepCallback", "PostStepConstraint",
+    "ReferenceWeights", "ScalarAdam", "WeightSpaceHook", "WeightSpaceRunner", "build_weight_space", "frozen_copy",
+    "get_full_grad", "get_full_param", "is_lora_adapter", "parse_weight_space", "set_full_grad", "set_full_param",
 ]

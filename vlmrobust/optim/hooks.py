@@ -82,8 +82,26 @@ class GradientTransform(WeightSpaceHook):
 class PostStepConstraint(WeightSpaceHook):
     """Rewrites a parameter tensor right after the optimizer step (e.g. a projection back towards θ₀).
 
-    Subclasses implement :meth:`apply`.
+    Subclasses implement :meth:`apply`. A constraint whose rule also reads the step's gradient (FTP's hypergradient,
+    SPD's condition) sets `observes_gradient` and implements :meth:`observe`, which the runner calls once per
+    optimizer step, before the step, with the full gradient the optimizer is about to use.
+
+    Class attributes:
+        observes_gradient (`bool`): call :meth:`observe` before each optimizer step.
     """
+
+    observes_gradient: bool = False
+
+    def observe(self, name: str, param: Tensor, grad: Tensor, ref: Tensor | None) -> None:
+        """See parameter `name` before the optimizer step (only when `observes_gradient`).
+
+        Args:
+            name (`str`): the parameter's name in the trained module.
+            param (`torch.Tensor`): its value θ_{t−1} before the step, whole, fp32. Read-only.
+            grad (`torch.Tensor`): its full gradient after the gradient transforms (what the optimizer steps on),
+                unscaled, fp32. Read-only.
+            ref (`torch.Tensor`, *optional*): its θ₀ when `needs_reference`, else None.
+        """
 
     def apply(self, name: str, param: Tensor, ref: Tensor | None) -> Tensor | None:
         """The constrained value of parameter `name`, or None to leave it as the optimizer left it.

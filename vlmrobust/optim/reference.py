@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ..utils.distributed import outside_zero3_init
+
+#: PEFT's LoRA adapter tensors (`...lora_A.default.weight`, `lora_B`, `lora_embedding_A` / `_B`): their θ₀ is 0
+LORA_ADAPTER_PATTERN = re.compile(r"(?:^|\.)lora_(?:embedding_)?[AB](?:\.|$)")
+
+
+def is_lora_adapter(name: str) -> bool:
+    """Whether parameter `name` is a LoRA adapter tensor (whose weight-space θ₀ is 0, see `ReferenceWeights.anchor`)."""
+    return LORA_ADAPTER_PATTERN.search(name) is not None
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -36,21 +45,28 @@ class ReferenceWeights:
 
     Args:
         module (`nn.Module`): the trainable module as the trainer hands it to the `Trainer`, whole (not partitioned).
+        trainable_only (`bool`, *optional*, defaults to `False`): keep only the tensors that require gradients, as a
+            table (no module view): enough for the weight-space hooks, and no copy of a frozen 7B base under LoRA.
 
     Raises:
         ValueError: when `module` is already partitioned by DeepSpeed ZeRO-3 (build the model under
             `vlmrobust.utils.distributed.outside_zero3_init`).
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, trainable_only: bool = False):
         partitioned = [n for n, p in module.named_parameters() if hasattr(p, "ds_id")]
         if partitioned:
             raise ValueError(f"Cannot snapshot θ₀: {len(partitioned)} parameters (e.g. {partitioned[0]!r}) are already "
                              "partitioned by DeepSpeed ZeRO-3. Build the model under `outside_zero3_init()` so that it "
                              "is whole when the trainer is created.")
+        self.module: nn.Module | None = None
+        if trainable_only:
+            self._tensors: dict[str, torch.Tensor] = {n: p.detach().clone() for n, p in module.named_parameters()
+                                                      if p.requires_grad}
+            return
         with outside_zero3_init():
             self.module = frozen_copy(module)
-        self._tensors: dict[str, torch.Tensor] = dict(self.module.named_parameters())
+        self._tensors = dict(self.module.named_parameters())
 
     # -- the table view ----------------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -76,10 +92,25 @@ class ReferenceWeights:
             t = self._tensors[name]
         return t
 
+    def anchor(self, name: str, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """θ₀ of parameter `name` as the weight-space hooks see it: 0 for LoRA adapter tensors, else the snapshot.
+
+        A LoRA model starts as the pretrained model (B·A = 0), so pulling the adapters towards 0 is pulling towards
+        the pretrained function; DiGraP (arXiv 2502.15895) and SPD's reference code take θ₀ = 0 for adapters, not
+        their random initialisation.
+        """
+        t = self.get(name, device)
+        if t is not None and is_lora_adapter(name):
+            return torch.zeros_like(t)
+        return t
+
     def to(self, device: torch.device | str) -> ReferenceWeights:
         """Move the snapshot to `device` (in place; a no-op when it is already there)."""
         first = next(iter(self._tensors.values()), None)
         if first is not None and first.device == torch.device(device):
+            return self
+        if self.module is None:
+            self._tensors = {n: t.to(device) for n, t in self._tensors.items()}
             return self
         self.module.to(device)
         self._tensors = dict(self.module.named_parameters())
@@ -88,6 +119,9 @@ class ReferenceWeights:
     # -- the module view ---------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         """Run the frozen module (on the device of the first tensor argument)."""
+        if self.module is None:
+            raise TypeError("These ReferenceWeights keep only the trainable tensors (trainable_only=True): no module "
+                            "to run.")
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if first is not None:
             self.to(first.device)

@@ -54,28 +54,36 @@ class WeightSpaceRunner:
     def needs_reference(self) -> bool:
         return any(h.needs_reference for h in self.hooks)
 
+    @property
+    def acts_after_backward(self) -> bool:
+        """Whether :meth:`after_backward` has work: gradient transforms, or constraints that observe the gradient."""
+        return bool(self.transforms) or any(c.observes_gradient for c in self.constraints)
+
     def __bool__(self) -> bool:
         return bool(self.hooks)
 
     def _ref(self, hook: WeightSpaceHook, name: str, device: torch.device) -> torch.Tensor | None:
-        return self.reference.get(name, device) if hook.needs_reference else None
+        return self.reference.anchor(name, device) if hook.needs_reference else None
 
     # -- the two hook points -----------------------------------------------------------------------------------------
     def after_backward(self, module: nn.Module, grad_scale: float = 1.0) -> None:
-        """Apply the gradient transforms to every trainable tensor of `module` that has a gradient.
+        """Apply the gradient transforms to every trainable tensor of `module` that has a gradient, then show the
+        result to the post-step constraints that observe it (`PostStepConstraint.observes_gradient`).
 
         Args:
             module (`nn.Module`): the trained module, unwrapped (its names key the hooks' state and θ₀).
             grad_scale (`float`, *optional*, defaults to 1.0): the fp16 loss scale the gradients still carry; the
                 transforms see (and return) unscaled gradients.
         """
-        if not self.transforms:
+        if not self.acts_after_backward:
             return
+        observers = [c for c in self.constraints if c.observes_gradient]
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             active = [t for t in self.transforms if t.applies_to(name)]
-            if not active:
+            watching = [c for c in observers if c.applies_to(name)]
+            if not active and not watching:
                 continue
             grad = get_full_grad(p)
             if grad is None:  # a parameter the loss does not reach (no .grad without DeepSpeed)
@@ -84,7 +92,10 @@ class WeightSpaceRunner:
             theta = get_full_param(p).to(g.device)
             for t in active:
                 g = t.transform(name, theta, g, self._ref(t, name, g.device))
-            set_full_grad(p, (g * grad_scale if grad_scale != 1.0 else g).to(grad.dtype))
+            for c in watching:
+                c.observe(name, theta, g, self._ref(c, name, g.device))
+            if active:
+                set_full_grad(p, (g * grad_scale if grad_scale != 1.0 else g).to(grad.dtype))
 
     def after_step(self, module: nn.Module) -> None:
         """Apply the post-step constraints to every trainable tensor of `module`."""

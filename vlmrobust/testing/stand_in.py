@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -89,20 +90,70 @@ def pretrain_tiny_digits_clip(output_dir: str | os.PathLike, *, steps: int = 800
     return save_open_clip(model, output_dir, cfg, preprocess_cfg, extra_config=meta)
 
 
+def _remove_stale_builds(target: Path) -> None:
+    """Remove temp build folders of `target` left by killed builds: their process is gone (and they are over a
+    minute old), or they are over an hour old (a build takes about a minute; a shared cache may hold another
+    host's)."""
+    for p in target.parent.glob(f".{target.name}.*"):
+        parts = p.name[len(target.name) + 2:].split(".")
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        try:
+            age = time.time() - p.stat().st_mtime
+        except OSError:
+            continue
+        dead = pid is not None and pid != os.getpid() and not _alive(pid)
+        if age > 3600 or (dead and age > 60):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _TerminateAsInterrupt:
+    """SIGTERM raises (instead of killing the process outright) while the stand-in is built, so the `finally`
+    that removes the temp folder runs; only in the main thread, the previous handler restored after."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def raise_(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self.previous = signal.signal(signal.SIGTERM, raise_)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
 def get_tiny_digits_clip(progress: bool = True, **overrides) -> Path:
-    """Path of the cached stand-in checkpoint, pre-training it first when absent (atomic: built aside, renamed)."""
+    """Path of the cached stand-in checkpoint, pre-training it first when absent (atomic: built aside, renamed;
+    a SIGTERM during the build removes the temp folder, and temp folders of killed builds are removed later)."""
+    from ..utils.io import make_temp_dir
+
     target = cache_dir() / f"{TINY_DIGITS_NAME}-{TINY_DIGITS_VERSION}"
     if (target / OPEN_CLIP_WEIGHTS_NAME).is_file() and (target / OPEN_CLIP_CONFIG_NAME).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        pretrain_tiny_digits_clip(tmp, progress=progress, **overrides)
+    _remove_stale_builds(target)
+    with _TerminateAsInterrupt():
+        tmp = make_temp_dir(target.parent, prefix=f".{target.name}.{os.getpid()}.")
         try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / OPEN_CLIP_WEIGHTS_NAME).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            pretrain_tiny_digits_clip(tmp, progress=progress, **overrides)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process finished first
+                if not (target / OPEN_CLIP_WEIGHTS_NAME).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

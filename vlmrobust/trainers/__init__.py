@@ -13,6 +13,8 @@ from .adversarial_config import AdversarialConfig
 from .adversarial_trainer import AdversarialTrainer, CosineClassifier
 from .base_config import RobustTrainingArguments
 from .base_trainer import RobustTrainer, frozen_copy, image_collator
+from .digrap_config import DiGraPConfig
+from .digrap_trainer import DiGraPTrainer
 from .fare_config import FAREConfig
 from .fare_trainer import FARETrainer, fare_distance
 from .methods import CLIP_BACKENDS, LVLM_BACKENDS, METHODS, Method, load_config, register_method, resolve_method
@@ -28,7 +30,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "CLIP_BACKENDS", "LVLM_BACKENDS", "METHODS", "AdversarialConfig", "AdversarialTrainer", "CosineClassifier",
-    "EpsilonSchedule", "FAREConfig", "FARETrainer", "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
+    "DiGraPConfig", "DiGraPTrainer", "EpsilonSchedule", "FAREConfig", "FARETrainer", "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
     "RobustTrainingArguments", "TeCoAConfig", "TeCoATrainer",
     "fare_distance", "frozen_copy", "image_collator", "load_config", "register_method", "resolve_method",
 ]

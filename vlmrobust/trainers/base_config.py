@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 
 from .. import __version__
 from ..attacks import ATTACKS, check_budget
-from ..optim import parse_weight_space
+from ..optim import build_weight_space
 from .performance import resolve_fast_paths, take_over_hf_compile
 from .schedules import EpsilonSchedule
 
@@ -49,8 +49,9 @@ class RobustTrainingArguments(TrainingArguments):
         epsilon_schedule_end (`float`, *optional*, defaults to 0): T2.
         epsilon_schedule_unit (`str`, *optional*, defaults to `"steps"`): unit of T1 / T2, `"steps"` or `"epochs"`.
         weight_space (`str`, *optional*, defaults to `"none"`): weight-space hooks from `vlmrobust.optim.WEIGHT_SPACE`,
-            `'+'`-joined: `"l2sp"` (L2-SP, arXiv 1802.01483). Hooks that read θ₀ make the trainer keep the shared
-            frozen snapshot of the trained module.
+            `'+'`-joined: `"l2sp"` (L2-SP, arXiv 1802.01483), `"digrap"` (DiGraP, arXiv 2502.15895), `"ftp"` (FTP,
+            arXiv 2310.19182), `"spd"` (SPD, arXiv 2411.01713). Hooks that read θ₀ make the trainer keep the shared
+            frozen snapshot of the trained module (θ₀ = 0 for LoRA adapter tensors).
         l2sp_lambda (`float`, *optional*, defaults to 0.01): λ of L2-SP, `g ← g + λ·(θ − θ₀)` (no paper default for
             CLIP; tune it).
         precision (`str`, *optional*, defaults to `"auto"`): `"bf16"` (autocast over the whole step; δ and its
@@ -63,6 +64,14 @@ class RobustTrainingArguments(TrainingArguments):
         fused_optimizer (`bool`, *optional*): fused AdamW (`optim="adamw_torch_fused"`); default: on a CUDA GPU.
         fast_dataloader (`bool`, *optional*): DataLoader workers (`min(4, cpus // 2)` if 0), persistent workers,
             pinned memory, no per-step NaN check of the loss (a host sync); default: on a CUDA GPU.
+        digrap_mu (`float`, *optional*, defaults to 0.5): DiGraP's μ, learning rate of the scalar Adam on each ω.
+        digrap_omega_init (`float`, *optional*, defaults to 0.0): DiGraP's ω at the start, in [0, 1].
+        digrap_learn_omega (`bool`, *optional*, defaults to `True`): learn ω by hypergradient (else fixed).
+        ftp_lr (`float`, *optional*, defaults to 1e-2): FTP's learning rate of the scalar Adam on each radius γ.
+        ftp_k (`float`, *optional*, defaults to 1.0): FTP's annealing factor of positive hypergradients (a float).
+        ftp_gamma_init (`float`, *optional*, defaults to 1e-8): FTP's radius on the first step.
+        spd_lambda (`float`, *optional*, defaults to 1.0): SPD's decay strength λ (AdamSPD's `weight_decay`; set
+            `weight_decay` 0 to match AdamSPD, whose decay replaces AdamW's).
     """
 
     method: str = field(default="base", metadata={"help": "Method name in the METHODS registry."})
@@ -97,6 +106,20 @@ class RobustTrainingArguments(TrainingArguments):
         "help": "Fused AdamW (default: on a CUDA GPU)."})
     fast_dataloader: bool | None = field(default=None, metadata={
         "help": "DataLoader workers, persistent workers, pinned memory (default: on a CUDA GPU)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Train into an output_dir that already holds a run (its checkpoints and model are replaced)."})
+    nonfinite_loss: str = field(default="stop", metadata={
+        "help": "A NaN / Inf loss or gradient: 'stop' the run (naming the step and the last good checkpoint) or "
+                "'skip' the optimizer step."})
+    resume_allow_config_change: bool = field(default=False, metadata={
+        "help": "Resume a checkpoint with another method / epsilon / attack than it was trained with."})
+    digrap_mu: float = field(default=0.5, metadata={"help": "DiGraP: lr of the scalar Adam on each omega."})
+    digrap_omega_init: float = field(default=0.0, metadata={"help": "DiGraP: initial omega, in [0, 1]."})
+    digrap_learn_omega: bool = field(default=True, metadata={"help": "DiGraP: learn omega by hypergradient."})
+    ftp_lr: float = field(default=1e-2, metadata={"help": "FTP: lr of the scalar Adam on each radius gamma."})
+    ftp_k: float = field(default=1.0, metadata={"help": "FTP: annealing factor of positive hypergradients."})
+    ftp_gamma_init: float = field(default=1e-8, metadata={"help": "FTP: radius on the first step."})
+    spd_lambda: float = field(default=1.0, metadata={"help": "SPD: decay strength lambda."})
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
@@ -111,9 +134,7 @@ class RobustTrainingArguments(TrainingArguments):
             self.attack_options = json.loads(text) if text else None
         if self.attack_options is not None and not isinstance(self.attack_options, dict):
             raise ValueError(f"attack_options must be a mapping (JSON object), got {self.attack_options!r}.")
-        parse_weight_space(self.weight_space)
-        if not self.l2sp_lambda >= 0:
-            raise ValueError(f"l2sp_lambda must be >= 0, got {self.l2sp_lambda}.")
+        build_weight_space(self)  # checks the names and each hook's own arguments
         self.attack_norm = {"linf": "Linf", "l2": "L2"}.get(str(self.attack_norm).lower(), self.attack_norm)
         if self.attack_momentum_style not in ("fare", "mi-fgsm"):
             raise ValueError(f"attack_momentum_style must be 'fare' (the FARE reference's rule) or 'mi-fgsm', got "
@@ -134,9 +155,33 @@ class RobustTrainingArguments(TrainingArguments):
         if self.attack_seed is None:
             self.attack_seed = self.seed
         _ = self.epsilon_scheduler  # validates the schedule fields
+        if self.nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be a positive number of optimizer steps, or -1 to train "
+                             f"num_train_epochs epochs; got {self.max_steps}.")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1; got {self.num_train_epochs}.")
         resolve_fast_paths(self)
         super().__post_init__()
         take_over_hf_compile(self)
+
+    # -- secrets never reach the disk: a pickled config (training_args.bin) has no `*_token` value ----------------
+    def __getstate__(self) -> dict:
+        return {k: None if k.endswith("_token") else v for k, v in self.__dict__.items()}
+
+    def __copy__(self):
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     @property
     def epsilon_scheduler(self) -> EpsilonSchedule:

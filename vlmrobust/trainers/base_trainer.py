@@ -34,17 +34,29 @@ from ..optim import (
     set_full_grad,
 )
 from ..utils.distributed import check_zero_stage
-from ..utils.io import atomic_save_safetensors
+from ..utils.io import atomic_save_safetensors, check_safetensors, umask_modes
 from .activation_checkpointing import attach_activation_checkpointing
 from .base_config import RobustTrainingArguments
 from .performance import autocast_context, compile_in_place, wants_compile
+from .run_guards import (
+    check_has_batches,
+    check_output_dir,
+    check_resume_config,
+    check_steps_trained,
+    nonfinite_message,
+    resolve_resume,
+)
 from .training_attack import AttackLoop, check_training_attack
 
 __all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "image_collator", "require_vlm"]
 
 
 def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack `pixel_values` (and `labels` when present) of dataset items."""
+    """Stack `pixel_values` (and `labels` when present) of dataset items (skipped unreadable images, `None`,
+    dropped)."""
+    features = [f for f in features if f is not None]
+    if not features:
+        raise ValueError("Every image of a training batch was unreadable (skipped): check the dataset.")
     batch = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
     if "labels" in features[0]:
         batch["labels"] = torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long)
@@ -127,6 +139,11 @@ class RobustTrainer(AttackLoop, Trainer):
         self._micro_step = (-1, 0)  # (global_step, attack call within it)
         self._micro_batch = (-1, 0)  # (global_step, micro-batch index within it on this rank)
         self._attack_call = 0  # attack calls within the current micro-batch
+        self._finite: torch.Tensor | None = None  # every loss of the current optimizer step finite (on device)
+        self.skipped_steps: list[int] = []  # optimizer steps skipped for a non-finite loss / gradient
+        if args.nonfinite_loss == "skip" and args.deepspeed:
+            raise ValueError("nonfinite_loss='skip' is not supported under DeepSpeed (its engine steps the "
+                             "optimizer itself): use 'stop' (the default).")
         super().__init__(model=trainable, args=args, train_dataset=train_dataset,
                          data_collator=data_collator or image_collator, **kwargs)
         if self.weight_space.constraints:
@@ -216,9 +233,33 @@ class RobustTrainer(AttackLoop, Trainer):
         scaler = getattr(self.accelerator, "scaler", None)
         return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
+    def _all_finite(self, model: nn.Module) -> bool:
+        """Whether every loss of this optimizer step, and every gradient, is finite on every rank (one small
+        all-reduce per step); gradients are not checked under fp16 loss scaling, whose scaler skips those steps."""
+        ok = self._finite if self._finite is not None else torch.tensor(True)
+        self._finite = None
+        if not self.is_deepspeed_enabled and self._loss_scale() == 1.0:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                ok = ok.to(grads[0].device) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        bad = (~ok).float().reshape(1).to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return bad.item() == 0
+
     def _before_optimizer_step(self, model: nn.Module) -> None:
+        if not self._all_finite(model):
+            step = self.state.global_step + 1
+            if self.args.nonfinite_loss == "stop":
+                raise FloatingPointError(nonfinite_message(step, self.args.output_dir))
+            self.skipped_steps.append(step)
+            print(f"[vlmrobust] non-finite loss or gradient at optimizer step {step}: step skipped "
+                  f"({len(self.skipped_steps)} so far).")
+            for p in model.parameters():  # the optimizer skips parameters without a gradient
+                p.grad = None
+            return
         self.on_full_backward(model)
-        if self.weight_space.transforms:
+        if self.weight_space.acts_after_backward:
             self.weight_space.after_backward(self.unwrapped(model), self._loss_scale())
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
@@ -229,6 +270,8 @@ class RobustTrainer(AttackLoop, Trainer):
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
         del inputs
         if self.args.n_gpu > 1:
             loss = loss.mean()
@@ -249,6 +292,21 @@ class RobustTrainer(AttackLoop, Trainer):
             if sync:
                 self._before_optimizer_step(model)
         return loss.detach()
+
+    # -- the run: guards before and after (`run_guards`) -----------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, guarded: `resume_from_checkpoint=True` takes the newest *complete* checkpoint; an
+        earlier run in `output_dir` is refused unless resuming or `overwrite_output_dir`; a resumed run keeps its
+        method and threat model unless `resume_allow_config_change`; a run that trains fewer optimizer steps than
+        asked raises instead of saving an under-trained model as the result."""
+        resume = resolve_resume(self.args.output_dir, resume_from_checkpoint)
+        check_output_dir(self.args.output_dir, resume=resume, overwrite=self.args.overwrite_output_dir)
+        if resume is not None:
+            check_resume_config(self.args, resume)
+        check_has_batches(self.args, self.train_dataset)
+        out = super().train(resume_from_checkpoint=resume, **kwargs)
+        check_steps_trained(self)
+        return out
 
     # -- checkpoints: the weight-space hooks' state beside the optimizer's ------------------------------------------
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
@@ -285,7 +343,9 @@ class RobustTrainer(AttackLoop, Trainer):
         if extra:
             atomic_save_safetensors(Path(output_dir) / EXTRA_WEIGHTS_NAME, extra, metadata={"format": "pt"})
         self.vlm.save_pretrained(output_dir, state_dict=full, **self.args.to_vlmrobust_dict())
+        # pickled without its `*_token` secrets (`RobustTrainingArguments.__getstate__`)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        umask_modes(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         from safetensors.torch import load_file
@@ -296,6 +356,7 @@ class RobustTrainer(AttackLoop, Trainer):
         if not weights:
             raise FileNotFoundError(f"No vlmrobust checkpoint weights in {ckpt} ({OPEN_CLIP_WEIGHTS_NAME} / "
                                     f"{HF_WEIGHTS_NAME}): is this a checkpoint folder written by a vlmrobust trainer?")
+        check_safetensors(weights[0])
         full = load_file(weights[0], device="cpu")
         sd = {k: full[n] for k, n in self._native_keys.items() if n in full}
         missing = [k for k, n in self._native_keys.items() if n not in full]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -36,8 +37,10 @@ class Method:
         trainer_class (`type`): the method's `RobustTrainer` subclass.
         needs_classnames (`bool`, *optional*, defaults to `False`): the trainer takes `classnames=` (the training
             set's class names in label order), e.g. to build text embeddings or a classification head.
-        trains_classifier (`bool`, *optional*, defaults to `False`): the trained artefact is a classifier (encoder +
-            head, `trainer.model`), evaluated as such; otherwise the saved encoder is reloaded and evaluated zero-shot.
+        trains_classifier (`bool` or `Callable[[RobustTrainingArguments], bool]`, *optional*, defaults to `False`):
+            the trained artefact is a classifier (encoder + head, `trainer.model`), evaluated as such; otherwise the
+            saved encoder is reloaded and evaluated zero-shot. A callable decides from the run's config (a method
+            whose head is trained only with some options); see :meth:`is_classifier`.
         paper (`str`, *optional*): arXiv id of the method's paper, e.g. `"2402.12336"`.
         backends (`tuple[str, ...]`, *optional*): model backends it trains (`model.backend`); defaults to the CLIP
             backends.
@@ -48,10 +51,14 @@ class Method:
     config_class: type[RobustTrainingArguments]
     trainer_class: type
     needs_classnames: bool = False
-    trains_classifier: bool = False
+    trains_classifier: bool | Callable[[RobustTrainingArguments], bool] = False
     paper: str | None = None
     backends: tuple[str, ...] = CLIP_BACKENDS
     recipe: str | None = None
+
+    def is_classifier(self, args: RobustTrainingArguments) -> bool:
+        """Whether a run with config `args` trains a classifier (see `trains_classifier`)."""
+        return bool(self.trains_classifier(args) if callable(self.trains_classifier) else self.trains_classifier)
 
     def trainer_kwargs(self, train_dataset) -> dict:
         """The method-specific keyword arguments of `trainer_class` for this training set."""

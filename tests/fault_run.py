@@ -1,0 +1,53 @@
+"""A FARE run on the tiny open_clip CLIP that can be SIGKILLed at a step, for tests/test_faults.py.
+
+    python tests/fault_run.py <tiny_dir> <output_dir> <kill_step> <mode> <resume>
+
+mode: `none` (run to the end), `after-save` (SIGKILL right after checkpoint `kill_step` is complete), `during-save`
+(SIGKILL while checkpoint `kill_step` is being written: weights on disk, `trainer_state.json` not yet).
+resume: `1` to launch with `resume_from_checkpoint=True`.
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+torch.set_num_threads(1)
+
+from conftest import TensorImageDataset  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_callback import TrainerState  # noqa: E402
+
+from vlmrobust.models import create_model  # noqa: E402
+from vlmrobust.trainers import FAREConfig, FARETrainer  # noqa: E402
+
+tiny, out, kill_at, mode, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if mode == "after-save" and state.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+if mode == "during-save":
+    _save_to_json = TrainerState.save_to_json
+
+    def save_to_json(self, path):
+        if self.global_step == kill_at and Path(path).parent.name.startswith("checkpoint-"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        _save_to_json(self, path)
+
+    TrainerState.save_to_json = save_to_json
+
+args = FAREConfig(output_dir=out, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3, warmup_steps=0,
+                  epsilon=4 / 255, attack_steps=2, attack_step_size=2 / 255, logging_steps=1, save_strategy="steps",
+                  save_steps=1, seed=0, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, report_to="none")
+trainer = FARETrainer(create_model(f"local-dir:{tiny}"), args, train_dataset=TensorImageDataset(),
+                      callbacks=[KillAfterSave()])
+trainer.train(resume_from_checkpoint=True if resume else None)
+trainer.save_model(out)
+print(f"DONE {trainer.state.global_step}", flush=True)
