@@ -28,9 +28,12 @@ def test_gpu_check_smoke_runs_every_row(tmp_path):
     towers = {r["model"] for r in rows if "tower" in r["model"]}
     assert towers == {"tiny llava tower", "tiny qwen tower"}
     for r in rows:
-        assert r["img_per_s"] > 0 and r["ratio_vs_plain_fp32"] > 0
+        assert r["img_per_s"] > 0
+        if r["method"] in ("fare", "tecoa", "eval apgd-ce"):  # those with a plain twin (perf_models.PLAIN_STEPS)
+            assert r["ratio_vs_plain_fp32"] > 0
         if r["method"] != "eval apgd-ce":
-            assert r["gflop_per_image"] > 0 and r["peak_mem_gib"] > 0 and r["plain_fp32"]["img_per_s"] > 0
+            assert r["gflop_per_image"] > 0 and r["peak_mem_gib"] > 0
+            assert r["plain_fp32"] is None or r["plain_fp32"]["img_per_s"] > 0
             assert r["settings"]["precision"] == "fp32" and not r["settings"]["compiled"]  # the CPU's plain path
 
 
