@@ -193,6 +193,8 @@ class Attack:
 
     sample_seeds: Tensor | None = None
     training_defaults: dict[str, Any] = {}
+    #: check that the images lie in [0, 1] (one host sync per call); the trainers turn it off for their own batches
+    check_inputs: bool = True
     _init_index: Tensor | None = None  # rows of the batch the next random start is for (APGD's sub-batches)
     _init_round: int = 0
 
@@ -279,7 +281,7 @@ class Attack:
             torch.random.fork_rng(devices=devices, device_type=device_type),
             eval_mode(self.model),
         ):
-            x = self._validate_images(images)
+            x = self._validate_images(images, check_range=self.check_inputs)
             if isinstance(target, Tensor):
                 target = target.detach().to(x.device).clone()
             generator = torch.Generator(device=x.device)
@@ -289,7 +291,8 @@ class Attack:
             self._init_index, self._init_round = None, 0
             result = self._perturb(x, target, generator)
         x_adv = cast_toward(self._clip(x, result.x_adv.float()), x, images.dtype)
-        x_max = cast_toward(self._clip(x, result.x_max_loss.float()), x, images.dtype)
+        # `attack(images, target)` returns x_adv alone: no second clip / cast for the max-loss point
+        x_max = cast_toward(self._clip(x, result.x_max_loss.float()), x, images.dtype) if full_result else x_adv
         return AttackResult(x_adv=x_adv.detach(), x_max_loss=x_max.detach(), loss=result.loss.detach(), success=result.success)
 
     def _perturb(self, x: Tensor, target: Tensor, generator: torch.Generator) -> AttackResult:
@@ -298,12 +301,14 @@ class Attack:
     # -- shared machinery -------------------------------------------------------------------------------------
 
     @staticmethod
-    def _validate_images(images: Tensor) -> Tensor:
+    def _validate_images(images: Tensor, check_range: bool = True) -> Tensor:
         if not isinstance(images, Tensor) or not images.is_floating_point():
             raise TypeError("images must be a floating-point tensor of unnormalised pixels in [0, 1].")
         if images.dim() < 2:
             raise ValueError(f"images must be batch-first ([B, C, H, W]); got shape {tuple(images.shape)}.")
         x = images.detach().float().clone()
+        if not check_range:
+            return x.clamp_(0.0, 1.0)
         lo, hi = torch.aminmax(x)
         # One host sync per call, not per iteration; tolerance absorbs float noise from upstream resizing.
         lo, hi = float(lo), float(hi)

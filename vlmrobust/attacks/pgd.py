@@ -118,9 +118,12 @@ class PGD(Attack):
                 pred = out.argmax(dim=1)
                 best_pred = pred if best_pred is None else torch.where(better, pred, best_pred)
 
+        # the max-loss point is only wanted by `perturb` and `return_max_loss`; the training call skips its bookkeeping
+        track = self._full_result or self.return_max_loss
         for _ in range(self.steps):
             loss, grad, out = self._loss_and_grad(x, delta, target, self.loss_fn)
-            keep_best(loss, delta, out)
+            if track:
+                keep_best(loss, delta, out)
             if velocity is None:
                 step = self._step_direction(grad)
             elif self.momentum_style == "fare":
@@ -140,6 +143,8 @@ class PGD(Attack):
             last_pred = out.argmax(dim=1) if is_logits(out, batch) else None
             keep_best(loss, delta, out)
 
+        if not track:
+            best_delta = delta
         x_adv = x + (best_delta if self.return_max_loss else delta)
         success = None
         if is_labels(target, batch) and last_pred is not None:

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from .. import __version__
 from ..attacks import ATTACKS, check_budget
 from ..optim import build_weight_space
+from .performance import resolve_fast_paths, take_over_hf_compile
 from .schedules import EpsilonSchedule
 
 
@@ -53,6 +54,16 @@ class RobustTrainingArguments(TrainingArguments):
             frozen snapshot of the trained module (θ₀ = 0 for LoRA adapter tensors).
         l2sp_lambda (`float`, *optional*, defaults to 0.01): λ of L2-SP, `g ← g + λ·(θ − θ₀)` (no paper default for
             CLIP; tune it).
+        precision (`str`, *optional*, defaults to `"auto"`): `"bf16"` (autocast over the whole step; δ and its
+            projection stay fp32), `"fp32"`, or `"auto"`: bf16 on a CUDA GPU with bf16 (without DeepSpeed), fp32
+            elsewhere. `bf16=True` is the same as `"bf16"`. Resolved in place.
+        compile_encoder (`bool`, *optional*): `torch.compile` the trained image encoder and the frozen target in
+            place; default (None): on for CLIP backends on a CUDA GPU, off on the CPU. HF's `torch_compile=True`
+            means the same.
+        compile_mode (`str`, *optional*): `torch.compile` mode (e.g. `"max-autotune-no-cudagraphs"`).
+        fused_optimizer (`bool`, *optional*): fused AdamW (`optim="adamw_torch_fused"`); default: on a CUDA GPU.
+        fast_dataloader (`bool`, *optional*): DataLoader workers (`min(4, cpus // 2)` if 0), persistent workers,
+            pinned memory, no per-step NaN check of the loss (a host sync); default: on a CUDA GPU.
         digrap_mu (`float`, *optional*, defaults to 0.5): DiGraP's μ, learning rate of the scalar Adam on each ω.
         digrap_omega_init (`float`, *optional*, defaults to 0.0): DiGraP's ω at the start, in [0, 1].
         digrap_learn_omega (`bool`, *optional*, defaults to `True`): learn ω by hypergradient (else fixed).
@@ -85,6 +96,16 @@ class RobustTrainingArguments(TrainingArguments):
     weight_space: str = field(default="none", metadata={
         "help": "Weight-space hooks, '+'-joined names from vlmrobust.optim.WEIGHT_SPACE (e.g. 'l2sp'), or 'none'."})
     l2sp_lambda: float = field(default=0.01, metadata={"help": "L2-SP lambda: g <- g + lambda * (theta - theta_0)."})
+    # fast paths (vlmrobust.trainers.performance): "auto" / None = on for a CUDA GPU, plain fp32 on the CPU
+    precision: str = field(default="auto", metadata={
+        "help": "'auto' (bf16 autocast on a CUDA GPU, fp32 on CPU), 'bf16' or 'fp32'; the perturbation stays fp32."})
+    compile_encoder: bool | None = field(default=None, metadata={
+        "help": "torch.compile the image encoder in place (default: on for CLIP backends on a CUDA GPU)."})
+    compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode of compile_encoder."})
+    fused_optimizer: bool | None = field(default=None, metadata={
+        "help": "Fused AdamW (default: on a CUDA GPU)."})
+    fast_dataloader: bool | None = field(default=None, metadata={
+        "help": "DataLoader workers, persistent workers, pinned memory (default: on a CUDA GPU)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Train into an output_dir that already holds a run (its checkpoints and model are replaced)."})
     nonfinite_loss: str = field(default="stop", metadata={
@@ -141,7 +162,9 @@ class RobustTrainingArguments(TrainingArguments):
                              f"num_train_epochs epochs; got {self.max_steps}.")
         if self.max_steps == -1 and not self.num_train_epochs > 0:
             raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1; got {self.num_train_epochs}.")
+        resolve_fast_paths(self)
         super().__post_init__()
+        take_over_hf_compile(self)
 
     # -- secrets never reach the disk: a pickled config (training_args.bin) has no `*_token` value ----------------
     def __getstate__(self) -> dict:

@@ -10,6 +10,7 @@ backend's native layout (open_clip / transformers) so checkpoints load without v
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from ..utils.distributed import check_zero_stage
 from ..utils.io import atomic_save_safetensors, check_safetensors, umask_modes
 from .activation_checkpointing import attach_activation_checkpointing
 from .base_config import RobustTrainingArguments
+from .performance import autocast_context, compile_in_place, wants_compile
 from .run_guards import (
     check_has_batches,
     check_output_dir,
@@ -126,6 +128,12 @@ class RobustTrainer(AttackLoop, Trainer):
         self.weight_space = WeightSpaceRunner(transforms, constraints, self.reference)
         if args.activation_checkpointing or args.gradient_checkpointing:
             attach_activation_checkpointing(trainable)
+        #: whether the encoder (and θ₀'s copy, FARE's target) run compiled (`compile_encoder`, see `performance`)
+        self.compiled = wants_compile(args, getattr(model, "backend", None))
+        if self.compiled:
+            compile_in_place(trainable, args.compile_mode)
+            if self.reference is not None:
+                compile_in_place(self.reference.module, args.compile_mode)
         self._native_keys = self._map_to_native(trainable)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._micro_step = (-1, 0)  # (global_step, attack call within it)
@@ -170,6 +178,15 @@ class RobustTrainer(AttackLoop, Trainer):
 
     def unwrapped(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
+
+    def compute_loss_context_manager(self):
+        """HF's context (accelerate's autocast covers the wrapped model only) plus bf16 autocast over the whole
+        `compute_loss` when `args.bf16`: θ₀'s target, every attack iteration on the unwrapped module and the
+        training forward. Autocast leaves element-wise ops alone, so δ and its projection stay fp32."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(super().compute_loss_context_manager())
+        stack.enter_context(autocast_context(self.args, self.args.device))
+        return stack
 
     # -- logging ---------------------------------------------------------------------------------------------------
     def log_metric(self, name: str, value: torch.Tensor) -> None:
