@@ -162,13 +162,11 @@ def test_encoders_use_scaled_dot_product_attention(tiny_open_clip_dir, tiny_hf_c
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fare"])
 def test_compiled_step_matches_fp32(method, tiny_open_clip_dir, image_dataset, tmp_path):
-    """torch.compile (inductor, on the CPU) with bf16 off and on, against the eager fp32 step (minutes on 2 cores)."""
+    """torch.compile (inductor, on the CPU) against the eager fp32 step (minutes on 2 cores; bf16 is checked on and
+    off without compile above: the two switches are independent, and compiling twice doubles the cost)."""
     l0, g0, eager = one_step(method, tiny_open_clip_dir, image_dataset, tmp_path / "a", precision="fp32")
     l1, g1, trainer = one_step(method, tiny_open_clip_dir, image_dataset, tmp_path / "b", precision="fp32",
                                compile_encoder=True)
     assert trainer.compiled
     assert list(trainer.model.state_dict()) == list(eager.model.state_dict())  # compiled in place: same keys
     assert_close_step((l1, g1), (l0, g0), loss_rtol=1e-5, grad_rtol=1e-4)
-    l2, g2, _ = one_step(method, tiny_open_clip_dir, image_dataset, tmp_path / "c", precision="bf16",
-                         compile_encoder=True)
-    assert_close_step((l2, g2), (l0, g0), loss_rtol=5e-2, grad_rtol=0.1, min_cos=0.99)
