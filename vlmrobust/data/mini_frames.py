@@ -98,7 +98,7 @@ class TextureShift(ShapesVQA):
 class Rephrased(ShapesVQA):
     """Question shift (VQA-Rephrasings analogue): the same scenes asked in other words."""
 
-    templates = {
+    question_templates = {
         "colour": ("which colour does the object have?", "tell me the colour of the shape.",
                    "what is the color of this thing?"),
         "shape": ("what kind of shape is shown in the picture?", "the object is which shape?",
@@ -129,7 +129,7 @@ class MultiModalShift(ShapesVQA):
     """Multi-modal shift (VQA-CE analogue): a distractor object of another colour and shape in every scene, and
     questions that name their target, so neither the image alone nor the question alone gives the answer."""
 
-    templates = {
+    question_templates = {
         "colour": ("what colour is the {shape}?",), "shape": ("which shape is {colour}?",),
         "count": ("how many {colour} shapes are there?",), "yesno": ("is there a {colour} {shape}?",),
         "position": ("is the {colour} {shape} on the left or right?",),
@@ -150,7 +150,7 @@ class MultiModalShift(ShapesVQA):
         draw_shape(ImageDraw.Draw(item["image"]), other_s, cx, s * rng.choice((0.14, 0.86)), s * 0.1,
                    COLOURS[other_c])
         if qtype != "yesno":
-            item["question"] = rng.choice(self.templates[qtype]).format(colour=target_c, shape=target_s)
+            item["question"] = rng.choice(self.question_templates[qtype]).format(colour=target_c, shape=target_s)
         return item
 
     def _draw(self, img, draw, shape, cx, cy, r, colour, rng):
@@ -168,7 +168,7 @@ class MultiModalShift(ShapesVQA):
             draw_shape(draw, shape, (gx + 0.5) * s / 2, (gy + 0.5) * s / 2, s * 0.14,
                        COLOURS[colour if j < k else other])
         answer = str(k)
-        return {"image": img, "question": self.templates["count"][0].format(colour=colour),
+        return {"image": img, "question": self.question_templates["count"][0].format(colour=colour),
                 "answers": self._references(answer, "count", rng), "answer": answer, "question_type": "count",
                 "question_id": idx}
 

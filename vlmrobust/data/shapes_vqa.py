@@ -84,7 +84,7 @@ class ShapesVQA(Dataset):
 
     # -- generation -----------------------------------------------------------------------------------------------
     #: question templates per type (variants such as mini-FRAMES' rephrasings replace them)
-    templates: dict[str, tuple[str, ...]] = _TEMPLATES
+    question_templates: dict[str, tuple[str, ...]] = _TEMPLATES
 
     def _canvas(self, rng: random.Random):
         from PIL import Image, ImageDraw
@@ -133,7 +133,7 @@ class ShapesVQA(Dataset):
                     if change in ("shape", "both"):
                         ask_s = rng.choice([x for x in self.shapes if x != shape])
                 answer = "yes" if ask_yes else "no"
-        template = rng.choice(self.templates[qtype])
+        template = rng.choice(self.question_templates[qtype])
         question = template.format(colour=ask_c, shape=ask_s)
         return {"image": img, "question": question, "answers": self._references(answer, qtype, rng),
                 "answer": answer, "question_type": qtype, "question_id": idx}
