@@ -8,11 +8,10 @@
 """
 
 from vlmrobust.recipe_main import run_clip_recipe
-from vlmrobust.trainers import AdversarialConfig, AdversarialTrainer
 
 
 def main(argv=None):
-    return run_clip_recipe(AdversarialConfig, AdversarialTrainer, argv, needs_classnames=True)
+    return run_clip_recipe("adversarial", argv)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ a killed run from its last checkpoint.
 """
 
 from vlmrobust.recipe_main import run_clip_recipe
-from vlmrobust.trainers import FAREConfig, FARETrainer
 
 
 def main(argv=None):
-    return run_clip_recipe(FAREConfig, FARETrainer, argv, needs_classnames=False)
+    return run_clip_recipe("fare", argv)
 
 
 if __name__ == "__main__":

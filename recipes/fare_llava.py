@@ -15,12 +15,11 @@ it without vlmrobust. To put a robust CLIP trained with `recipes/fare_clip.py` i
 `create_model("llava:...").load_vision_tower("<hf-clip dir>")`.
 """
 
-from vlmrobust.trainers import FAREConfig, FARETrainer
 from vlmrobust.vlm_recipe_main import run_lvlm_fare_recipe
 
 
 def main(argv=None):
-    return run_lvlm_fare_recipe(FAREConfig, FARETrainer, argv)
+    return run_lvlm_fare_recipe("fare", argv)
 
 
 if __name__ == "__main__":

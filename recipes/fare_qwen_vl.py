@@ -11,12 +11,11 @@ tokens the language model reads (`--fare_target patch` matches the pre-merge pat
 plain `Qwen2VLForConditionalGeneration.from_pretrained(output_dir)`.
 """
 
-from vlmrobust.trainers import FAREConfig, FARETrainer
 from vlmrobust.vlm_recipe_main import run_lvlm_fare_recipe
 
 
 def main(argv=None):
-    return run_lvlm_fare_recipe(FAREConfig, FARETrainer, argv)
+    return run_lvlm_fare_recipe("fare", argv)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@
 """
 
 from vlmrobust.recipe_main import run_clip_recipe
-from vlmrobust.trainers import TeCoAConfig, TeCoATrainer
 
 
 def main(argv=None):
-    return run_clip_recipe(TeCoAConfig, TeCoATrainer, argv, needs_classnames=True)
+    return run_clip_recipe("tecoa", argv)
 
 
 if __name__ == "__main__":

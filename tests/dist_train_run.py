@@ -7,7 +7,8 @@ DDP, multi-node, DeepSpeed ZeRO-2 / 3 / 3-offload) or plain `python` (the 1-proc
 position in the global batch (`attack_seed_scope="sample"`, the default), so the runs of one job can be compared
 across process counts. Per job, the main process writes to
 `OUT/<job>/`: the checkpoint (`trainer.save_model`, the backend's native layout), `hook.safetensors` (the full
-gradients `on_full_backward` saw at each step), and `info.json`.
+gradients `on_full_backward` saw at each step), `info.json`, and for `@ws` jobs `transform.safetensors` (what the
+last gradient transform saw, per call and parameter name).
 
 Usage: python tests/dist_train_run.py OUT --jobs JOB[,JOB...] [--save_init]
 
@@ -16,6 +17,8 @@ A job is a method name from `JOBS` with optional `@` options, e.g. `fare@ga2`:
     adam     AdamW (lr 1e-3) instead of SGD
     bf16     bf16 (DeepSpeed: the JSON's bf16 section; "auto" follows this flag)
     ckpt     activation checkpointing
+    ws       weight-space hooks: L2-SP from the config, then the test's stateful EMAGradient and a GradientLog, and
+             an L2Ball(0.05) post-step constraint around θ₀ (tests/ws_hooks.py)
     kill<t>  save a checkpoint every step and die right after checkpoint-t (every rank, `os._exit`)
     resume   resume from the last checkpoint of the `kill` job of the same method
 Results go to `OUT/<method>[-opt...]`; `kill` and `resume` share `OUT/<method>-resume`.
@@ -36,6 +39,7 @@ from conftest import TensorImageDataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from ws_hooks import EMAGradient, GradientLog, L2Ball  # noqa: E402
 
 from vlmrobust.models import create_model  # noqa: E402
 from vlmrobust.trainers import (  # noqa: E402
@@ -109,7 +113,7 @@ def innermost(optimizer):
 
 def parse_job(job):
     name, *flags = job.split("@")
-    o = {"ga": 1, "adam": False, "bf16": False, "ckpt": False, "kill": 0, "resume": False}
+    o = {"ga": 1, "adam": False, "bf16": False, "ckpt": False, "ws": False, "kill": 0, "resume": False}
     for f in flags:
         if f.startswith("ga"):
             o["ga"] = int(f[2:])
@@ -144,9 +148,14 @@ def run_job(job, out, opts):
               activation_checkpointing=o["ckpt"], save_strategy="steps" if save_every else "no",
               save_steps=save_every or 500)
     kw.update(overrides)
+    extra = {}
+    if o["ws"]:
+        kw.update(weight_space="l2sp", l2sp_lambda=1.0)
+        extra = {"gradient_transforms": [EMAGradient(), GradientLog()], "post_step_constraints": [L2Ball(0.05)]}
     args = config_class(**kw)
     data = TensorImageDataset(n=16, size=model.image_size)
-    extra = {"classnames": data.classnames} if needs_classnames else {}
+    if needs_classnames:
+        extra["classnames"] = data.classnames
     cls = type(f"Recorded{trainer_class.__name__}", (Recorder, trainer_class), {})
     callbacks = [KillAfter(o["kill"])] if o["kill"] else []
     trainer = cls(model, args, train_dataset=data, callbacks=callbacks, **extra)
@@ -162,12 +171,20 @@ def run_job(job, out, opts):
     trainer.save_model(os.path.join(job_dir, "final"))
     if trainer.accelerator.is_main_process:
         save_file(trainer.hook_grads, os.path.join(job_dir, "hook.safetensors"))
+        ws = {}
+        if o["ws"]:
+            ema, log = trainer.weight_space.transforms[1:]
+            save_file({f"call{k}.{n}": g for k, n, g in log.seen}, os.path.join(job_dir, "transform.safetensors"))
+            ws = {"transform_calls": sorted(set(log.calls.values())), "n_logged": len(log.calls),
+                  "ema_calls": sorted({s["calls"] for s in ema.state.values()}),
+                  "projected": trainer.weight_space.constraints[0].projected,
+                  "n_trainable": sum(p.requires_grad for p in trainer.model.parameters())}
         info = {"world_size": trainer.args.world_size, "per_device": per_device, "ga": o["ga"],
                 "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage
                 if trainer.is_deepspeed_enabled else 0,
                 "optimizer": type(innermost(trainer.optimizer)).__name__,
                 "global_step": trainer.state.global_step, "resumed_from": resume, "train_s": round(seconds, 2),
-                "attack_dtypes": sorted(trainer.attack_dtypes)}
+                "attack_dtypes": sorted(trainer.attack_dtypes), "weight_space": ws}
         with open(os.path.join(job_dir, "info.json"), "w") as f:
             json.dump(info, f)
     trainer.accelerator.wait_for_everyone()

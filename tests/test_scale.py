@@ -6,6 +6,11 @@ native layout) plus the full gradients the gradient hook saw. The 1-process refe
 single_gpu.yaml) runs the same jobs with the same global batch (4 images: 1 x 4 against 2 x 2, or 2 x 1 x 2
 accumulation steps). Each of the 9 files in recipes/accelerate_configs/ is launched by one of these tests.
 
+The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
+around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and ZeRO-3 (also with every parameter
+partitioned) they must give the 1-process weights, the transform must see the same full gradients exactly once per
+optimizer step, and their state must survive a kill and resume.
+
 Equality holds because the attack's random start is keyed to each image's position in the global batch
 (`attack_seed_scope="sample"`), so it does not depend on how the batch is split over processes / micro-batches.
 
@@ -43,6 +48,7 @@ ROOT = HERE.parent
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
 RUNNER = HERE / "dist_train_run.py"
 ALL = ["fare", "tecoa", "at", "trades", "radapt", "fare_llava", "fare_qwen_vl"]
+WS = ["fare@ws", "at@ws"]  # weight-space hooks on FARE's encoder and on AT's encoder + head
 TIMINGS: dict[str, float] = {}
 
 
@@ -99,6 +105,8 @@ def assert_same_training(ref_dir, run_dir, *, weights=(1e-5, 1e-6), grads=(1e-4,
     assert files, f"no checkpoint in {ref_dir / 'final'}"
     assert sorted(p.relative_to(run_dir) for p in (run_dir / "final").glob("*.safetensors")) == files
     pairs = [(f, weights) for f in files] + ([(Path("hook.safetensors"), grads)] if check_grads else [])
+    if check_grads and (ref_dir / "transform.safetensors").is_file():  # what the gradient transforms saw
+        pairs.append((Path("transform.safetensors"), grads))
     for name, (rtol, atol_rel) in pairs:
         ref, got = load_file(ref_dir / name), load_file(run_dir / name)
         atol = atol_rel * max(t.float().abs().max().item() for t in ref.values())
@@ -109,6 +117,14 @@ def assert_same_training(ref_dir, run_dir, *, weights=(1e-5, 1e-6), grads=(1e-4,
                 continue
             torch.testing.assert_close(b.float(), a.float(), rtol=rtol, atol=atol,
                                        msg=lambda m, k=k, n=name: f"{run_dir / n} [{k}]: {m}")
+
+
+def assert_weight_space_ran(run_dir, steps=2):
+    """An `@ws` job: the transform ran once per optimizer step on every trained tensor, the stateful transform's
+    state covers every step, and the ball constraint projected something."""
+    ws = info(run_dir)["weight_space"]
+    assert ws["transform_calls"] == [steps] and ws["n_logged"] == ws["n_trainable"], ws
+    assert ws["ema_calls"] == [steps] and ws["projected"] > 0, ws
 
 
 def assert_trained(ref_dir, atol_rel=1e-6, factor=1e3, atol=None):
@@ -270,13 +286,22 @@ def reference(tmp_path_factory, env):
     """Every job on 1 process, global batch 4, with the untrained weights saved too (launched with single_gpu.yaml,
     which on a machine without GPUs runs on the CPU; fp32, as the runs it is compared with)."""
     out = tmp_path_factory.mktemp("ref_1proc")
-    run_jobs(out, [*ALL, "fare@adam"], env, config="single_gpu.yaml", launch_args=("--mixed_precision", "no"),
+    run_jobs(out, [*ALL, "fare@adam", *WS], env, config="single_gpu.yaml", launch_args=("--mixed_precision", "no"),
              extra=["--save_init"])
     for job in ALL:
         assert info(out / job)["world_size"] == 1
         assert_trained(out / job)
+    for job in WS:
+        assert_weight_space_ran(out / job.replace("@", "-"))
     assert_trained(out / "fare-adam", atol=3e-4, factor=5)  # Adam at lr 1e-3: 2 steps move ~2e-3
     return out
+
+
+def _check_ws(run, ref, jobs=WS):
+    for job in jobs:
+        d = job.replace("@", "-")
+        assert_weight_space_ran(run / d)
+        assert_same_training(ref / d.replace("-ga2", ""), run / d)
 
 
 def _check_ga(run, ref, job):
@@ -288,10 +313,11 @@ def _check_ga(run, ref, job):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(reference, env, tmp_path):
-    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2"], env, config="cpu_multi.yaml")
+    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2"], env, config="cpu_multi.yaml")
     for job in ALL:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, 0), job
         assert_same_training(reference / job, tmp_path / job)
+    _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     for job in ("fare", "at"):
         _check_ga(tmp_path, reference, job)
 
@@ -318,11 +344,12 @@ def _plain_loaders_read(ckpt_dir, saved_file):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,config", [(2, "cpu_deepspeed_zero2.yaml"), (3, "cpu_deepspeed_zero3.yaml")])
 def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, tmp_path):
-    jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16"]
+    jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2"]
     if stage == 3:
         jobs.append("fare_llava@ckpt")  # activation checkpointing of an LVLM tower under ZeRO-3
-    # the last job is killed (every rank, os._exit) right after checkpoint-1 is written
-    proc = run_jobs(tmp_path, [*jobs, "fare@kill1"], env, config=config, check=False)
+    # the last job (with the weight-space hooks, so their state must come back too) is killed (every rank, os._exit)
+    # right after checkpoint-1 is written
+    proc = run_jobs(tmp_path, [*jobs, "fare@ws@kill1"], env, config=config, check=False)
     assert "KILLED after checkpoint-1" in proc.stdout and "DONE" not in proc.stdout, proc.stderr[-4000:]
     assert proc.returncode != 0
     for job in ALL:
@@ -330,19 +357,35 @@ def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, 
         assert_same_training(reference / job, tmp_path / job)
     for job in ("fare", "at"):
         _check_ga(tmp_path, reference, job)
+    _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     if stage == 3:
         assert_same_training(reference / "fare_llava", tmp_path / "fare_llava-ckpt")
         _plain_loaders_read(tmp_path / "fare" / "final", tmp_path / "fare" / "final" / "open_clip_model.safetensors")
         _plain_loaders_read(tmp_path / "fare_llava" / "final", tmp_path / "fare_llava" / "final" / "model.safetensors")
     # bf16 from the JSON's bf16 section: the tower runs in bf16, the attack's images / perturbation stay fp32
     assert info(tmp_path / "fare-bf16")["attack_dtypes"] == [["torch.float32", "torch.bfloat16"]]
-    # kill-and-resume: a new launch continues from checkpoint-1 and reaches the uninterrupted weights
-    killed = tmp_path / "fare-resume"
+    # kill-and-resume: a new launch continues from checkpoint-1 (weights, optimizer, the hooks' state by parameter
+    # name) and reaches the uninterrupted weights
+    killed = tmp_path / "fare-ws-resume"
     assert (killed / "checkpoint-1").is_dir() and not (killed / "checkpoint-2").exists()
-    run_jobs(tmp_path, ["fare@resume"], env, config=config)
+    run_jobs(tmp_path, ["fare@ws@resume"], env, config=config)
     assert info(killed)["resumed_from"].endswith("checkpoint-1") and info(killed)["global_step"] == 2
-    assert_same_training(tmp_path / "fare", killed, check_grads=False)
-    assert_same_training(reference / "fare", killed, check_grads=False)
+    assert info(killed)["weight_space"]["ema_calls"] == [2]  # 1 call before the kill, restored, + 1 after
+    assert_same_training(tmp_path / "fare-ws", killed, check_grads=False)
+    assert_same_training(reference / "fare-ws", killed, check_grads=False)
+
+
+@pytest.mark.slow
+def test_weight_space_hooks_under_zero3_with_every_parameter_partitioned(reference, env, tmp_path):
+    """zero3.json keeps parameters under 1e6 elements whole on every rank (all of the tiny models'): with the
+    persistence threshold at 0 every tensor is partitioned, so the constraint's write-back (fp32 master partition +
+    gather / modify / re-partition) and the gathered gradients are really exercised."""
+    ds = json.loads((ROOT / "recipes/ds_configs/zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3_partitioned.json").write_text(json.dumps(ds))
+    run_jobs(tmp_path, [*WS, "fare@ws@ga2"], env, config="cpu_deepspeed_zero3.yaml",
+             launch_args=("--deepspeed_config_file", str(tmp_path / "zero3_partitioned.json")))
+    _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
 
 
 @pytest.mark.slow
@@ -401,7 +444,7 @@ def test_shipped_configs_launch_the_clip_recipe(config, launch_args, env, tiny_o
     open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")  # a plain open_clip checkpoint
     if config == "deepspeed_zero2.yaml":
         res = json.loads((tmp_path / "results.json").read_text())
-        assert res["train_metrics"]["epoch"] > 0 and "after" in res["results"]
+        assert res["run"]["train_metrics"]["epoch"] > 0 and "after" in res["run"]["rows"]
 
 
 @pytest.mark.slow
@@ -412,7 +455,7 @@ def test_shipped_zero3_config_launches_the_llava_recipe(env, tmp_path):
             "--max_steps", "2", "--per_device_train_batch_size", "2", "--attack_steps", "2", "--disable_tqdm", "true"]
     launch("deepspeed_zero3.yaml", ROOT / "recipes/fare_llava.py", args, env, launch_args=("--num_processes", "2"))
     res = json.loads((tmp_path / "results.json").read_text())
-    assert "after" in res["results"]
+    assert "after" in res["run"]["rows"] and res["format"] == "vlmrobust.results/v2"
     from transformers import LlavaForConditionalGeneration
 
     LlavaForConditionalGeneration.from_pretrained(tmp_path)  # gathered ZeRO-3 weights, transformers' layout

@@ -88,16 +88,17 @@ def test_gradient_accumulation_matches_large_batch(tiny_open_clip_dir, image_dat
 
 @pytest.mark.parametrize("style", ["fare", "mi-fgsm"])
 def test_training_attack_gets_the_momentum_rule(style, tiny_open_clip_dir, image_dataset, tmp_path, monkeypatch):
-    import vlmrobust.trainers.base_trainer as bt
+    from vlmrobust.attacks import ATTACKS, PGD
 
     built = []
 
-    class SpyPGD(bt.PGD):
+    class SpyPGD(PGD):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             built.append(self)
 
-    monkeypatch.setattr(bt, "PGD", SpyPGD)
+    # the training attack is built by name through the registry
+    monkeypatch.setitem(ATTACKS._items, "pgd", SpyPGD)
     model = create_model(f"local-dir:{tiny_open_clip_dir}")
     trainer = FARETrainer(model, fare_args(tmp_path, max_steps=1, attack_momentum=0.9, attack_momentum_style=style),
                           train_dataset=image_dataset)

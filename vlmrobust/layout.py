@@ -10,7 +10,8 @@ A vlmrobust output folder is in its backend's *native* layout, so the backend's 
   `create_model("radapt:<dir>")`).
 
 vlmrobust adds `vlmrobust_config.json` (the method config) and, for tensors a native layout has no place for (a
-trained classification head), `vlmrobust_extra.safetensors`.
+trained classification head), `vlmrobust_extra.safetensors`; training checkpoints (`checkpoint-<step>/`) also hold
+`vlmrobust_weight_space.pt` when weight-space hooks or θ₀ are used.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ RADAPT_CONFIG_NAME = "radapt_config.json"
 RADAPT_WEIGHTS_NAME = "radapt_anchor.safetensors"
 VLMROBUST_CONFIG_NAME = "vlmrobust_config.json"
 EXTRA_WEIGHTS_NAME = "vlmrobust_extra.safetensors"
+#: in each training checkpoint folder: the weight-space hooks' state and θ₀'s fingerprint (`vlmrobust.optim`)
+WEIGHT_SPACE_STATE_NAME = "vlmrobust_weight_space.pt"
 
 #: layout -> the files that make it complete (a glob where the name varies, e.g. sharded transformers weights)
 REQUIRED_FILES = {

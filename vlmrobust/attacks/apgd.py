@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,10 @@ class APGD(Attack):
             input).
         n_restarts (`int`, *optional*, defaults to 1):
             Number of runs from fresh random starts.
-        loss (`str` or `Callable`, *optional*, defaults to `"ce"`):
+        loss_fn (`str` or `Callable`, *optional*, defaults to `"ce"`):
             "ce", "dlr" or any `loss_fn(output, target) -> [B]` to maximise (embedding distances, LM likelihoods).
+            The same keyword as every other attack; the old spelling `loss=` still works, with a
+            `DeprecationWarning`.
         rho (`float`, *optional*, defaults to 0.75):
             Fraction of loss-increasing steps below which the step size is halved at a checkpoint.
         seed (`int`, *optional*, defaults to 0):
@@ -79,6 +82,11 @@ class APGD(Attack):
             Expected number of classes; checked against the logits when given.
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed; defaults to the model's parameter dtype. The perturbation stays fp32.
+        return_max_loss (`bool`, *optional*, defaults to `False`):
+            Return the max-loss point as `x_adv` (what `attack(images, target)` gives) instead of the first
+            misclassified one; the training default (adversarial training on the max-loss point, arXiv 2508.14079).
+        sample_seeds (`torch.Tensor`, *optional*):
+            Per-image seeds of the random starts (see `Attack`).
 
     Debugging: set `record_step_sizes = True` on an instance and each call leaves in `step_sizes` one `[steps, B_run]`
     tensor per run (restart, target class), row k holding the per-sample step size η used at iteration k. Off by
@@ -87,6 +95,8 @@ class APGD(Attack):
 
     momentum = 0.75
     record_step_sizes = False
+    # as the training attack: every sample's max-loss point, no early stop once misclassified
+    training_defaults = {"early_stop": False, "return_max_loss": True}
 
     def __init__(
         self,
@@ -96,7 +106,7 @@ class APGD(Attack):
         eps: float,
         steps: int = 100,
         n_restarts: int = 1,
-        loss: str | LossFn = "ce",
+        loss_fn: str | LossFn = "ce",
         rho: float = 0.75,
         seed: int = 0,
         eot_iter: int = 1,
@@ -104,13 +114,21 @@ class APGD(Attack):
         early_stop: bool = True,
         n_classes: int | None = None,
         input_dtype: torch.dtype | None = None,
+        return_max_loss: bool = False,
+        sample_seeds: Tensor | None = None,
+        loss: str | LossFn | None = None,
     ):
-        super().__init__(
-            model, norm=norm, eps=eps, steps=steps, loss_fn=resolve_loss(loss), seed=seed, input_dtype=input_dtype
-        )
+        if loss is not None:
+            warnings.warn("APGD(loss=...) is deprecated: use loss_fn=..., the keyword every attack takes.",
+                          DeprecationWarning, stacklevel=2)
+            loss_fn = loss
+        super().__init__(model, norm=norm, eps=eps, steps=steps, loss_fn=resolve_loss(loss_fn), seed=seed,
+                         input_dtype=input_dtype, sample_seeds=sample_seeds)
         if n_restarts < 1 or eot_iter < 1:
             raise ValueError(f"n_restarts and eot_iter must be >= 1, got {n_restarts} and {eot_iter}.")
-        self.loss = loss.lower() if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        #: name of the loss (for `repr`)
+        self.loss = loss_fn.lower() if isinstance(loss_fn, str) else getattr(loss_fn, "__name__", "callable")
+        self.return_max_loss = bool(return_max_loss)
         self.n_restarts = int(n_restarts)
         self.rho = float(rho)
         self.eot_iter = int(eot_iter)
@@ -280,10 +298,9 @@ class APGD(Attack):
         if self.n_classes is not None and isinstance(out, Tensor) and out.dim() == 2 and out.shape[1] != self.n_classes:
             raise ValueError(f"n_classes={self.n_classes} but the model returns {out.shape[1]} logits.")
 
-    @staticmethod
-    def _finish(x: Tensor, state: dict[str, Tensor | None]) -> AttackResult:
+    def _finish(self, x: Tensor, state: dict[str, Tensor | None]) -> AttackResult:
         success = state["success"]
-        delta_adv = state["delta_best"] if success is None else torch.where(
+        delta_adv = state["delta_best"] if success is None or self.return_max_loss else torch.where(
             success.view(-1, *([1] * (x.dim() - 1))), state["delta_adv"], state["delta_best"]
         )
         return AttackResult(
@@ -328,7 +345,8 @@ class APGDT(APGD):
         seed (`int`, *optional*, defaults to 0):
             Seed of the random starts.
         **kwargs:
-            `rho`, `eot_iter`, `random_start`, `early_stop`, `n_classes`, `input_dtype` as in `APGD`.
+            `rho`, `eot_iter`, `random_start`, `early_stop`, `n_classes`, `input_dtype`, `return_max_loss`,
+            `sample_seeds` as in `APGD`.
     """
 
     def __init__(
@@ -347,6 +365,8 @@ class APGDT(APGD):
         early_stop: bool = True,
         n_classes: int | None = None,
         input_dtype: torch.dtype | None = None,
+        return_max_loss: bool = False,
+        sample_seeds: Tensor | None = None,
     ):
         super().__init__(
             model,
@@ -354,7 +374,7 @@ class APGDT(APGD):
             eps=eps,
             steps=steps,
             n_restarts=n_restarts,
-            loss="dlr",
+            loss_fn="dlr",
             rho=rho,
             seed=seed,
             eot_iter=eot_iter,
@@ -362,6 +382,8 @@ class APGDT(APGD):
             early_stop=early_stop,
             n_classes=n_classes,
             input_dtype=input_dtype,
+            return_max_loss=return_max_loss,
+            sample_seeds=sample_seeds,
         )
         if n_target_classes < 1:
             raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}.")
@@ -404,12 +426,14 @@ class APGDT(APGD):
 
 def _fixed_loss(name: str, loss: str) -> Callable[..., APGD]:
     def build(model: nn.Module | Callable[[Tensor], Any], **kwargs: Any) -> APGD:
-        if "loss" in kwargs:
-            raise TypeError(f"'{name}' fixes loss={loss!r}; use build_attack('apgd', ..., loss=...) for another loss.")
-        return APGD(model, loss=loss, **kwargs)
+        if "loss_fn" in kwargs or "loss" in kwargs:
+            raise TypeError(f"'{name}' fixes loss_fn={loss!r}; use build_attack('apgd', ..., loss_fn=...) for another "
+                            "loss.")
+        return APGD(model, loss_fn=loss, **kwargs)
 
     build.__name__ = build.__qualname__ = f"build_{name.replace('-', '_')}"
-    build.__doc__ = f"`APGD` with `loss={loss!r}`; keyword arguments as in `APGD`."
+    build.__doc__ = f"`APGD` with `loss_fn={loss!r}`; keyword arguments as in `APGD`."
+    build.training_defaults = APGD.training_defaults
     return build
 
 

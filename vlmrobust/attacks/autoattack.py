@@ -99,6 +99,10 @@ class AutoAttack(Attack):
             Query budget of Square.
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed; defaults to the model's parameter dtype.
+        sample_seeds (`torch.Tensor`, *optional*):
+            Per-image seeds of the APGD components' random starts (see `Attack`).
+
+    The component losses are fixed (the protocol), so AutoAttack takes no `loss_fn`.
     """
 
     def __init__(
@@ -115,8 +119,10 @@ class AutoAttack(Attack):
         n_target_classes: int = _STANDARD_TARGETS,
         square_queries: int = _STANDARD_QUERIES,
         input_dtype: torch.dtype | None = None,
+        sample_seeds: Tensor | None = None,
     ):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, loss_fn=ce_loss, seed=seed, input_dtype=input_dtype)
+        super().__init__(model, norm=norm, eps=eps, steps=steps, loss_fn=ce_loss, seed=seed, input_dtype=input_dtype,
+                         sample_seeds=sample_seeds)
         if attacks_to_run is None:
             if version not in _VERSIONS:
                 raise ValueError(f"Unknown AutoAttack version {version!r}; use one of {sorted(_VERSIONS)}.")
@@ -153,7 +159,7 @@ class AutoAttack(Attack):
         """Return `attack(x, y) -> x_adv` for one component, on fp32 images."""
         common = {"norm": self.norm, "eps": self.eps, "seed": self.seed, "input_dtype": self._model_dtype}
         if name in ("apgd-ce", "apgd-dlr"):
-            apgd = APGD(self.model, steps=self.steps, loss=name.split("-")[1], n_restarts=1, **common)
+            apgd = APGD(self.model, steps=self.steps, loss_fn=name.split("-")[1], n_restarts=1, **common)
             return apgd
         if name == "apgd-t":
             return APGDT(self.model, steps=self.steps, n_target_classes=self.n_target_classes, **common)
@@ -198,7 +204,10 @@ class AutoAttack(Attack):
                 break
             attack = self._component(name, wrapped)
             x_sub, y_sub = x[idx], target[idx]
-            adv = attack(x_sub, y_sub).float()
+            if isinstance(attack, Attack) and self.sample_seeds is not None:  # the APGD components
+                adv = attack(x_sub, y_sub, sample_seeds=self.sample_seeds[idx.cpu()]).float()
+            else:
+                adv = attack(x_sub, y_sub).float()
             # FAB and Square keep their own bookkeeping; re-project and re-check everything the same way.
             adv = self._clip(x_sub, adv)
             with torch.no_grad():

@@ -152,6 +152,10 @@ def cast_toward(x_adv: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(overshoot, torch.nextafter(rounded, x_low), rounded)
 
 
+def _as_seeds(seeds: Tensor | None) -> Tensor | None:
+    return None if seeds is None else torch.as_tensor(seeds, dtype=torch.int64)
+
+
 class Attack:
     """Base class: validation, seeding, mode handling, projection and the model call shared by all attacks.
 
@@ -176,15 +180,19 @@ class Attack:
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed. Defaults to the dtype of the module's first floating parameter (or of the
             images for a plain function). The perturbation itself always stays fp32.
-
-    Attributes:
         sample_seeds (`torch.Tensor`, *optional*):
-            One seed per image of the next batch (int64, `[B]`). When set, each image's random start is drawn from
+            One seed per image of the batch (int64, `[B]`). When given, each image's random start is drawn from
             its own generator, so an image gets the same start whichever batch or process it lands in (the
-            trainers key it to the image's position in the global batch: 1 process and N processes agree).
+            trainers key it to the image's position in the global batch: 1 process and N processes agree). Also
+            accepted per call (`attack(images, target, sample_seeds=...)`, `perturb(...)`), which wins for that call.
+
+    Class attributes:
+        training_defaults (`dict`): keyword arguments the trainers add when they build this attack as the *training*
+            attack (e.g. APGD: no early stop, return the max-loss point); the config's `attack_options` override them.
     """
 
     sample_seeds: Tensor | None = None
+    training_defaults: dict[str, Any] = {}
     _init_index: Tensor | None = None  # rows of the batch the next random start is for (APGD's sub-batches)
     _init_round: int = 0
 
@@ -200,6 +208,7 @@ class Attack:
         loss_fn: LossFn | None = None,
         seed: int = 0,
         input_dtype: torch.dtype | None = None,
+        sample_seeds: Tensor | None = None,
     ):
         if not callable(model):
             raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}.")
@@ -217,17 +226,19 @@ class Attack:
         self.loss_fn: LossFn = loss_fn if loss_fn is not None else ce_loss
         self.seed = int(seed)
         self.input_dtype = input_dtype
+        self.sample_seeds = _as_seeds(sample_seeds)
         self._model_dtype: torch.dtype = input_dtype or torch.float32
         self._full_result = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:.6g}, steps={self.steps}, seed={self.seed})"
 
-    def __call__(self, images: Tensor, target: Tensor) -> Tensor:
-        """Return the adversarial images (same dtype and device as `images`, detached)."""
-        return self._attack(images, target, full_result=False).x_adv
+    def __call__(self, images: Tensor, target: Tensor, *, sample_seeds: Tensor | None = None) -> Tensor:
+        """Return the adversarial images (same dtype and device as `images`, detached); `sample_seeds` as in
+        `perturb`."""
+        return self._attack(images, target, full_result=False, sample_seeds=sample_seeds).x_adv
 
-    def perturb(self, images: Tensor, target: Tensor) -> AttackResult:
+    def perturb(self, images: Tensor, target: Tensor, *, sample_seeds: Tensor | None = None) -> AttackResult:
         """Attack a batch.
 
         Args:
@@ -240,9 +251,19 @@ class Attack:
         Returns:
             `AttackResult` with tensors in the dtype and on the device of `images`.
         """
-        return self._attack(images, target, full_result=True)
+        return self._attack(images, target, full_result=True, sample_seeds=sample_seeds)
 
-    def _attack(self, images: Tensor, target: Tensor, *, full_result: bool) -> AttackResult:
+    def _attack(self, images: Tensor, target: Tensor, *, full_result: bool,
+                sample_seeds: Tensor | None = None) -> AttackResult:
+        if sample_seeds is None:
+            return self._attack_with_seeds(images, target, full_result)
+        saved, self.sample_seeds = self.sample_seeds, _as_seeds(sample_seeds)
+        try:
+            return self._attack_with_seeds(images, target, full_result)
+        finally:
+            self.sample_seeds = saved
+
+    def _attack_with_seeds(self, images: Tensor, target: Tensor, full_result: bool) -> AttackResult:
         # Subclasses may skip work that only the AttackResult fields besides x_adv need (PGD's final scoring
         # forward) when called as `attack(images, target)`.
         self._full_result = full_result

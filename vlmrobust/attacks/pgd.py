@@ -56,6 +56,8 @@ class PGD(Attack):
             Return the max-loss iterate as `x_adv` instead of the last iterate.
         input_dtype (`torch.dtype`, *optional*):
             Dtype the model is fed; defaults to the model's parameter dtype. The perturbation stays fp32.
+        sample_seeds (`torch.Tensor`, *optional*):
+            Per-image seeds of the random start (see `Attack`).
 
     `perturb` costs `steps` forward+input-backward passes plus one forward to score the last iterate; calling the
     attack directly (`attack(images, target)`, the training path) skips that forward when it is not needed.
@@ -76,8 +78,10 @@ class PGD(Attack):
         seed: int = 0,
         return_max_loss: bool = False,
         input_dtype: torch.dtype | None = None,
+        sample_seeds: Tensor | None = None,
     ):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, loss_fn=loss_fn, seed=seed, input_dtype=input_dtype)
+        super().__init__(model, norm=norm, eps=eps, steps=steps, loss_fn=loss_fn, seed=seed, input_dtype=input_dtype,
+                         sample_seeds=sample_seeds)
         if alpha is None:
             alpha = self.eps / 4 if self.norm == "Linf" else 2.5 * self.eps / max(self.steps, 1)
         if alpha < 0 or momentum < 0:

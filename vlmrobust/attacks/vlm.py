@@ -64,7 +64,7 @@ def attack_answers(model, pixels: Tensor, questions: Sequence[str], answers: Seq
     batch = model.build_batch(list(questions), list(answers), image_hw=tuple(pixels.shape[-2:]))
     fn = AnswerLoss(model, batch, targeted=targeted)
     dummy = torch.zeros(pixels.shape[0], device=pixels.device)  # a float target: APGD keeps the max-loss point
-    atk = APGD(fn, norm=norm, eps=eps, steps=steps, loss=_identity_loss, seed=seed, random_start=random_start,
+    atk = APGD(fn, norm=norm, eps=eps, steps=steps, loss_fn=_identity_loss, seed=seed, random_start=random_start,
                early_stop=False, input_dtype=torch.float32)
     res = atk.perturb(pixels, dummy)
     res.loss = res.loss * fn.sign

@@ -1,1 +1,27 @@
+"""Weight-space methods: the shared θ₀ snapshot, gradient transforms and post-step constraints.
 
+A method that needs the pretrained weights θ₀ reads them from one `ReferenceWeights` the trainer keeps (FARE's frozen
+target encoder, L2-SP, DiGraP, FTP, SPD, WiSE-FT). `GradientTransform`s rewrite each tensor's full gradient between
+the full backward and the optimizer step; `PostStepConstraint`s rewrite each tensor right after the step; both work
+with and without DeepSpeed ZeRO (`full_tensors`) and keep their state by parameter name. New ones register a
+factory with `@WEIGHT_SPACE.register("name")` and are chosen with the config's `weight_space`.
+"""
+
+from .full_tensors import get_full_grad, get_full_param, set_full_grad, set_full_param
+from .hooks import (
+    WEIGHT_SPACE,
+    GradientTransform,
+    PostStepConstraint,
+    WeightSpaceHook,
+    build_weight_space,
+    parse_weight_space,
+)
+from .l2sp import L2SP
+from .reference import ReferenceWeights, frozen_copy
+from .runner import PostStepCallback, WeightSpaceRunner
+
+__all__ = [
+    "L2SP", "WEIGHT_SPACE", "GradientTransform", "PostStepCallback", "PostStepConstraint", "ReferenceWeights",
+    "WeightSpaceHook", "WeightSpaceRunner", "build_weight_space", "frozen_copy", "get_full_grad", "get_full_param",
+    "parse_weight_space", "set_full_grad", "set_full_param",
+]

@@ -10,6 +10,7 @@ from ..attacks import ce_loss
 from ..attacks.base import eval_mode
 from .adversarial_config import AdversarialConfig
 from .base_trainer import RobustTrainer, require_vlm
+from .methods import register_method
 
 
 class CosineClassifier(nn.Module):
@@ -42,9 +43,6 @@ class AdversarialTrainer(RobustTrainer):
         classnames (`Sequence[str]`): class names in label order (the head is initialised from their text
             embeddings, i.e. from the zero-shot classifier).
     """
-
-    #: the trained artefact is a classifier (encoder + head): recipes evaluate it rather than zero-shot
-    trains_classifier = True
 
     def __init__(self, model, args: AdversarialConfig, classnames: Sequence[str], **kwargs):
         require_vlm(model, type(self).__name__)
@@ -86,3 +84,8 @@ class AdversarialTrainer(RobustTrainer):
             self.log_metric("trades_kl", robust)
         self.log_metric("adv_accuracy", (logits.argmax(-1) == y).float().mean())
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+# the trained artefact is a classifier (encoder + head): recipes evaluate it rather than the zero-shot model
+register_method("adversarial", AdversarialConfig, AdversarialTrainer, needs_classnames=True, trains_classifier=True,
+                paper="2508.14079", recipe="recipes/adv_clip.py")

@@ -10,18 +10,22 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from .. import __version__
-from ..attacks import check_budget
+from ..attacks import ATTACKS, check_budget
+from ..optim import parse_weight_space
 from .schedules import EpsilonSchedule
 
 
 @dataclass
 class RobustTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the inner attack and its budget schedule.
+    """`TrainingArguments` plus the inner attack, its budget schedule and the weight-space hooks.
 
     Args:
         method (`str`): name of the method in the `METHODS` registry (set by each subclass).
-        attack (`str`, *optional*, defaults to `"pgd"`): training attack, `"pgd"` or `"apgd"` (APGD on the method's
-            loss, max-loss point, as in arXiv 2404.xxxx's AT study).
+        attack (`str`, *optional*, defaults to `"pgd"`): training attack, any attack of the `ATTACKS` registry that
+            takes the method's loss as `loss_fn`: `"pgd"`, or `"apgd"` (APGD on the method's loss, max-loss point,
+            no early stop, as in arXiv 2508.14079's AT study).
+        attack_options (`dict` or `str`, *optional*): extra keyword arguments of the training attack (a JSON object
+            on the command line, e.g. `'{"rho": 0.5}'`), over the attack's own `training_defaults`.
         attack_norm (`str`, *optional*, defaults to `"Linf"`): `"Linf"` or `"L2"`.
         epsilon (`float`, *optional*, defaults to 4/255): budget in [0, 1] pixel units (4/255, not 4).
         attack_steps (`int`, *optional*, defaults to 10): inner iterations.
@@ -43,10 +47,17 @@ class RobustTrainingArguments(TrainingArguments):
         epsilon_schedule_start (`float`, *optional*, defaults to 0): T1.
         epsilon_schedule_end (`float`, *optional*, defaults to 0): T2.
         epsilon_schedule_unit (`str`, *optional*, defaults to `"steps"`): unit of T1 / T2, `"steps"` or `"epochs"`.
+        weight_space (`str`, *optional*, defaults to `"none"`): weight-space hooks from `vlmrobust.optim.WEIGHT_SPACE`,
+            `'+'`-joined: `"l2sp"` (L2-SP, arXiv 1802.01483). Hooks that read θ₀ make the trainer keep the shared
+            frozen snapshot of the trained module.
+        l2sp_lambda (`float`, *optional*, defaults to 0.01): λ of L2-SP, `g ← g + λ·(θ − θ₀)` (no paper default for
+            CLIP; tune it).
     """
 
     method: str = field(default="base", metadata={"help": "Method name in the METHODS registry."})
-    attack: str = field(default="pgd", metadata={"help": "Training attack: 'pgd' or 'apgd'."})
+    attack: str = field(default="pgd", metadata={"help": "Training attack from the attack registry: 'pgd', 'apgd'."})
+    attack_options: dict | str | None = field(default=None, metadata={
+        "help": "Extra keyword arguments of the training attack, as a JSON object (e.g. '{\"rho\": 0.5}')."})
     attack_norm: str = field(default="Linf", metadata={"help": "Threat model: 'Linf' or 'L2'."})
     epsilon: float = field(default=4 / 255, metadata={"help": "Budget in [0,1] pixel units, e.g. 0.0157 = 4/255."})
     attack_steps: int = field(default=10, metadata={"help": "Inner attack iterations."})
@@ -62,14 +73,26 @@ class RobustTrainingArguments(TrainingArguments):
     epsilon_schedule_start: float = field(default=0.0, metadata={"help": "T1: eps is 0 before it."})
     epsilon_schedule_end: float = field(default=0.0, metadata={"help": "T2: eps reaches its target here."})
     epsilon_schedule_unit: str = field(default="steps", metadata={"help": "'steps' or 'epochs'."})
+    weight_space: str = field(default="none", metadata={
+        "help": "Weight-space hooks, '+'-joined names from vlmrobust.optim.WEIGHT_SPACE (e.g. 'l2sp'), or 'none'."})
+    l2sp_lambda: float = field(default=0.01, metadata={"help": "L2-SP lambda: g <- g + lambda * (theta - theta_0)."})
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers; no telemetry by default."})
 
     def __post_init__(self):
-        if self.attack not in ("pgd", "apgd"):
-            raise ValueError(f"attack must be 'pgd' or 'apgd', got '{self.attack}'.")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"attack {self.attack!r} is not a registered attack; registered: "
+                             f"{', '.join(ATTACKS.names())}.")
+        if isinstance(self.attack_options, str):
+            text = self.attack_options.strip()
+            self.attack_options = json.loads(text) if text else None
+        if self.attack_options is not None and not isinstance(self.attack_options, dict):
+            raise ValueError(f"attack_options must be a mapping (JSON object), got {self.attack_options!r}.")
+        parse_weight_space(self.weight_space)
+        if not self.l2sp_lambda >= 0:
+            raise ValueError(f"l2sp_lambda must be >= 0, got {self.l2sp_lambda}.")
         self.attack_norm = {"linf": "Linf", "l2": "L2"}.get(str(self.attack_norm).lower(), self.attack_norm)
         if self.attack_momentum_style not in ("fare", "mi-fgsm"):
             raise ValueError(f"attack_momentum_style must be 'fare' (the FARE reference's rule) or 'mi-fgsm', got "

@@ -1,31 +1,44 @@
 """`RobustTrainer`: the machinery every robust fine-tuning method shares, written once.
 
-It owns the inner attack loop (always on the *unwrapped* module, in eval mode, gradients for δ only), the ε
-schedule, an optional frozen reference model (built before the Trainer / DeepSpeed sees the model, so ZeRO-3 never
-partitions it), logging of extra losses, one gradient hook between the full backward and the optimizer step
-(DeepSpeed-safe), and saving in the backend's native layout (open_clip / transformers) so checkpoints load without
-vlmrobust and resume with it.
+It owns the inner attack loop (the training attack built by name from the attack registry, always on the
+*unwrapped* module, in eval mode, gradients for δ only), the ε schedule, the frozen reference θ₀ (one snapshot of
+the trained module, built before the Trainer / DeepSpeed sees the model so ZeRO-3 never partitions it, shared by
+every consumer), logging of extra losses, the weight-space hooks (a gradient hook and gradient transforms between
+the full backward and the optimizer step, post-step constraints after it; DeepSpeed-safe), and saving in the
+backend's native layout (open_clip / transformers) so checkpoints load without vlmrobust and resume with it.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer
 
-from ..attacks import APGD, PGD
 from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPEN_CLIP_WEIGHTS_NAME
 from ..models.base import VisionLanguageModel
+from ..optim import (
+    GradientTransform,
+    PostStepCallback,
+    PostStepConstraint,
+    ReferenceWeights,
+    WeightSpaceRunner,
+    build_weight_space,
+    frozen_copy,
+    get_full_grad,
+    set_full_grad,
+)
 from ..utils.distributed import check_zero_stage
 from ..utils.io import atomic_save_safetensors
+from .activation_checkpointing import attach_activation_checkpointing
 from .base_config import RobustTrainingArguments
+from .training_attack import AttackLoop, check_training_attack
+
+__all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "image_collator", "require_vlm"]
 
 
 def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
@@ -43,54 +56,20 @@ def require_vlm(model, trainer_name: str) -> None:
         )
 
 
-def attach_activation_checkpointing(module: nn.Module) -> nn.Module:
-    """Give the trained module the `activation_checkpointing_enable` the Trainer calls for `--activation_checkpointing`
-    (alias `--gradient_checkpointing`).
-
-    It switches checkpointing on in every outermost `transformers` model inside (an LVLM's vision tower) and in
-    every open_clip tower (`set_grad_checkpointing`). Checkpointing is only active in training mode: the attack runs
-    in eval mode and keeps its activations, the training forward / backward recomputes them.
-    """
-    if hasattr(module, "activation_checkpointing_enable"):
-        return module
-    from transformers import PreTrainedModel
-
-    hf = [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
-    hf = [m for m in hf if not any(o is not m and any(c is m for c in o.modules()) for o in hf)]
-    oc = [m for m in module.modules() if not isinstance(m, PreTrainedModel) and hasattr(m, "set_grad_checkpointing")
-          and not any(any(c is m for c in h.modules()) for h in hf)]
-    if not hf and not oc:
-        raise ValueError(f"--activation_checkpointing: no transformers model or open_clip tower inside "
-                         f"{type(module).__name__} supports it; train without it.")
-
-    def enable(activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False):
-        for m in hf:
-            m.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
-                                              every_n_layers=every_n_layers, offload=offload)
-        for m in oc:
-            m.set_grad_checkpointing(True)
-
-    module.activation_checkpointing_enable = enable
-    return module
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with every parameter frozen, in eval mode (for reference / teacher models)."""
-    ref = copy.deepcopy(module)
-    ref.requires_grad_(False)
-    return ref.eval()
-
-
-class RobustTrainer(Trainer):
+class RobustTrainer(AttackLoop, Trainer):
     """Base class of vlmrobust's trainers (FARE, TeCoA, Classic AT / TRADES, ...).
 
     Subclasses implement :meth:`trainable_module` (what the HF `Trainer` / DeepSpeed optimises) and
     `compute_loss`; they call :meth:`adversarial_examples` for the inner maximisation and may override
-    :meth:`on_full_backward` for gradient surgery.
+    :meth:`on_full_backward` for gradient surgery. Weight-space methods plug in as hooks (`vlmrobust.optim`): the
+    config's `weight_space` names registered ones, `gradient_transforms` / `post_step_constraints` add others.
 
     Class attributes:
         supported_zero_stages (`tuple[int, ...]`): DeepSpeed ZeRO stages the method supports (0: no DeepSpeed, plain
             / DDP); any other stage is refused at start with a message naming these.
+        needs_reference (`bool`): the method reads θ₀ (FARE's frozen target encoder). The trainer then keeps
+            `self.reference`, a `ReferenceWeights` snapshot of the trained module; it keeps it too when a weight-space
+            hook needs θ₀, and it is the same object for every consumer.
 
     Args:
         model (`VisionLanguageModel`): the full model (e.g. from `create_model`). Only the module returned by
@@ -98,20 +77,41 @@ class RobustTrainer(Trainer):
             `logit_scale` away from DeepSpeed.
         args (`RobustTrainingArguments`): method config.
         train_dataset (`torch.utils.data.Dataset`): items with `pixel_values` in [0, 1] (and `labels`).
+        gradient_transforms (`Sequence[GradientTransform]`, *optional*): applied after those `args.weight_space`
+            names, once per optimizer step, to each trainable tensor's full gradient.
+        post_step_constraints (`Sequence[PostStepConstraint]`, *optional*): applied after those `args.weight_space`
+            names, right after each optimizer step.
         kwargs: passed to `transformers.Trainer` (callbacks, eval_dataset, ...).
+
+    Attributes:
+        reference (`ReferenceWeights` or None): θ₀, the frozen snapshot of the trained module (None when nothing reads
+            it).
+        weight_space (`WeightSpaceRunner`): the gradient transforms and post-step constraints, and their state (saved
+            into every checkpoint, restored on `resume_from_checkpoint`).
     """
 
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
     supported_zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    needs_reference: bool = False
 
     def __init__(self, model: VisionLanguageModel, args: RobustTrainingArguments, train_dataset=None,
-                 data_collator: Callable | None = None, **kwargs):
+                 data_collator: Callable | None = None,
+                 gradient_transforms: Sequence[GradientTransform] = (),
+                 post_step_constraints: Sequence[PostStepConstraint] = (), **kwargs):
         require_vlm(model, type(self).__name__)
         check_zero_stage(args, self.supported_zero_stages, type(self).__name__)
+        check_training_attack(args)
         self.vlm = model
         self.vlm.requires_grad_(False)
         trainable = self.trainable_module(model, args)
+        hooks = build_weight_space(args)
+        transforms = [*(h for h in hooks if isinstance(h, GradientTransform)), *gradient_transforms]
+        constraints = [*(h for h in hooks if isinstance(h, PostStepConstraint)), *post_step_constraints]
+        # θ₀, taken before the Trainer (and DeepSpeed ZeRO-3) sees the model, and never registered inside it
+        wanted = self.needs_reference or any(getattr(h, "needs_reference", False) for h in (*transforms, *constraints))
+        self.reference: ReferenceWeights | None = ReferenceWeights(trainable) if wanted else None
+        self.weight_space = WeightSpaceRunner(transforms, constraints, self.reference)
         if args.activation_checkpointing or args.gradient_checkpointing:
             attach_activation_checkpointing(trainable)
         self._native_keys = self._map_to_native(trainable)
@@ -121,6 +121,8 @@ class RobustTrainer(Trainer):
         self._attack_call = 0  # attack calls within the current micro-batch
         super().__init__(model=trainable, args=args, train_dataset=train_dataset,
                          data_collator=data_collator or image_collator, **kwargs)
+        if self.weight_space.constraints:
+            self.add_callback(PostStepCallback(self))
 
     # -- what is trained -------------------------------------------------------------------------------------------
     def trainable_module(self, model: VisionLanguageModel, args: RobustTrainingArguments) -> nn.Module:
@@ -133,94 +135,6 @@ class RobustTrainer(Trainer):
         native = getattr(self.vlm, "model", self.vlm)
         by_id = {id(t): k for k, t in native.state_dict(keep_vars=True).items()}
         return {k: by_id[id(t)] for k, t in trainable.state_dict(keep_vars=True).items() if id(t) in by_id}
-
-    # -- attack ----------------------------------------------------------------------------------------------------
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch, as the Trainer counts them for its own epoch boundaries.
-
-        Taken from the Trainer's prepared training dataloader when training starts (so `dataloader_drop_last`, the
-        number of processes and gradient accumulation count exactly as they do for the Trainer); before that, the
-        same count is derived from the dataset size.
-        """
-        if getattr(self, "_steps_per_epoch", None):
-            return self._steps_per_epoch
-        a = self.args
-        per_batch = a.per_device_train_batch_size * max(a.world_size, 1)
-        n = len(self.train_dataset) if self.train_dataset is not None else per_batch
-        batches = n // per_batch if a.dataloader_drop_last else math.ceil(n / per_batch)
-        return max(math.ceil(batches / a.gradient_accumulation_steps), 1)
-
-    def set_initial_training_values(self, args, dataloader, *rest, **kwargs):
-        values = super().set_initial_training_values(args, dataloader, *rest, **kwargs)
-        # (num_train_epochs, num_update_steps_per_epoch, ...): the count the Trainer uses for epoch boundaries
-        self._steps_per_epoch = max(int(values[1]), 1)
-        return values
-
-    @property
-    def current_epsilon(self) -> float:
-        """ε at the current optimizer step under the configured schedule."""
-        return self.args.epsilon_scheduler(self.state.global_step, self.steps_per_epoch)
-
-    def _next_attack_seed(self) -> int:
-        step = self.state.global_step
-        k = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
-        self._micro_step = (step, k)
-        # a fixed function of (seed, optimizer step, micro-batch, rank): a resumed run repeats the same attacks,
-        # and ranks do not share random starts
-        rank = self.args.process_index
-        return (int(self.args.attack_seed) * 1_000_003 + step * 1_009 + k * 7 + rank * 104_729) % (2**63 - 1)
-
-    def _sample_seeds(self, n: int) -> torch.Tensor:
-        """Per-image seeds of the random start, keyed to each image's position in the *global* batch.
-
-        accelerate hands micro-batch k of rank r (of N, per-device batch B) the global batch number k·N + r of the
-        optimizer step, so image i sits at position (k·N + r)·B + i: 1 process with batch N·B and N processes
-        with batch B (or any split into accumulation steps) give every image the same start.
-        """
-        a = self.args
-        k = self._micro_batch[1] if self._micro_batch[0] == self.state.global_step else 0
-        first = (k * max(a.world_size, 1) + a.process_index) * a.per_device_train_batch_size
-        base = (int(a.attack_seed) * 1_000_003 + self.state.global_step * 1_009 + self._attack_call * 7) % 2**61
-        self._attack_call += 1
-        return (base + torch.arange(first, first + n, dtype=torch.int64) * 104_729) % 2**61
-
-    def adversarial_examples(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                             target: torch.Tensor, loss_fn: Callable, epsilon: float | None = None,
-                             module: nn.Module | None = None, random_start: bool | None = None) -> torch.Tensor:
-        """Maximise `loss_fn(forward(x + δ), target)` over the ε-ball with the configured attack.
-
-        `forward` must be the unwrapped module (or a function of it), never a DeepSpeed engine / DDP wrapper:
-        the attack takes gradients w.r.t. δ only, so parameter gradients and optimizer buffers stay untouched.
-        `module` is the network inside `forward` when `forward` is a plain function: it is put in eval mode for the
-        attack and restored afterwards. `random_start` overrides the config (a loss with zero gradient at δ = 0,
-        such as TRADES' KL, needs one). Returns detached adversarial images (the clean ones when ε is 0).
-        """
-        eps = self.current_epsilon if epsilon is None else epsilon
-        self._metrics["epsilon"].append(torch.tensor(float(eps)))
-        seed = self._next_attack_seed()
-        if eps <= 0:
-            return images.detach()
-        a = self.args
-        rs = a.attack_random_start if random_start is None else random_start
-        sample_seeds = self._sample_seeds(images.shape[0]) if a.attack_seed_scope == "sample" else None
-        was_training = module.training if module is not None else None
-        if module is not None:
-            module.eval()
-        try:
-            if a.attack == "pgd":
-                atk = PGD(forward, norm=a.attack_norm, eps=eps, alpha=a.attack_step_size, steps=a.attack_steps,
-                          random_start=rs, momentum=a.attack_momentum, momentum_style=a.attack_momentum_style,
-                          loss_fn=loss_fn, seed=seed)
-                atk.sample_seeds = sample_seeds
-                return atk(images, target).detach()
-            atk = APGD(forward, norm=a.attack_norm, eps=eps, steps=a.attack_steps, loss=loss_fn, seed=seed,
-                       random_start=rs, early_stop=False)
-            atk.sample_seeds = sample_seeds
-            return atk.perturb(images, target).x_max_loss.detach()
-        finally:
-            if module is not None:
-                module.train(was_training)
 
     def _prepare_input(self, data):
         """Move inputs to the device *without* DeepSpeed's cast of float inputs to its bf16 / fp16 dtype.
@@ -260,28 +174,35 @@ class RobustTrainer(Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
-    # -- the one hook between the full backward and the optimizer step ------------------------------------------
+    # -- the hooks around the optimizer step -----------------------------------------------------------------------
     def on_full_backward(self, model: nn.Module) -> None:
-        """Called once per optimizer step, after the last micro-batch's backward, before the optimizer step.
+        """Called once per optimizer step, after the last micro-batch's backward, before the optimizer step (and
+        before the gradient transforms).
 
         Override for gradient surgery; read / write gradients with :meth:`get_full_grad` / :meth:`set_full_grad`,
         which work with and without DeepSpeed ZeRO.
         """
 
     def get_full_grad(self, param: nn.Parameter) -> torch.Tensor | None:
-        if self.is_deepspeed_enabled:
-            from deepspeed.utils import safe_get_full_grad
-
-            return safe_get_full_grad(param)
-        return param.grad
+        """`param`'s whole gradient (gathered under ZeRO); see `vlmrobust.optim.get_full_grad`."""
+        return get_full_grad(param)
 
     def set_full_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
-        if self.is_deepspeed_enabled:
-            from deepspeed.utils import safe_set_full_grad
+        """Set `param`'s whole gradient (scattered under ZeRO); see `vlmrobust.optim.set_full_grad`."""
+        set_full_grad(param, grad)
 
-            safe_set_full_grad(param, grad)
-        else:
-            param.grad = grad
+    def _loss_scale(self) -> float:
+        """The fp16 loss scale the gradients carry before the optimizer step (1 in fp32 / bf16)."""
+        if self.is_deepspeed_enabled:
+            engine = self.model_wrapped
+            return float(engine.optimizer.loss_scale) if engine.fp16_enabled() else 1.0
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def _before_optimizer_step(self, model: nn.Module) -> None:
+        self.on_full_backward(model)
+        if self.weight_space.transforms:
+            self.weight_space.after_backward(self.unwrapped(model), self._loss_scale())
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         step = self.state.global_step
@@ -302,13 +223,27 @@ class RobustTrainer(Trainer):
             engine.set_gradient_accumulation_boundary(is_boundary=sync)
             engine.backward(loss, scale_wrt_gas=False)
             if sync:
-                self.on_full_backward(model)
+                self._before_optimizer_step(model)
                 engine.step()
+                # (without DeepSpeed the Trainer steps after this returns: PostStepCallback runs the constraints)
+                self.weight_space.after_step(self.unwrapped(model))
         else:
             self.accelerator.backward(loss)
             if sync:
-                self.on_full_backward(model)
+                self._before_optimizer_step(model)
         return loss.detach()
+
+    # -- checkpoints: the weight-space hooks' state beside the optimizer's ------------------------------------------
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            self.weight_space.save(output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            names = [n for n, _ in self.unwrapped(self.model).named_parameters()]
+            self.weight_space.load(checkpoint, names)
 
     # -- saving / loading ------------------------------------------------------------------------------------------
     def _native_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from .base_trainer import RobustTrainer, frozen_copy, require_vlm
+from .base_trainer import RobustTrainer
 from .fare_config import FAREConfig
+from .methods import CLIP_BACKENDS, LVLM_BACKENDS, register_method
 
 
 def fare_distance(emb: torch.Tensor, target: torch.Tensor, kind: str = "l2sq") -> torch.Tensor:
@@ -20,21 +21,22 @@ def fare_distance(emb: torch.Tensor, target: torch.Tensor, kind: str = "l2sq") -
 class FARETrainer(RobustTrainer):
     """FARE: unsupervised adversarial fine-tuning of CLIP's vision encoder (arXiv 2402.12336).
 
-    `min_θ E_x max_{‖δ‖≤ε} ‖φ_θ(x+δ) − φ_orig(x)‖²₂`, with φ_orig a frozen copy of the original encoder applied to the
-    clean image. Only the vision tower trains; no labels, no text tower.
+    `min_θ E_x max_{‖δ‖≤ε} ‖φ_θ(x+δ) − φ_orig(x)‖²₂`, with φ_orig the original encoder applied to the clean image:
+    the trainer's shared frozen θ₀ snapshot (`self.reference`, the same one L2-SP & co. read). Only the vision tower
+    trains; no labels, no text tower.
     """
 
-    def __init__(self, model, args: FAREConfig, **kwargs):
-        # built before the Trainer (and DeepSpeed ZeRO-3) sees the model, and never registered inside it
-        require_vlm(model, type(self).__name__)
-        self.reference_encoder = frozen_copy(model.image_encoder)
-        super().__init__(model, args, **kwargs)
+    needs_reference = True
+
+    @property
+    def reference_encoder(self):
+        """φ_orig: the frozen θ₀ encoder (`self.reference.module`)."""
+        return self.reference.module
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         x = inputs["pixel_values"]
-        ref = self.reference_encoder.to(x.device)
         with torch.no_grad():
-            target = ref(x).float()
+            target = self.reference(x).float()
         kind = self.args.fare_loss
         x_adv = self.adversarial_examples(self.unwrapped(model), x, target, lambda e, t: fare_distance(e, t, kind))
         loss = fare_distance(model(x_adv), target, kind).mean()
@@ -43,3 +45,7 @@ class FARETrainer(RobustTrainer):
             with torch.no_grad():
                 self.log_metric("clean_loss", fare_distance(self.unwrapped(model)(x), target, kind).mean())
         return (loss, {"embeddings": None}) if return_outputs else loss
+
+
+register_method("fare", FAREConfig, FARETrainer, paper="2402.12336", backends=CLIP_BACKENDS + LVLM_BACKENDS,
+                recipe="recipes/fare_clip.py")

@@ -9,6 +9,7 @@ from ..layout import RADAPT_WEIGHTS_NAME, VLMROBUST_CONFIG_NAME
 from ..models.radapt import RAdaptModel
 from .base_trainer import RobustTrainer, require_vlm
 from .fare_trainer import fare_distance
+from .methods import CLIP_BACKENDS, LVLM_BACKENDS, register_method
 from .radapt_config import RAdaptConfig
 
 _SETTING_FIELDS = ("alpha", "attn_coef", "anchor_coef", "gaussian_filter", "d0", "d0_reference_size", "d0_scaling")
@@ -94,3 +95,7 @@ class RAdaptTrainer(RobustTrainer):
         if missing:
             raise ValueError(f"Checkpoint {resume_from_checkpoint} lacks the anchor(s) for grid(s) {missing}.")
         model.load_state_dict(sd, strict=False)
+
+
+register_method("radapt", RAdaptConfig, RAdaptTrainer, paper="2603.12799",
+                backends=CLIP_BACKENDS + LVLM_BACKENDS + ("radapt",), recipe="recipes/radapt_clip.py")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..attacks import ce_loss
 from .base_trainer import RobustTrainer, require_vlm
+from .methods import register_method
 from .tecoa_config import TeCoAConfig
 
 
@@ -38,3 +39,7 @@ class TeCoATrainer(RobustTrainer):
         self.log_metric("adv_loss", loss)
         self.log_metric("adv_accuracy", (logits.argmax(-1) == y).float().mean())
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+register_method("tecoa", TeCoAConfig, TeCoATrainer, needs_classnames=True, paper="2212.07016",
+                recipe="recipes/tecoa_clip.py")
