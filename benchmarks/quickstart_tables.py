@@ -1,4 +1,5 @@
-"""Print the README's CLIP quickstart tables from what the recipes wrote (nothing typed by hand).
+"""Print the README's CLIP quickstart tables from what the recipes wrote (nothing typed by hand): accuracies in %
+with their Wilson 95% intervals over the evaluated points, and the seed.
 
 Run the quickstarts first (each writes `<output_dir>/results.json`, format `vlmrobust.results/v2`: the suite runner's
 cells plus a `run` section naming the rows such as before / after):
@@ -16,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from vlmrobust.eval.results import load_results
-from vlmrobust.eval.tables import format_eps
+from vlmrobust.eval.tables import format_eps, pct_ci
 from vlmrobust.eval.tasks.classification import robust_accuracy
 
 QUICKSTART = [  # (folder, row of results.json's run, label in the README)
@@ -70,10 +71,12 @@ def table(rows, root: Path) -> str:
     for label, r, _ in found:
         vals = [r["robust_accuracy"].get(f"{e:.6g}") for e in eps_all]
         scale = r.get("logit_scale")
-        out.append(f"| {label} | {'–' if scale is None else f'{scale:.3g}'} | {100 * r['clean_accuracy']:.1f} | "
-                   + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
+        n = r["n_samples"]
+        out.append(f"| {label} | {'–' if scale is None else f'{scale:.3g}'} | {pct_ci(r['clean_accuracy'], n)} | "
+                   + " | ".join(pct_ci(v, n) for v in vals) + " |")
     return "\n".join(lines + out) + "\n\n" + "; ".join(
-        f"attacks {a} (worst case per point), {s} iterations each, n = {n}, seed {seed}, run total {t} s"
+        f"attacks {a} (worst case per point), {s} iterations each, n = {n}, seed {seed}, run total {t} s; in "
+        "parentheses the Wilson 95% interval over the n points"
         for a, s, n, seed, t in sorted(protocol, key=str))
 
 

@@ -1,8 +1,8 @@
 """FARE on Qwen2-VL / Qwen2.5-VL's own vision tower (Schlarmann et al., arXiv 2402.12336); the LM stays frozen.
 
 Offline quickstart (tiny random Qwen2-VL at 112 px = 16 image tokens, taught shapes-VQA first, then FARE^8 on its
-tower; ~9.5 min on 2 shared CPU cores; measured: 72.6% clean / 31.9% under APGD-20 at 8/255, with the FARE tower
-70.9% / 58.4%; chance 39.5%):
+tower; seed 0: 69.2% clean / 49.0% under APGD-20 at 8/255, with the FARE tower 68.8% / 59.2%, chance 39.5%, the same
+for any thread count; other seeds and the 95% intervals in the README's table):
 
     accelerate launch recipes/fare_qwen_vl.py --config recipes/configs/quickstart_qwen_vl.yaml
 

@@ -6,6 +6,7 @@ the suite dict stored with them.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -23,6 +24,22 @@ def _eps(text: str) -> float:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
+
+
+def wilson95(p: float, n: int) -> tuple[float, float]:
+    """The Wilson score 95% interval, written out here (not `vlmrobust.metrics`) so the report is checked against
+    an independent computation: (p + z²/2n ± z·√(p(1−p)/n + z²/4n²)) / (1 + z²/n), z = 1.959964."""
+    z = 1.959963984540054
+    p = min(max(p, 0.0), 1.0)
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def pct_ci(v: float, n: int) -> str:
+    """An accuracy cell of the report: `72.5 (65.9–78.2)`, the value and its Wilson 95% interval over n items."""
+    lo, hi = wilson95(v, n)
+    return f"{100 * v:.1f} ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
 def model_sections(report: str) -> dict[str, str]:
@@ -63,8 +80,9 @@ def _suite_grid(suite: dict, dataset: str) -> set[tuple[str, str, float]]:
 
 def check_report_against_results(report: str, results: dict, *, task: str = "classification") -> int:
     """Assert that every number of the `task` tables ("classification": the per-model accuracy table with its
-    average row; "vqa": the VQA accuracy table) is the stored cell value, column by column, and that the columns and
-    rows are exactly the suite's grid. Returns how many numbers were checked."""
+    average row; "vqa": the VQA accuracy table) is the stored cell value, column by column (each accuracy with its
+    Wilson 95% interval over the cell's n, computed here by hand), and that the columns and rows are exactly the
+    suite's grid. Returns how many numbers were checked."""
     suite, cells = results["suite"], results["cells"]
     datasets = {d["name"]: d for d in suite["datasets"] if d.get("task", "classification") == task}
     apart = set(suite.get("average_exclude") or ())
@@ -100,7 +118,7 @@ def check_report_against_results(report: str, results: dict, *, task: str = "cla
             row = named[d]
             clean = _find(cells, kind=clean_kind, model=model, dataset=d)
             vals = {"clean": clean[metric]}
-            assert row[clean_col] == _pct(clean[metric]), (model, d, "clean", row[clean_col])
+            assert row[clean_col] == pct_ci(clean[metric], clean["n"]), (model, d, "clean", row[clean_col])
             if "logit scale" in header:  # the temperature the attacks saw, stored with the clean cell
                 scale = clean.get("logit_scale")
                 want = "–" if scale is None else f"{scale:.3g}"
@@ -113,7 +131,7 @@ def check_report_against_results(report: str, results: dict, *, task: str = "cla
                     continue
                 c = _find(cells, kind=attack_kind, model=model, dataset=d, attack=m["label"], norm=m["norm"],
                           eps=_eps(m["eps"]))
-                assert row[j] == _pct(c[metric]), (model, d, header[j], row[j], c[metric])
+                assert row[j] == pct_ci(c[metric], c["n"]), (model, d, header[j], row[j], c[metric])
                 vals[header[j]] = c[metric]
                 by_attack.setdefault(f"{m['label']} ({m['norm']})", []).append(c[metric])
                 checked += 1

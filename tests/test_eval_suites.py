@@ -363,6 +363,35 @@ def test_fare13_average_is_over_the_13_zero_shot_datasets_imagenet_apart():
     assert names[14] == "imagenet (apart, not in the average)" and len(names) == 15
 
 
+def test_report_gives_each_cell_its_wilson_interval(capsys):
+    """Issue 19: every accuracy cell of the report, of the summary rows and of the console carries its Wilson 95%
+    interval over the cell's n. Hand computation (z = 1.96, z²/n = 0.019207 for n = 200): 145/200 = 72.5% gives
+    centre (0.725 + 0.009604) / 1.019207 = 0.72077 and half-width 1.92303 · √(0.725 · 0.275 / 200 + 0.019207 / 800)
+    = 0.06144, so 65.9–78.2; 0/200 gives 0 to 2 · 0.009604 / 1.019207 = 0.01885, so 0.0–1.9."""
+    from vlmrobust.eval.report import console_summary, suite_markdown, summarize_suite
+    from vlmrobust.eval.results import FORMAT
+
+    suite = load_suite(_suite(n_samples=200, attacks=[{"attack": "apgd-ce", "eps": ["4/255"], "steps": 10}]))
+    model = "m"
+    base = {"model": model, "dataset": "digits", "n": 200}
+    cells = {"m|digits|clean": {**base, "kind": "clean", "accuracy": 145 / 200},
+             "m|digits|apgd-ce|Linf|0.0156863": {**base, "kind": "attack", "attack": "apgd-ce",
+                                                 "components": ["apgd-ce"], "norm": "Linf", "eps": 4 / 255,
+                                                 "steps": 10, "seed": 0, "accuracy": 0.0}}
+    results = {"format": FORMAT, "suite": suite.to_dict(), "models": [model], "meta": {}, "cells": cells}
+    summary = summarize_suite(results)
+    ci = summary["models"][model]["datasets"]["digits"]["ci95"]
+    assert ci["clean"] == pytest.approx([0.6593, 0.7822], abs=1e-4)
+    assert ci["robust"]["apgd-ce (Linf)"][4 / 255] == pytest.approx([0.0, 0.01885], abs=1e-5)
+    report = suite_markdown(results, summary, {})
+    header, rows = next((h, r) for h, r in tables(model_sections(report)[model]) if h[0] == "dataset")
+    assert rows[0][header.index("clean")] == "72.5 (65.9–78.2)"
+    assert rows[0][header.index("apgd-ce (Linf) ε=4/255")] == "0.0 (0.0–1.9)"
+    assert rows[0][header.index("exp. rob. apgd-ce (Linf)")] == "36.2"  # a mean over the grid: no interval
+    assert check_report_against_results(report, results) == 3
+    assert "clean 72.5 (65.9–78.2) | apgd-ce (Linf) 0.01569: 0.0 (0.0–1.9)" in console_summary(summary)
+
+
 def test_average_exclude_names_unknown_datasets():
     with pytest.raises(SuiteError, match=r"suite 'tiny': average\.exclude: no dataset 'digit' \(did you mean "
                                          r"'digits'\?\)"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from report_tables import tables
+from report_tables import pct_ci, tables
 
 from vlmrobust.script_utils import RecipeParser, ScriptArguments
 from vlmrobust.trainers import AdversarialConfig, FAREConfig
@@ -61,11 +61,11 @@ def test_fare_recipe_end_to_end(digits_clip, tmp_path):
             name = row[0]
             clean = data["cells"][f"{name}|digits|clean"]
             assert res[name]["attacks"] == ["apgd-ce", "apgd-t"]
-            assert row[1] == f"{clean['logit_scale']:.3g}" and row[2] == f"{100 * clean['accuracy']:.1f}"
+            assert row[1] == f"{clean['logit_scale']:.3g}" and row[2] == pct_ci(clean["accuracy"], clean["n"])
             for col, eps in (("ε=4/255", "0.0156863"), ("ε=8/255", "0.0313725")):
                 cell = data["cells"][f"{name}|digits|apgd-ce+apgd-t|Linf|{eps}"]
                 assert cell["components"] == ["apgd-ce", "apgd-t"] and cell["steps"] == 10
-                assert row[header.index(col)] == f"{100 * cell['accuracy']:.1f}", (name, col)
+                assert row[header.index(col)] == pct_ci(cell["accuracy"], cell["n"]), (name, col)
     # `vlmrobust report <output_dir>` renders the recipe's file: the same report, run header included
     (out / "report.md").unlink()
     assert cli(["report", str(out)]) == 0
@@ -243,5 +243,6 @@ def test_lvlm_recipe_evaluates_through_the_suite_runner(tmp_path, monkeypatch):
     cells = data["cells"]
     assert round(cells["after|shapes-vqa|clean"]["accuracy"], 4) == ref["clean"]
     for eps, key in ((2 / 255, "2/255"), (8 / 255, "8/255")):
-        assert round(cells[f"after|shapes-vqa|apgd-ensemble|Linf|{eps:.6g}"]["accuracy"], 4) == ref["robust"][key]
-        assert rows[1][header.index(f"apgd-ensemble (Linf) ε={key}")] == f"{100 * ref['robust'][key]:.1f}"
+        cell = cells[f"after|shapes-vqa|apgd-ensemble|Linf|{eps:.6g}"]
+        assert round(cell["accuracy"], 4) == ref["robust"][key]
+        assert rows[1][header.index(f"apgd-ensemble (Linf) ε={key}")] == pct_ci(cell["accuracy"], 12)

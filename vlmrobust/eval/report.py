@@ -33,7 +33,9 @@ def summarize_suite(results: dict) -> dict:
 
     Each task of the suite puts its rows under its `rows_key` in `summary["models"][model]` (classification rows
     under `datasets`, with the per-model `average` and, in each row, its analyses' entries such as `corruptions` and
-    `margin`; VQA and captioning rows under their task's name). Only the cells of the suite's
+    `margin`; VQA and captioning rows under their task's name). Accuracy rows (classification, VQA) carry `ci95`,
+    the Wilson 95% interval of each accuracy over the row's n items (`tables.curve_intervals`), which the report and
+    the console print with every such cell. Only the cells of the suite's
     current grid are summarised (`current_cells`): cells an earlier, different suite left in the same results file are
     kept there for reuse but never reported. With several models, the Borda ranking compares them per dataset on
     every column (`EvalTask.columns`) all of them have.

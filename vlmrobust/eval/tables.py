@@ -1,10 +1,17 @@
-"""Formatting shared by the report and the tasks: budgets, percentages, markdown tables, robustness-curve rows, and
-the one-sentence protocol / accuracy table of the recipes' rows and model cards."""
+"""Formatting shared by the report and the tasks: budgets, percentages (with their Wilson 95% intervals), markdown
+tables, robustness-curve rows, and the one-sentence protocol / accuracy table of the recipes' rows and model cards.
+
+Every accuracy of n evaluated items is shown with its Wilson score 95% interval, `72.5 (65.9–78.2)`
+(`vlmrobust.metrics.wilson_interval`; for soft scores such as VQA accuracy it is conservative): the range of true
+accuracies consistent with the n items drawn, so a reader can tell a real difference from the sampling noise of a
+small evaluation set. It does not cover the seed-to-seed spread of training. Means over datasets or over an ε grid
+(averages, expected robustness) are shown without one."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ..metrics import wilson_interval
 from .zero_shot import RobustAccuracy, expected_robustness
 
 
@@ -18,6 +25,19 @@ def format_eps(eps: float) -> str:
 
 def pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
+
+
+def interval95(v: float, n: int) -> tuple[float, float]:
+    """Wilson 95% interval of an accuracy `v` measured on `n` items (`v * n` correct, or the sum of soft scores)."""
+    return wilson_interval(min(max(v * n, 0.0), float(n)), n)  # accuracy * n may overshoot n by a rounding error
+
+
+def pct_ci(v: float | None, n: int | None) -> str:
+    """`72.5 (65.9–78.2)`: an accuracy in % with its Wilson 95% interval over `n` items (just the % without `n`)."""
+    if v is None or not n:
+        return pct(v)
+    lo, hi = interval95(v, n)
+    return f"{100 * v:.1f} ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -57,6 +77,14 @@ def curve_expected_robustness(row: dict, weights: Mapping[float, float] | None =
     return out
 
 
+def curve_intervals(row: dict) -> dict:
+    """The Wilson 95% interval of each accuracy of a row of `row["n"]` items: `{"clean": [lo, hi], "robust":
+    {label: {ε: [lo, hi]}}}` (the summary rows' `ci95`)."""
+    n = row["n"]
+    return {"clean": list(interval95(row["clean"], n)),
+            "robust": {a: {e: list(interval95(v, n)) for e, v in pts.items()} for a, pts in row["robust"].items()}}
+
+
 def curve_columns(row: dict) -> dict[str, float]:
     """clean and every (attack, ε) point of a row, as named columns (Borda, averages)."""
     cols = {"clean": row["clean"]}
@@ -73,23 +101,27 @@ def eps_columns(rows: Sequence[dict]) -> tuple[list[str], list[tuple[str, float]
     return labels, cols, [f"{a} ε={format_eps(e) if 'Linf' in a else f'{e:g}'}" for a, e in cols]
 
 
-def curve_cells(row: dict, cols: list[tuple[str, float]], labels: list[str], fmt=pct) -> list[str]:
-    """A row's values at `cols`, then its expected robustness per label, formatted."""
-    return ([fmt(row["robust"].get(a, {}).get(e)) for a, e in cols]
+def curve_cells(row: dict, cols: list[tuple[str, float]], labels: list[str], fmt=pct, n: int | None = None
+                ) -> list[str]:
+    """A row's values at `cols`, then its expected robustness per label, formatted (with `n` items: accuracies in %
+    with their Wilson 95% intervals; expected robustness, a mean over the grid, without)."""
+    point = (lambda v: pct_ci(v, n)) if n else fmt
+    return ([point(row["robust"].get(a, {}).get(e)) for a, e in cols]
             + [fmt(row["expected_robustness"].get(a)) for a in labels])
 
 
 # -- the recipes' rows (RobustAccuracy) -----------------------------------------------------------------------------
 
 def accuracy_table(results: Mapping[str, RobustAccuracy], fmt: str = "markdown") -> str:
-    """One row per model: the logit scale of its classifier, clean, robust accuracy at each ε, expected robustness
-    (accuracies in %)."""
+    """One row per model: the logit scale of its classifier, clean, robust accuracy at each ε (in %, with the Wilson
+    95% interval over the evaluated images in markdown), expected robustness (in %)."""
     eps = sorted({e for r in results.values() for e in r.robust_accuracy})
     header = ["model", "logit scale", "clean"] + [f"ε={format_eps(e)}" for e in eps] + ["expected rob."]
     rows = []
     for name, r in results.items():
-        cells = [name, "–" if r.logit_scale is None else f"{r.logit_scale:.3g}", f"{100 * r.clean_accuracy:.1f}"]
-        cells += [f"{100 * r.robust_accuracy[e]:.1f}" if e in r.robust_accuracy else "–" for e in eps]
+        n = r.n_samples if fmt == "markdown" else None
+        cells = [name, "–" if r.logit_scale is None else f"{r.logit_scale:.3g}", pct_ci(r.clean_accuracy, n)]
+        cells += [pct_ci(r.robust_accuracy.get(e), n) for e in eps]
         cells.append(f"{100 * r.expected_robustness:.1f}")
         rows.append(cells)
     if fmt == "markdown":
@@ -121,13 +153,13 @@ def protocol_text(results: Mapping[str, RobustAccuracy]) -> str:
         attacks = describe_attacks(comps, r0.skipped_components)
     norm = "L∞" if r0.norm == "Linf" else r0.norm
     text = (f"Robust accuracy (%) under {attacks} ({r0.steps} iterations each, {norm}, seed {r0.seed}) on "
-            f"{r0.n_samples} images; a point counts only if it is classified correctly and survives every attack "
-            "(and every smaller ε). Logit scale: the temperature of the evaluated classifier's logits, per row")
+            f"{r0.n_samples} images, in parentheses the Wilson 95% interval over those images; a point counts only if "
+            "it is classified correctly and survives every attack (and every smaller ε). Logit scale: the temperature of the evaluated classifier's logits, per row")
     if "apgd-t" in comps:
         text += " (APGD-T's targeted DLR loss does not depend on it)"
     return text + "."
 
 
 __all__ = ["accuracy_table", "add_curve_point", "curve_cells", "curve_columns", "curve_expected_robustness",
-           "curve_label", "describe_attacks", "eps_columns", "format_eps", "md_table", "pct", "protocol_text",
-           "safe_name", "same_eps"]
+           "curve_intervals", "curve_label", "describe_attacks", "eps_columns", "format_eps", "interval95", "md_table",
+           "pct", "pct_ci", "protocol_text", "safe_name", "same_eps"]

@@ -5,18 +5,26 @@ On CPU, several kernels split their work by the number of intra-op threads, and 
 
 * MKL's GEMM (every `Linear`, forward and backward; the weight gradient sums over batch × tokens) gives
   thread-count-dependent last bits unless MKL's strict conditional numerical reproducibility mode is on
-  (`MKL_CBWR=AUTO,STRICT`; `COMPATIBLE` works too but is ~4x slower). MKL reads the variable once, at its first
-  call: set later it is silently ignored (`configure_mkl_cbwr`, run when `vlmrobust` is imported).
-* oneDNN's convolution weight gradient (the patch embedding of every ViT tower) differs at 4 threads; PyTorch's own
-  convolution (im2col + MKL GEMM, `torch.backends.mkldnn.enabled = False`) does not.
-* `LayerNorm`'s fused backward sums the γ / β gradients in one partial buffer per thread; the same layer written as
-  `layer_norm(x) * γ + β` lets autograd reduce them over rows, which PyTorch does in a fixed order.
+  (`MKL_CBWR=AUTO,STRICT`; `COMPATIBLE` works too but is ~4x slower): a (64 × 8192) @ (8192 × 64) product moves by
+  up to 1.4e-4 (entries ~90). MKL reads the variable once, at its first call (even a 4 × 4 product): set later it
+  is silently ignored (`configure_mkl_cbwr`, run when `vlmrobust` is imported; `mkl_strict` tells).
+* oneDNN's convolution weight gradient (the patch embedding of every ViT tower) differs at 4 threads (tiny LLaVA:
+  up to 9e-8 on gradients of ~7e-2); the same convolution as patchify + `linear` (one MKL GEMM) does not, nor does
+  PyTorch's own im2col convolution (`torch.backends.mkldnn.enabled = False`, ~2.5x slower SFT on tiny Qwen-VL).
+* `LayerNorm`'s fused backward sums the γ / β gradients in one partial buffer per thread (relative differences
+  ~1e-6); the same layer written as `layer_norm(x) * γ + β` lets autograd reduce them over rows, in a fixed order.
 * Element-wise kernels whose vectorised and scalar code paths round differently (`sigmoid`, `silu`, tanh-`gelu`, so
   also QuickGELU) compute the elements at the ends of each thread's chunk with the scalar path; the chunk ends move
-  with the thread count. Written with `exp` / `tanh` (vectorised on the whole tensor) and exact `+ * /` they do not.
+  with the thread count (1 ulp, from ~3e4 elements up). Written with `exp` / `tanh` (vectorised on the whole tensor,
+  tail included) and exact `+ * /` they do not; erf-GELU, `exp`, `tanh`, softmax, RMSNorm and the per-row
+  reductions of the losses are thread-invariant as they are.
 * Full reductions of large tensors (`x.sum()` over ~1e6 elements: one partial sum per thread) differ too. Nothing in
   vlmrobust's training, attack or evaluation path reduces a large tensor to a scalar (losses reduce per sample first,
   `clip_grad_norm_` uses a per-tensor norm that does not depend on the thread count), so none is rewritten.
+
+Each difference is a last bit, but the LVLM quickstarts' SFT (1,500 steps at lr 3e-3 from random weights) amplifies
+them: between 1 and 2 or 4 threads its losses part at step 13–14 and the finished runs ended up to 10 points apart.
+With all of the above the SFT, FARE and the attacked evaluation are bitwise identical at 1, 2, 3 and 4 threads.
 
 Scope: bitwise equality holds on machines with the same CPU instruction set (MKL's `AUTO` picks the code path per
 CPU, and so does PyTorch's vectorisation); across CPU generations pin both (`MKL_CBWR=AVX2,STRICT`,

@@ -43,10 +43,12 @@ from ..tables import (
     curve_cells,
     curve_columns,
     curve_expected_robustness,
+    curve_intervals,
     eps_columns,
     format_eps,
     md_table,
     pct,
+    pct_ci,
     protocol_text,
 )
 from ..zero_shot import RobustAccuracy, attack_survivors, logit_scale_of, predict
@@ -290,7 +292,8 @@ class ClassificationTask(EvalTask):
             if row is None or row["clean"] is None:
                 continue
             out = {"n": row.get("n"), "logit_scale": row.get("logit_scale"), "clean": row["clean"],
-                   "robust": row["robust"], "expected_robustness": curve_expected_robustness(row, weights)}
+                   "robust": row["robust"], "expected_robustness": curve_expected_robustness(row, weights),
+                   "ci95": curve_intervals(row)}
             for a in analyses_of(self.name):
                 own = [c for c in cells if c["dataset"] == entry["name"] and c["kind"] in a.cell_kinds]
                 out[a.name] = a.summarize_row(out, own, entry, suite)
@@ -332,7 +335,8 @@ class ClassificationTask(EvalTask):
                 "attack listed in its column (worst case per sample). Logit scale: the temperature of the attacked "
                 "classifier's logits (the CE attack depends on it, APGD-T's targeted DLR loss does not). Expected "
                 "robustness = mean accuracy over the ε grid of that attack including ε = 0 (clean) (arXiv "
-                "2509.23325; uniform weights unless the suite sets them).")
+                "2509.23325; uniform weights unless the suite sets them). In parentheses: the Wilson 95% interval of "
+                "an accuracy over the n evaluated images (sampling of the evaluation set only, not the training seed).")
 
     def markdown(self, model: str, summary: dict, results: dict) -> list[str]:
         ds = summary.get("datasets")
@@ -345,8 +349,8 @@ class ClassificationTask(EvalTask):
 
         def row_of(r: dict, name: str) -> list[str]:
             scale = r.get("logit_scale")
-            return [name, str(r["n"]), "–" if scale is None else f"{scale:.3g}", pct(r["clean"])] + curve_cells(
-                r, eps_cols, labels)
+            return [name, str(r["n"]), "–" if scale is None else f"{scale:.3g}", pct_ci(r["clean"], r["n"])
+                    ] + curve_cells(r, eps_cols, labels, n=r["n"])
 
         rows = [row_of(r, d) for d, r in ds.items() if d not in apart]
         if avg.get("n_datasets", 0) > 1:
@@ -391,9 +395,9 @@ class ClassificationTask(EvalTask):
     def console(self, summary: dict) -> list[str]:
         lines = []
         for d, r in summary.get("datasets", {}).items():
-            parts = [f"clean {100 * r['clean']:.1f}"]
+            parts = [f"clean {pct_ci(r['clean'], r['n'])}"]
             for a, accs in r["robust"].items():
-                parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
+                parts += [f"{a} {e:.4g}: {pct_ci(acc, r['n'])}" for e, acc in sorted(accs.items())]
             lines.append(f"  {d}: " + " | ".join(parts))
         return lines
 

@@ -49,10 +49,12 @@ from ..tables import (
     curve_cells,
     curve_columns,
     curve_expected_robustness,
+    curve_intervals,
     eps_columns,
     format_eps,
     md_table,
     pct,
+    pct_ci,
 )
 from .base import DatasetRun, EvalTask, analyses_of, register_eval_task
 from .classification import in_attack_grid
@@ -360,7 +362,8 @@ class VQATask(EvalTask):
         for entry in suite["datasets"]:
             row = rows.get(entry["name"])
             if row is not None and row["clean"] is not None:
-                out[entry["name"]] = row = {**row, "expected_robustness": curve_expected_robustness(row)}
+                out[entry["name"]] = row = {**row, "expected_robustness": curve_expected_robustness(row),
+                                            "ci95": curve_intervals(row)}
                 for a in (a for a in analyses_of(self.name) if a.name in (entry.get("analyses") or {})):
                     row[a.name] = a.summarize_row(row, [c for c in cells if c["dataset"] == entry["name"]
                                                         and c["kind"] in a.cell_kinds], entry, suite)
@@ -388,8 +391,9 @@ class VQATask(EvalTask):
     def _table(self, rows: dict[str, dict], first: str) -> str:
         labels, cols, headers = eps_columns(list(rows.values()))
         header = [first, "n", "answers", "chance", "clean"] + headers + [f"exp. rob. {a}" for a in labels]
-        return md_table(header, [[d, str(r.get("n")), str(r.get("answer_mode")), pct(r.get("chance")), pct(r["clean"])]
-                                 + curve_cells(r, cols, labels) for d, r in rows.items()])
+        return md_table(header, [[d, str(r.get("n")), str(r.get("answer_mode")), pct(r.get("chance")),
+                                  pct_ci(r["clean"], r.get("n"))] + curve_cells(r, cols, labels, n=r.get("n"))
+                                 for d, r in rows.items()])
 
     def markdown(self, model: str, summary: dict, results: dict) -> list[str]:
         vqa = summary.get("vqa")
@@ -398,8 +402,10 @@ class VQATask(EvalTask):
         md = ["### VQA accuracy", "",
               "Official VQA accuracy (min(1, #matching references / 3), averaged over leave-one-out reference "
               "subsets), in %; robust = per question the worst answer over the attack runs (and over every smaller "
-              "ε, unless its threat model starts every ε from the clean images). Chance = always answering each "
-              "question type's most frequent answer (where the dataset defines it).", "", self._table(vqa, "VQA dataset"), ""]
+              "ε, unless its threat model starts every ε from the clean images). In parentheses: the Wilson 95% "
+              "interval over the n questions (conservative for soft scores; evaluation sampling only, not the "
+              "training seed). Chance = always answering each question type's most frequent answer (where the "
+              "dataset defines it).", "", self._table(vqa, "VQA dataset"), ""]
         for d, r in vqa.items():
             if len(r["per_type"]) > 1:
                 cols = list(next(iter(r["per_type"].values())))
@@ -411,11 +417,11 @@ class VQATask(EvalTask):
     def console(self, summary: dict) -> list[str]:
         lines = []
         for d, r in summary.get("vqa", {}).items():
-            parts = [f"clean {100 * r['clean']:.1f}"]
+            parts = [f"clean {pct_ci(r['clean'], r.get('n'))}"]
             if r.get("chance") is not None:
                 parts.append(f"chance {100 * r['chance']:.1f}")
             for a, accs in r["robust"].items():
-                parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
+                parts += [f"{a} {e:.4g}: {pct_ci(acc, r.get('n'))}" for e, acc in sorted(accs.items())]
             lines.append(f"  {d} (VQA accuracy): " + " | ".join(parts))
         return lines
 
@@ -426,7 +432,8 @@ class VQATask(EvalTask):
         if not have:
             return []
         return [f"VQA accuracy (%) on `{dataset['name']}`, clean and under the attacks of the threat models below "
-                "(per question the worst case).", "", self._table(have, "model"), ""]
+                "(per question the worst case), in parentheses its Wilson 95% interval over the n questions.", "",
+                self._table(have, "model"), ""]
 
 
 register_eval_task(VQATask())
