@@ -5,9 +5,14 @@ target encoder, L2-SP, DiGraP, FTP, SPD, WiSE-FT). `GradientTransform`s rewrite 
 the full backward and the optimizer step; `PostStepConstraint`s rewrite each tensor right after the step; both work
 with and without DeepSpeed ZeRO (`full_tensors`) and keep their state by parameter name. New ones register a
 factory with `@WEIGHT_SPACE.register("name")` and are chosen with the config's `weight_space`.
+
+GRACE's pieces (arXiv 2603.27139) live here too: the Gram volume loss (`gram`), the curvature EMA and rank allocation
+(`curvature`) and the low-rank adversarial weight perturbation (`lar_awp`).
 """
 
+from .curvature import CurvatureEMA, allocate_ranks
 from .full_tensors import get_full_grad, get_full_param, set_full_grad, set_full_param
+from .gram import gram_volume
 from .hooks import (
     WEIGHT_SPACE,
     GradientTransform,
@@ -17,11 +22,13 @@ from .hooks import (
     parse_weight_space,
 )
 from .l2sp import L2SP
+from .lar_awp import LowRankWeightPerturbation, low_rank_ascent
 from .reference import ReferenceWeights, frozen_copy
 from .runner import PostStepCallback, WeightSpaceRunner
 
 __all__ = [
-    "L2SP", "WEIGHT_SPACE", "GradientTransform", "PostStepCallback", "PostStepConstraint", "ReferenceWeights",
-    "WeightSpaceHook", "WeightSpaceRunner", "build_weight_space", "frozen_copy", "get_full_grad", "get_full_param",
+    "L2SP", "WEIGHT_SPACE", "CurvatureEMA", "GradientTransform", "LowRankWeightPerturbation", "PostStepCallback",
+    "PostStepConstraint", "ReferenceWeights", "WeightSpaceHook", "WeightSpaceRunner", "allocate_ranks",
+    "build_weight_space", "frozen_copy", "get_full_grad", "get_full_param", "gram_volume", "low_rank_ascent",
     "parse_weight_space", "set_full_grad", "set_full_param",
 ]

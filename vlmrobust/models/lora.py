@@ -1,0 +1,109 @@
+"""LoRA (PEFT) on a CLIP's vision tower, and merging it back into the backend's native layout.
+
+`add_vision_lora` adapts the linear layers of `model.image_encoder.tower` in place (PEFT's `LoraModel`, like
+`get_peft_model` without the wrapper), so the image encoder, the attacks and the Trainer see the adapted tower
+unchanged. `merge_lora_state_dict` turns a state dict holding PEFT's keys into the plain keys of the backend with the
+merged weights `W + scaling·B·A`, which is what PEFT's `merge_and_unload` computes; plain open_clip /
+`CLIPModel.from_pretrained` load the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+#: default LoRA targets per backend: the linear layers of the vision transformer blocks. open_clip's attention is
+#: `nn.MultiheadAttention`, whose forward reads `in_proj_weight` / `out_proj.weight` directly (a LoRA on `out_proj`
+#: would be silently ignored), so only its MLP (`c_fc`, `c_proj`: 2/3 of a block's weights) is adapted there.
+VISION_LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "open_clip": ("c_fc", "c_proj"),
+    "hf-clip": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+}
+ADAPTER = "default"
+
+
+def vision_lora_targets(model) -> list[str]:
+    """The default LoRA target module names of `model`'s vision tower (see `VISION_LORA_TARGETS`)."""
+    backend = getattr(model, "backend", None)
+    if backend not in VISION_LORA_TARGETS:
+        raise ValueError(f"No default LoRA targets for a {backend!r} vision tower (known: "
+                         f"{', '.join(VISION_LORA_TARGETS)}); pass target_modules explicitly.")
+    return list(VISION_LORA_TARGETS[backend])
+
+
+def add_vision_lora(model, r: int, alpha: float | None = None, dropout: float = 0.0,
+                    target_modules: Sequence[str] | None = None):
+    """Add LoRA adapters to the linear layers of `model.image_encoder.tower`, in place.
+
+    Only the adapters stay trainable (PEFT marks everything else of the tower frozen).
+
+    Args:
+        model (`VisionLanguageModel`): an open_clip or transformers CLIP (`create_model`).
+        r (`int`): LoRA rank.
+        alpha (`float`, *optional*): LoRA α (scaling α / r); defaults to `2·r`.
+        dropout (`float`, *optional*, defaults to 0.0): dropout on the adapter's input.
+        target_modules (`Sequence[str]`, *optional*): module names (suffixes) to adapt; defaults to
+            `vision_lora_targets(model)`.
+
+    Returns:
+        `peft.tuners.lora.LoraModel`: the tuner around the tower; its `merge_and_unload()` merges in place.
+    """
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraModel
+
+    if r < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {r}.")
+    targets = list(target_modules) if target_modules else vision_lora_targets(model)
+    cfg = LoraConfig(r=int(r), lora_alpha=float(alpha if alpha is not None else 2 * r), lora_dropout=float(dropout),
+                     target_modules=targets, bias="none")
+    return LoraModel(model.image_encoder.tower, cfg, ADAPTER)
+
+
+def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """The PEFT LoRA layers inside `module`, by name, in module order."""
+    from peft.tuners.lora import LoraLayer
+
+    return {n: m for n, m in module.named_modules() if isinstance(m, LoraLayer)}
+
+
+def lora_scalings(module: nn.Module) -> dict[str, float]:
+    """`{layer name: scaling}` of the LoRA layers inside `module` (refuses variants whose merge is not `W + s·B·A`)."""
+    out = {}
+    for name, layer in lora_layers(module).items():
+        if layer.use_dora.get(ADAPTER, False) or getattr(layer, "fan_in_fan_out", False):
+            raise ValueError(f"{name}: DoRA / fan_in_fan_out LoRA layers are not supported here.")
+        out[name] = float(layer.scaling[ADAPTER])
+    return out
+
+
+def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], scalings: Mapping[str, float]) -> dict:
+    """Plain keys and merged weights from a state dict with PEFT's LoRA keys.
+
+    For each LoRA layer `p` (a key of `scalings`, in the state dict's naming): `p.weight = p.base_layer.weight +
+    scaling · p.lora_B.default.weight @ p.lora_A.default.weight` (computed in float32, stored in the base weight's
+    dtype, the order of operations of PEFT's merge), `p.base_layer.bias` becomes `p.bias`, the adapters are dropped.
+
+    Args:
+        state_dict (`Mapping[str, torch.Tensor]`): tensors keyed as in the adapted model.
+        scalings (`Mapping[str, float]`): LoRA layer name -> scaling, named as in `state_dict`.
+
+    Returns:
+        `dict[str, torch.Tensor]`: the state dict of the un-adapted model.
+    """
+    out = dict(state_dict)
+    for p, s in scalings.items():
+        try:
+            w = out.pop(f"{p}.base_layer.weight")
+            a = out.pop(f"{p}.lora_A.{ADAPTER}.weight")
+            b = out.pop(f"{p}.lora_B.{ADAPTER}.weight")
+        except KeyError as err:
+            raise KeyError(f"LoRA layer {p!r}: {err} is not in the state dict.") from None
+        out[f"{p}.weight"] = (w.float() + (b.float() @ a.float()) * s).to(w.dtype)
+        if f"{p}.base_layer.bias" in out:
+            out[f"{p}.bias"] = out.pop(f"{p}.base_layer.bias")
+    left = [k for k in out if ".lora_" in k or ".base_layer." in k]
+    if left:
+        raise ValueError(f"LoRA keys without a scaling in merge_lora_state_dict: {left[:3]}.")
+    return out
