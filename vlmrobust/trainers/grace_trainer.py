@@ -75,7 +75,10 @@ class GRACETrainer(RobustTrainer):
 
     def trainable_module(self, model, args: GRACEConfig):
         """The image encoder, its tower adapted with LoRA (only the adapters train)."""
-        self.lora = add_vision_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+        with torch.random.fork_rng(devices=[]):  # the adapters' initialisation follows `seed`, not the global RNG
+            torch.manual_seed(args.seed)
+            self.lora = add_vision_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout,
+                                        args.lora_target_modules)
         return model.image_encoder
 
     # -- the loss --------------------------------------------------------------------------------------------------
