@@ -219,14 +219,17 @@ def test_two_pass_step_equals_a_hand_written_sam_reference(tiny_open_clip_dir, i
 
 def test_gradient_accumulation_is_exact(tiny_open_clip_dir, image_dataset, tmp_path):
     """The ascent comes from the accumulated gradient of the whole batch: 2 x 2 micro-batches = 1 x 4."""
-    _, whole = make_trainer(tiny_open_clip_dir, image_dataset, tmp_path / "a", optim="adamw_torch",
-                            learning_rate=1e-2)
+    # (SGD: Adam's normalised step would turn rounding-level differences of near-zero gradients into lr-sized ones)
+    _, whole = make_trainer(tiny_open_clip_dir, image_dataset, tmp_path / "a")
     whole.train()
-    _, split = make_trainer(tiny_open_clip_dir, image_dataset, tmp_path / "b", optim="adamw_torch",
-                            learning_rate=1e-2, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    _, split = make_trainer(tiny_open_clip_dir, image_dataset, tmp_path / "b", per_device_train_batch_size=2,
+                            gradient_accumulation_steps=2)
     split.train()
     assert len(split.seen) == 2 * len(whole.seen)
-    assert_params_close(lora_params(split.model), lora_params(whole.model), atol=1e-5)
+    before = lora_params(make_trainer(tiny_open_clip_dir, image_dataset, tmp_path / "c")[1].model)
+    moved = max((lora_params(whole.model)[k] - before[k]).abs().max().item() for k in before)
+    assert moved > 1e-2, moved
+    assert_params_close(lora_params(split.model), lora_params(whole.model), atol=1e-6)
     assert split.awp.curvature.values == pytest.approx(whole.awp.curvature.values, rel=1e-4)
 
 
