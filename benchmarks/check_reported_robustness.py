@@ -1,7 +1,7 @@
 """Is a recipe's reported robust accuracy the worst case? Re-attack its "after" checkpoint on the same points.
 
-Reads `<run>/results.json` (what the recipe reported) and `<run>/eval/suite.yaml` (the points, budgets and
-iterations it used), reloads the checkpoint of `<run>` (a zero-shot CLIP: FARE, TeCoA) and attacks the same points
+Reads `<run>/results.json` (what the recipe reported: its run rows and their cells) and `<run>/suite.yaml` (the
+points, budgets and iterations it used), reloads the checkpoint of `<run>` (a zero-shot CLIP: FARE, TeCoA) and attacks the same points
 with each attack alone, chained over the ε grid like the recipe (a point broken at a smaller ε is not re-attacked;
 `--eps 8/255` checks one budget, every clean-correct point attacked):
 
@@ -12,18 +12,19 @@ with each attack alone, chained over the ε grid like the recipe (a point broken
 
     python benchmarks/check_reported_robustness.py outputs/quickstart-tecoa --eps 8/255
 
-Prints a markdown table and writes `<run>/eval/robustness_check.json` (atomically).
+Prints a markdown table and writes `<run>/robustness_check.json` (atomically).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from vlmrobust.data.sources import load_suite_dataset
-from vlmrobust.eval.report import format_eps
+from vlmrobust.eval.results import load_results
 from vlmrobust.eval.suite import load_suite, parse_eps
+from vlmrobust.eval.tables import format_eps
+from vlmrobust.eval.tasks.classification import robust_accuracy
 from vlmrobust.eval.zero_shot import evaluate_robust_accuracy
 from vlmrobust.models import create_model
 from vlmrobust.utils.io import atomic_write_json
@@ -31,16 +32,16 @@ from vlmrobust.utils.io import atomic_write_json
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", help="output folder of a CLIP recipe (results.json, eval/suite.yaml, the checkpoint)")
-    p.add_argument("--row", default="after", help="row of results.json to check (default: after)")
+    p.add_argument("run", help="output folder of a CLIP recipe (results.json, suite.yaml, the checkpoint)")
+    p.add_argument("--row", default="after", help="row of the recipe's run to check (default: after)")
     p.add_argument("--scale", type=float, default=100.0, help="the fixed logit scale of the CE check")
     p.add_argument("--eps", nargs="*", default=None, help="check only these budgets of the grid (e.g. 8/255)")
     p.add_argument("--checks", nargs="*", default=["ce", "ce100", "t", "aa"], choices=["ce", "ce100", "t", "aa"],
                    help="which attacks to run alone (default: all four)")
     args = p.parse_args(argv)
     run = Path(args.run)
-    reported = json.loads((run / "results.json").read_text())["results"][args.row]
-    suite = load_suite(run / "eval" / "suite.yaml")
+    reported = robust_accuracy(load_results(run), args.row).to_dict()
+    suite = load_suite(run / "suite.yaml")
     spec = suite.datasets[0]
     atk = spec.attacks[0]
     targets = atk.options.get("apgd-t", {}).get("n_target_classes", 9)
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
     print(f"{run} ({args.row}), {len(data)} points, {atk.steps} iterations, seed {atk.seed}:\n\n{table}")
     out = {"run": str(run), "row": args.row, "n": len(data), "steps": atk.steps,
            "rows": {k: {f"{e:.6g}": a for e, a in v.items()} for k, v in rows.items()}, "table": table}
-    atomic_write_json(run / "eval" / "robustness_check.json", out)
+    atomic_write_json(run / "robustness_check.json", out)
     return out
 
 

@@ -1,6 +1,7 @@
 """Print the README's CLIP quickstart tables from what the recipes wrote (nothing typed by hand).
 
-Run the quickstarts first (each writes `<output_dir>/results.json`):
+Run the quickstarts first (each writes `<output_dir>/results.json`, format `vlmrobust.results/v2`: the suite runner's
+cells plus a `run` section naming the rows such as before / after):
 
     accelerate launch recipes/fare_clip.py --config recipes/configs/quickstart.yaml
     accelerate launch recipes/tecoa_clip.py --config recipes/configs/quickstart_tecoa.yaml
@@ -12,12 +13,13 @@ Run the quickstarts first (each writes `<output_dir>/results.json`):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from vlmrobust.eval.report import format_eps
+from vlmrobust.eval.results import load_results
+from vlmrobust.eval.tables import format_eps
+from vlmrobust.eval.tasks.classification import robust_accuracy
 
-QUICKSTART = [  # (folder, row of results.json, label in the README)
+QUICKSTART = [  # (folder, row of results.json's run, label in the README)
     ("outputs/quickstart-fare", "before", "tiny digits CLIP (stand-in)"),
     ("outputs/quickstart-fare", "after", "+ FARE⁸ (300 steps, `quickstart.yaml`)"),
     ("outputs/quickstart-tecoa", "after", "+ TeCoA⁸ (300 steps, `quickstart_tecoa.yaml`)"),
@@ -33,6 +35,16 @@ RADAPT = [  # the base and the guide rows fall back to the FARE quickstart's ide
 ]
 
 
+def _rows(root: Path, folder: str) -> tuple[dict, dict]:
+    """`({row: RobustAccuracy as a dict}, run section)` of a quickstart's results.json (empty when it is missing)."""
+    path = root / folder / "results.json"
+    if not path.is_file():
+        return {}, {}
+    data = load_results(path)
+    run = data.get("run", {})
+    return {r: robust_accuracy(data, r).to_dict() for r in run.get("rows", [])}, run
+
+
 def table(rows, root: Path) -> str:
     lines, protocol = [], set()
     eps_all: list[float] = []
@@ -40,20 +52,18 @@ def table(rows, root: Path) -> str:
     fallback = {"base (standard)": ("outputs/quickstart-fare", "before"),
                 "FARE^8 (quickstart, the guide)": ("outputs/quickstart-fare", "after")}
     for folder, key, label in rows:
-        path = root / folder / "results.json"
-        data = json.loads(path.read_text()) if path.is_file() else {"results": {}}
-        if key not in data["results"] and key in fallback:
+        results, run = _rows(root, folder)
+        if key not in results and key in fallback:
             folder, key = fallback[key]
-            path = root / folder / "results.json"
-            data = json.loads(path.read_text()) if path.is_file() else {"results": {}}
-        if key not in data["results"]:
-            lines.append(f"<!-- missing: {key} in {path} -->")
+            results, run = _rows(root, folder)
+        if key not in results:
+            lines.append(f"<!-- missing: {key} in {root / folder / 'results.json'} -->")
             continue
-        r = data["results"][key]
+        r = results[key]
         eps = sorted(float(e) for e in r["robust_accuracy"])
         eps_all = eps_all or eps
         protocol.add((" + ".join(a.upper() for a in r.get("attacks", [r["attack"]])), r["steps"], r["n_samples"],
-                      r["seed"], data.get("timings", {}).get("total_s") or data.get("timings", {}).get("total (s)")))
+                      r["seed"], run.get("timings", {}).get("total_s") or run.get("timings", {}).get("total (s)")))
         found.append((label, r, eps))
     head = ["model", "logit scale", "clean"] + [f"ε={format_eps(e)}" for e in eps_all]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

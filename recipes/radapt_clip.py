@@ -79,7 +79,7 @@ def build(paradigm: str, base, args: RAdaptConfig, train_ds, out: Path, guide=No
 
 
 def main(argv=None) -> dict:
-    from vlmrobust.eval.report import accuracy_table, write_report
+    from vlmrobust.eval.report import accuracy_table
 
     script, ra, args = make_parser().parse_args_and_config(argv)
     if ra.paradigm not in (*PARADIGMS, "all"):
@@ -102,14 +102,14 @@ def main(argv=None) -> dict:
             guide = create_model(args.guide_model)
         guide.requires_grad_(False)
     train_ds, _ = load_datasets(script, base, seed=args.seed)
-    results, timings = {}, {}
+    timings = {}
     evaluate = recipe_evaluator(script, root, seed=args.seed, bf16=args.bf16, device=state.device,
                                 progress=not args.disable_tqdm)
 
-    def _eval(name, model, desc):  # the suite runner's worst case of APGD-CE and APGD-T, into <output_dir>/eval
+    def _eval(name, model, desc):  # the suite runner's worst case of APGD-CE and APGD-T, into <output_dir>
         if state.is_main_process:
-            results[name] = evaluate(name, model)
-            timings[f"eval {name} (s)"] = results[name].seconds
+            evaluate(name, model)
+            timings[f"eval {name} (s)"] = evaluate.seconds[name]
 
     if script.eval_before:
         _eval("base (standard)", base, "eval base")
@@ -129,7 +129,8 @@ def main(argv=None) -> dict:
     if guide is not None and ra.eval_guide:
         _eval(ra.guide_label or f"guide ({args.guide_model})", guide, "eval guide")
 
-    if state.is_main_process and results:
+    results = {}
+    if state.is_main_process and evaluate.rows:
         timings["total (s)"] = round(time.time() - t_start, 1)
         s = args.radapt_settings(model_id(base))
         d0_h, _ = GaussianInputFilter(s.d0, s.d0_reference_size, s.d0_scaling).cutoff(base.image_size, base.image_size)
@@ -151,11 +152,13 @@ def main(argv=None) -> dict:
         if script.model_name_or_path.startswith("vlmrobust:"):
             intro += (" The starting model is vlmrobust's offline stand-in: a tiny CLIP contrastively pre-trained on "
                       "the digits train split in place of a downloaded checkpoint.")
-        write_report(root, results, title=title, intro=intro,
-                     extra={"method": "radapt", "paradigms": paradigms, "model": script.model_name_or_path,
-                            "guide_model": args.guide_model, "settings": s.to_dict(), "timings": timings})
+        evaluate.finish(title=title, intro=intro, method="radapt", paradigms=paradigms, model=script.model_name_or_path,
+                        guide_model=args.guide_model, settings=s.to_dict(), config=args.to_vlmrobust_dict()["config"],
+                        timings=timings)
+        results = {name: evaluate.robust_accuracy(name) for name in evaluate.rows}
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
-        print(f"\nWrote {root}/results.json, report.md, accuracy_vs_eps.png and one folder per paradigm ({timings})")
+        print(f"\nWrote {root}/results.json (every cell, the suite and the rows), report.md and its plots, and one "
+              f"folder per paradigm ({timings})")
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from vlmrobust.eval import SuiteError, load_suite, run_suite
+from vlmrobust.eval import EVAL_TASKS, SuiteError, load_suite, run_suite
 from vlmrobust.eval.runner import load_results
 from vlmrobust.metrics import CorpusCider, cider_status, compute_cider
 
@@ -163,7 +163,7 @@ def test_shipped_shapes_caption_suite_validates():
     assert d.task == "caption" and d.source == "shapes-caption" and d.n_samples == 30
     (a,) = d.attacks
     assert a.components == ("apgd",) and a.eps == (2 / 255, 4 / 255) and a.n_references == 2
-    assert d.data_config()["task"] == "caption" and d.caption.max_new_tokens == 12
+    assert EVAL_TASKS.get(d.task).data_config(d)["task"] == "caption" and d.caption.max_new_tokens == 12
 
 
 @pytest.mark.parametrize("patch, field", [

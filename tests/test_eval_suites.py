@@ -105,7 +105,7 @@ def test_suite_yaml_include_and_defs(tmp_path):
 def test_shipped_suites_validate():
     for name in ("digits", "fare13", "tecoa16", "imagenet_shift", "corruptions"):
         s = load_suite(name)
-        assert s.datasets and all(d.attacks or d.corruptions for d in s.datasets)
+        assert s.datasets and all(d.attacks or d.analyses.get("corruptions") for d in s.datasets)
     fare = load_suite("fare13")
     assert len(fare.datasets) == 14 and fare.dataset("imagenet").n_samples == 5000
     assert {a.components for d in fare.datasets for a in d.attacks} == {("apgd-ce", "apgd-t")}
@@ -237,7 +237,7 @@ def test_corruption_errors_mce():
 
 
 def test_killed_run_resumes_only_missing_cells(digits_clip_dir, tiny_open_clip_dir, tmp_path, monkeypatch):
-    import vlmrobust.eval.zero_shot as zs
+    import vlmrobust.eval.tasks.classification as zs
 
     suite = load_suite(_suite(corruptions={"types": ["gaussian_noise", "contrast"], "severities": [1, 5],
                                            "n_samples": 16}))
@@ -342,7 +342,7 @@ def test_fare13_average_is_over_the_13_zero_shot_datasets_imagenet_apart():
     """Issue 10 (6): the FARE paper's averages (and the anchors quoted in fare13.yaml) are over 13 zero-shot datasets
     without ImageNet: the report's average row is that, and ImageNet's row is given apart, labelled."""
     from vlmrobust.eval.report import suite_markdown, summarize_suite
-    from vlmrobust.eval.runner import FORMAT
+    from vlmrobust.eval.results import FORMAT
 
     suite = load_suite("fare13")
     assert suite.average_exclude == ("imagenet",)

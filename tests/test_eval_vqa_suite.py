@@ -7,7 +7,7 @@ import json
 import pytest
 from report_tables import check_report_against_results
 
-from vlmrobust.eval import SuiteError, load_suite, run_suite
+from vlmrobust.eval import EVAL_TASKS, SuiteError, load_suite, run_suite
 from vlmrobust.eval.runner import load_results
 
 
@@ -26,7 +26,7 @@ def test_shipped_shapes_vqa_suite_validates():
     assert d.vqa.answer_mode == "rank"
     (a,) = d.attacks
     assert a.components == ("apgd",) and a.ensemble and a.eps == (2 / 255, 8 / 255)
-    assert d.data_config()["task"] == "vqa"
+    assert EVAL_TASKS.get(d.task).data_config(d)["task"] == "vqa"
 
 
 def test_classification_stays_default_and_vqa_defaults_do_not_leak():
@@ -37,7 +37,7 @@ def test_classification_stays_default_and_vqa_defaults_do_not_leak():
     suite = load_suite(raw)
     vqa, digits = suite.datasets
     assert digits.task == "classification" and digits.attacks[0].components == ("apgd-ce",)
-    assert vqa.task == "vqa" and vqa.attacks[0].components == ("apgd",) and vqa.templates is None
+    assert vqa.task == "vqa" and vqa.attacks[0].components == ("apgd",) and not hasattr(vqa, "templates")
 
 
 @pytest.mark.parametrize("patch, field", [

@@ -312,7 +312,7 @@ def test_recipe_runs_all_paradigms_and_writes_the_side_by_side_table(tiny_open_c
     assert list(res) == ["base (standard)", "R-Adapt (training-free)", "R-Adapt (model-guided)", "R-Adapt+", "guide"]
     report = (out / "report.md").read_text()
     assert "| R-Adapt+ |" in report and "ε=4/255" in report and "α = 0.25" in report
-    assert (out / "accuracy_vs_eps.png").is_file() and json.loads((out / "results.json").read_text())["paradigms"]
+    assert (out / "acc_vs_eps_digits.png").is_file() and json.loads((out / "results.json").read_text())["run"]["paradigms"]
     for p in ("training-free", "model-guided", "radapt-plus"):
         m = create_model(f"radapt:{out / p}")
         assert m.settings.paradigm == p and m.settings.alpha == 0.25

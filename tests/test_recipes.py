@@ -33,35 +33,43 @@ def _short(model_dir, out, *extra):
 def test_fare_recipe_end_to_end(digits_clip, tmp_path):
     import fare_clip
 
+    from vlmrobust.cli import main as cli
+    from vlmrobust.eval import load_results
+
     out = tmp_path / "fare"
     res = fare_clip.main(_short(digits_clip, out))
-    for name in ("results.json", "report.md", "accuracy_vs_eps.png", "open_clip_model.safetensors", "README.md",
-                 "open_clip_config.json", "vlmrobust_config.json"):
+    for name in ("results.json", "report.md", "acc_vs_eps_digits.png", "open_clip_model.safetensors", "README.md",
+                 "open_clip_config.json", "vlmrobust_config.json", "suite.yaml"):
         assert (out / name).is_file(), name
-    data = json.loads((out / "results.json").read_text())
-    assert set(data["results"]) == {"before", "after"} and data["method"] == "fare"
+    # one results format: the suite runner's cells and suite, plus the recipe's run section naming its rows
+    data = load_results(out)
+    run = data["run"]
+    assert run["rows"] == ["before", "after"] and run["method"] == "fare" and run["config"]["epsilon"] > 0
+    assert set(data["models"]) == {"before", "after"} and run["train_metrics"]["train_loss"] > 0
     assert res["after"]["robust_accuracy"].keys() == {"0.0156863", "0.0313725"}
     report = (out / "report.md").read_text()
-    assert "ε=8/255" in report
+    assert "ε=8/255" in report and report.startswith("# FARE on")
     card = (out / "README.md").read_text()
     assert "library_name: open_clip" in card and "| after |" in card and "create_model_and_transforms" in card
     # issue 20: one protocol, through the suite runner; every number of the recipe's table (and of the model card)
     # is the runner's cell for that row and ε, with the attacks and the logit scale named
-    suite_res = json.loads((out / "eval" / "results.json").read_text())
-    assert (out / "eval" / "report.md").is_file() and (out / "eval" / "suite.yaml").is_file()
     for text in (report, card):
         assert "APGD-CE and APGD-T" in text
         header, rows = next((h, r) for h, r in tables(text) if h[:2] == ["model", "logit scale"])
         assert [r[0] for r in rows] == ["before", "after"]
         for row in rows:
             name = row[0]
-            clean = suite_res["cells"][f"{name}|digits|clean"]
-            assert data["results"][name]["attacks"] == ["apgd-ce", "apgd-t"]
+            clean = data["cells"][f"{name}|digits|clean"]
+            assert res[name]["attacks"] == ["apgd-ce", "apgd-t"]
             assert row[1] == f"{clean['logit_scale']:.3g}" and row[2] == f"{100 * clean['accuracy']:.1f}"
             for col, eps in (("ε=4/255", "0.0156863"), ("ε=8/255", "0.0313725")):
-                cell = suite_res["cells"][f"{name}|digits|apgd-ce+apgd-t|Linf|{eps}"]
+                cell = data["cells"][f"{name}|digits|apgd-ce+apgd-t|Linf|{eps}"]
                 assert cell["components"] == ["apgd-ce", "apgd-t"] and cell["steps"] == 10
                 assert row[header.index(col)] == f"{100 * cell['accuracy']:.1f}", (name, col)
+    # `vlmrobust report <output_dir>` renders the recipe's file: the same report, run header included
+    (out / "report.md").unlink()
+    assert cli(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
     # the checkpoint the recipe wrote is a plain open_clip model whose vision tower was trained
     trained, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
     orig, _, _ = open_clip.create_model_and_transforms(f"local-dir:{digits_clip}")
@@ -185,3 +193,48 @@ def test_trained_classifier_refuses_other_classes(digits_clip):
     assert tc.zero_shot_classifier(["zero", "one"], None) is head and tc.image_size == model.image_size
     with pytest.raises(ValueError, match="same classnames, same order"):
         tc.zero_shot_classifier(["one", "zero"], None)
+
+
+def test_lvlm_recipe_evaluates_through_the_suite_runner(tmp_path, monkeypatch):
+    """The LVLM recipe's before / after rows are the suite runner's cells on a generated VQA suite (results v2 with a
+    run section), and that suite's protocol (every ε from the clean images, in the dataset's batches) gives
+    `evaluate_vqa`'s numbers: the same attack calls on the same question batches."""
+    import fare_llava
+
+    import vlmrobust.attacks.vlm as vlm_attacks
+    from vlmrobust.data.shapes_vqa import ShapesVQA
+    from vlmrobust.eval import load_results
+    from vlmrobust.eval.vqa import evaluate_vqa
+    from vlmrobust.models import create_model
+
+    calls, real = [], vlm_attacks.ensemble_attack
+
+    def recording(model, pixels, questions, references, **kw):
+        calls.append((kw["eps"], tuple(questions)))
+        return real(model, pixels, questions, references, **kw)
+
+    monkeypatch.setattr(vlm_attacks, "ensemble_attack", recording)
+
+    out = tmp_path / "llava"
+    fare_llava.main(["--config", str(ROOT / "recipes/configs/quickstart_llava.yaml"), "--output_dir", str(out),
+                     "--sft_steps", "0", "--train_samples", "16", "--max_steps", "1", "--per_device_train_batch_size",
+                     "4", "--attack_steps", "1", "--eval_samples", "12", "--eval_batch_size", "6",
+                     "--eval_attack_steps", "2", "--eval_epsilons", "2/255", "8/255", "--eval_targets", "yes",
+                     "--save_strategy", "no", "--disable_tqdm", "true"])
+    data = load_results(out)
+    assert data["run"]["rows"] == ["before", "after"] and data["run"]["method"] == "fare"
+    (entry,) = data["suite"]["datasets"]
+    assert entry["task"] == "vqa" and entry["seed"] == 10_000 and entry["attacks"][0]["nested_eps"] is False
+    report = (out / "report.md").read_text()
+    header, rows = next((h, r) for h, r in tables(report) if h[:2] == ["model", "n"])
+    assert [r[0] for r in rows] == ["before", "after"]
+    trained = create_model(f"llava:{out}")
+    recipe_calls, calls[:] = list(calls), []
+    ref = evaluate_vqa(trained, ShapesVQA(12, seed=10_000, transform=trained.preprocess), [2 / 255, 8 / 255], steps=2,
+                       batch_size=6, answer_mode="rank", targets=("yes",), seed=0)
+    assert len(calls) == 2 * 2 and sorted(recipe_calls[-len(calls):]) == sorted(calls)  # 2 batches × 2 ε, "after"
+    cells = data["cells"]
+    assert round(cells["after|shapes-vqa|clean"]["accuracy"], 4) == ref["clean"]
+    for eps, key in ((2 / 255, "2/255"), (8 / 255, "8/255")):
+        assert round(cells[f"after|shapes-vqa|apgd-ensemble|Linf|{eps:.6g}"]["accuracy"], 4) == ref["robust"][key]
+        assert rows[1][header.index(f"apgd-ensemble (Linf) ε={key}")] == f"{100 * ref['robust'][key]:.1f}"

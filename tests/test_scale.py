@@ -444,7 +444,7 @@ def test_shipped_configs_launch_the_clip_recipe(config, launch_args, env, tiny_o
     open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")  # a plain open_clip checkpoint
     if config == "deepspeed_zero2.yaml":
         res = json.loads((tmp_path / "results.json").read_text())
-        assert res["train_metrics"]["epoch"] > 0 and "after" in res["results"]
+        assert res["run"]["train_metrics"]["epoch"] > 0 and "after" in res["run"]["rows"]
 
 
 @pytest.mark.slow
@@ -455,7 +455,7 @@ def test_shipped_zero3_config_launches_the_llava_recipe(env, tmp_path):
             "--max_steps", "2", "--per_device_train_batch_size", "2", "--attack_steps", "2", "--disable_tqdm", "true"]
     launch("deepspeed_zero3.yaml", ROOT / "recipes/fare_llava.py", args, env, launch_args=("--num_processes", "2"))
     res = json.loads((tmp_path / "results.json").read_text())
-    assert "after" in res["results"]
+    assert "after" in res["run"]["rows"] and res["format"] == "vlmrobust.results/v2"
     from transformers import LlavaForConditionalGeneration
 
     LlavaForConditionalGeneration.from_pretrained(tmp_path)  # gathered ZeRO-3 weights, transformers' layout

@@ -141,3 +141,21 @@ def test_attack_options_reach_the_training_attack(tiny_open_clip_dir, tmp_path, 
                              attack_options={"rho": 0.5})
     AdversarialTrainer(model, args, train_dataset=data, classnames=data.classnames).train()
     assert seen and all(a.rho == 0.5 and a.early_stop is False and a.return_max_loss for a in seen)
+
+
+def test_autoattack_hands_per_image_seeds_to_its_apgd_components():
+    """Per-image seeds make AutoAttack's APGD components independent of the batch split, as for APGD itself."""
+    from vlmrobust.attacks import AutoAttack
+
+    x = torch.rand(6, 3, 8, 8)
+    y = _net()(x).argmax(1)  # every point starts correctly classified: each one is attacked
+    seeds = torch.arange(100, 106)
+
+    def run(idx):
+        atk = AutoAttack(_net(), eps=8 / 255, n_classes=5, attacks_to_run=["apgd-ce", "apgd-t"], steps=3,
+                         n_target_classes=2, seed=idx[0].item(), sample_seeds=seeds[idx])
+        return atk.perturb(x[idx], y[idx]).x_adv
+
+    whole = run(torch.arange(6))
+    assert not torch.equal(whole, x)
+    torch.testing.assert_close(torch.cat([run(torch.arange(3)), run(torch.arange(3, 6))]), whole, rtol=0, atol=1e-6)

@@ -1,10 +1,12 @@
-"""The `vlmrobust` command: `eval` (run a suite), `report` (re-render from results JSON), `info`.
+"""The `vlmrobust` command: `eval` (run a suite), `report` (re-render from results JSON), `convert`, `info`.
 
     vlmrobust eval --model vlmrobust:tiny-digits-clip --suite digits --output outputs/eval-digits
     vlmrobust eval --model llava:tiny --suite shapes_vqa --output outputs/eval-shapes-vqa      # VQA (LVLMs)
     vlmrobust eval --model open_clip:ViT-B-32/openai --model hf-hub:chs20/fare2-clip --suite fare13 \\
         --output outputs/fare13 --bf16 --skip-missing
     vlmrobust report outputs/run-a/results.json outputs/run-b/results.json --output outputs/compare
+    vlmrobust report outputs/quickstart-fare          # a recipe's folder: its before / after rows and every cell
+    vlmrobust convert outputs/old-eval/results.json   # a results file of format v1 -> v2
     vlmrobust info
 """
 
@@ -38,10 +40,17 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rp = sub.add_parser("report", help="re-render report.md and plots from one or more results.json")
-    rp.add_argument("results", nargs="+", help="results.json files (or their folders) of the same suite")
-    rp.add_argument("--output", required=True, help="folder for report.md and plots (and the merged results.json)")
+    rp.add_argument("results", nargs="+", help="results.json files (or their folders: `vlmrobust eval` outputs, recipe "
+                                               "output dirs) of the same suite")
+    rp.add_argument("--output", default=None, help="folder for report.md and plots (and the merged results.json of "
+                                                   "several); default: the folder of the only results file")
 
-    sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods")
+    cv = sub.add_parser("convert", help="convert a results.json of format v1 (vlmrobust.eval/v1) to the current one")
+    cv.add_argument("results", help="the v1 results.json (or its folder)")
+    cv.add_argument("--output", default=None, help="where to write the converted file (default: in place, the old "
+                                                   "one kept as results.v1.json)")
+
+    sub.add_parser("info", help="versions, devices, registered backends / attacks / suites / methods / data sources")
 
     ps = sub.add_parser("push", help="upload a checkpoint folder (model, model card, results) to the Hub")
     ps.add_argument("folder", help="output_dir of a vlmrobust run")
@@ -51,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .eval.report import console_summary
     from .eval.runner import run_suite
 
     if args.threads:
@@ -61,48 +71,39 @@ def _eval(args: argparse.Namespace) -> int:
     res = run_suite(args.model, args.suite, args.output, device=args.device, bf16=args.bf16,
                     n_samples=args.n_samples, batch_size=args.batch_size, datasets=datasets, resume=args.resume,
                     skip_missing=args.skip_missing, num_workers=args.num_workers, progress=not args.no_progress)
-    _print_summary(res.get("summary", {}))
+    print(console_summary(res.get("summary", {})))
     run = res.get("last_run", {})
     print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused from an earlier run. "
           f"Wrote {args.output}/results.json, report.md and plots.")
     return 0
 
 
-def _print_summary(summary: dict) -> None:
-    for model, v in summary.get("models", {}).items():
-        print(f"\n{model}")
-        for d, r in v["datasets"].items():
-            parts = [f"clean {100 * r['clean']:.1f}"]
-            for a, accs in r["robust"].items():
-                parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
-            print(f"  {d}: " + " | ".join(parts))
-        for d, r in v.get("vqa", {}).items():
-            parts = [f"clean {100 * r['clean']:.1f}"]
-            if r.get("chance") is not None:
-                parts.append(f"chance {100 * r['chance']:.1f}")
-            for a, accs in r["robust"].items():
-                parts += [f"{a} {e:.4g}: {100 * acc:.1f}" for e, acc in sorted(accs.items())]
-            print(f"  {d} (VQA accuracy): " + " | ".join(parts))
-        for d, r in v.get("caption", {}).items():
-            parts = [f"clean {r['clean']:.1f}"]
-            for a, scores in r["robust"].items():
-                parts += [f"{a} {e:.4g}: {c:.1f}" for e, c in sorted(scores.items())]
-            print(f"  {d} (CIDEr): " + " | ".join(parts))
-    for b in summary.get("borda") or []:
-        print(f"Borda #{b['place']}: {b['model']} (score {b['borda']:g})")
-
-
 def _report(args: argparse.Namespace) -> int:
-    from .eval.report import write_suite_report
-    from .eval.runner import load_results, merge_results
+    from pathlib import Path
+
+    from .eval.report import console_summary, write_suite_report
+    from .eval.results import RESULTS_NAME, ResultsFormatError, load_results, merge_results
     from .utils.io import atomic_write_json
 
-    merged = merge_results([load_results(p) for p in args.results])
-    merged["summary"] = write_suite_report(merged, args.output)
+    if args.output is None and len(args.results) > 1:
+        raise SystemExit("vlmrobust report: --output is needed to merge several results files.")
+    try:
+        merged = merge_results([load_results(p) for p in args.results])
+    except ResultsFormatError as err:
+        raise SystemExit(f"vlmrobust report: {err}") from None
+    out = args.output or (Path(args.results[0]) if Path(args.results[0]).is_dir() else Path(args.results[0]).parent)
+    merged["summary"] = write_suite_report(merged, out)
     if len(args.results) > 1:
-        atomic_write_json(f"{args.output}/results.json", merged)
-    _print_summary(merged["summary"])
-    print(f"\nWrote {args.output}/report.md and plots.")
+        atomic_write_json(Path(out) / RESULTS_NAME, merged)
+    print(console_summary(merged["summary"]))
+    print(f"\nWrote {out}/report.md and plots.")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .eval.convert import convert_file
+
+    print(convert_file(args.results, args.output))
     return 0
 
 
@@ -118,7 +119,9 @@ def _info(_: argparse.Namespace) -> int:
 
     from . import __version__
     from .attacks import ATTACKS
+    from .data.sources import describe_sources
     from .eval.suite import SUITES, suites_dir
+    from .eval.tasks import all_tasks
     from .models import BACKENDS
 
     print(f"vlmrobust {__version__}")
@@ -131,6 +134,10 @@ def _info(_: argparse.Namespace) -> int:
     print(f"model backends: {', '.join(f'{b}:' for b in BACKENDS.names())}")
     print(f"attacks: {', '.join(ATTACKS.names())}")
     print(f"eval suites ({suites_dir()}): {', '.join(SUITES.names()) or 'none'}")
+    print("data sources (a suite's `source:`, a recipe's --dataset_name):")
+    for line in describe_sources():
+        print(f"  {line}")
+    print(f"eval tasks: {', '.join(t.name + (f' (analysis of {t.parent})' if t.parent else '') for t in all_tasks())}")
     try:
         from .trainers import METHODS
 
@@ -142,7 +149,7 @@ def _info(_: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    handler = {"eval": _eval, "report": _report, "info": _info, "push": _push}[args.command]
+    handler = {"eval": _eval, "report": _report, "convert": _convert, "info": _info, "push": _push}[args.command]
     return handler(args)
 
 

@@ -35,11 +35,12 @@ def run_clip_recipe(method, argv=None) -> dict:
     takes the class names, and whether it trains a classifier come from the registry (`vlmrobust.trainers.METHODS`).
 
     Both evaluations go through the suite runner (`recipe_evaluator`): the worst case per point of APGD-CE and
-    APGD-T on the recipe's eval split, the logit scale recorded with each number; the suite's own results and report
-    are in `<output_dir>/eval/`.
+    APGD-T on the recipe's eval split, the logit scale recorded with each number. `<output_dir>/results.json` is the
+    runner's file (`vlmrobust.results/v2`: every cell, the suite) with a `run` section naming the rows (before /
+    after), the method and its config; `report.md` renders both (`vlmrobust report <output_dir>` re-renders it).
     """
     from .eval.protocol import TrainedClassifier
-    from .eval.report import accuracy_table, protocol_text, write_report
+    from .eval.report import accuracy_table, protocol_text
     from .hub.model_card import write_model_card
     from .models import create_model
     from .trainers import resolve_method
@@ -57,12 +58,12 @@ def run_clip_recipe(method, argv=None) -> dict:
         model = create_model(script.model_name_or_path)
     method.check_backend(model)
     train_ds, _ = load_datasets(script, model, seed=args.seed)
-    results, timings = {}, {}
+    timings = {}
     evaluate = recipe_evaluator(script, args.output_dir, seed=args.seed, bf16=args.bf16, device=state.device,
                                 progress=not args.disable_tqdm)
     if script.eval_before and state.is_main_process:
-        results["before"] = evaluate("before", model)
-        timings["eval_before_s"] = results["before"].seconds
+        evaluate("before", model)
+        timings["eval_before_s"] = evaluate.seconds["before"]
     state.wait_for_everyone()
 
     trainer = method.trainer_class(model, args, train_dataset=train_ds, **method.trainer_kwargs(train_ds))
@@ -72,18 +73,17 @@ def run_clip_recipe(method, argv=None) -> dict:
     trainer.save_model(args.output_dir)
     state.wait_for_everyone()
 
-    summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
-               "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics}
     if script.eval_after and state.is_main_process:
         if method.trains_classifier:  # AT / TRADES: the trained classifier, same protocol
             clf = trainer.accelerator.unwrap_model(trainer.model).eval()
-            results["after"] = evaluate("after", TrainedClassifier(model, clf, train_ds.classnames))
+            evaluate("after", TrainedClassifier(model, clf, train_ds.classnames))
         else:  # reload the saved checkpoint through the backend's loader: what users will get
             with outside_zero3_init():
                 trained = create_model(reload_spec(model, args.output_dir))
-            results["after"] = evaluate("after", trained)
-        timings["eval_after_s"] = results["after"].seconds
-    if state.is_main_process and results:
+            evaluate("after", trained)
+        timings["eval_after_s"] = evaluate.seconds["after"]
+    results = {}
+    if state.is_main_process and evaluate.rows:
         timings["total_s"] = round(time.time() - t_start, 1)
         title = f"{args.method.upper()} on {script.dataset_name}: {script.model_name_or_path}"
         intro = (f"Trained with ε = {args.epsilon * 255:.3g}/255 ({args.attack_norm}), {args.attack}-"
@@ -91,8 +91,10 @@ def run_clip_recipe(method, argv=None) -> dict:
         if script.model_name_or_path.startswith("vlmrobust:"):
             intro += (" The starting model is vlmrobust's offline stand-in: a tiny CLIP contrastively pre-trained "
                       "on the digits train split in place of a downloaded checkpoint.")
-        write_report(args.output_dir, {k: v for k, v in results.items()}, title=title, intro=intro,
-                     extra={**summary, "timings": timings})
+        evaluate.finish(title=title, intro=intro, method=args.method, model=script.model_name_or_path,
+                        dataset=script.dataset_name, epsilon=args.epsilon, norm=args.attack_norm,
+                        config=args.to_vlmrobust_dict()["config"], train_metrics=train_out.metrics, timings=timings)
+        results = {name: evaluate.robust_accuracy(name) for name in evaluate.rows}
         write_model_card(
             args.output_dir, backend=model.backend, base_model=script.model_name_or_path, method=args.method,
             results_markdown=protocol_text(results) + "\n\n" + accuracy_table(results), notes=intro,
@@ -100,7 +102,7 @@ def run_clip_recipe(method, argv=None) -> dict:
                       f"{args.attack}-{args.attack_steps}", "dataset": script.dataset_name,
                       "steps": trainer.state.global_step, "learning rate": args.learning_rate})
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
-        print(f"\nWrote {args.output_dir}/results.json, report.md, accuracy_vs_eps.png, README.md (model card), "
-              f"eval/ (the suite runner's cells and report) and the checkpoint ({json.dumps(timings)})")
+        print(f"\nWrote {args.output_dir}/results.json (every cell, the suite and the run's rows), report.md and its "
+              f"plots, suite.yaml, README.md (model card) and the checkpoint ({json.dumps(timings)})")
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}

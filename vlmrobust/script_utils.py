@@ -73,11 +73,14 @@ class ScriptArguments:
     Args:
         model_name_or_path (`str`): a `create_model` id: `open_clip:ViT-L-14/openai`, `hf-clip:<id>`,
             `local-dir:<path>`, or the offline stand-in `vlmrobust:tiny-digits-clip`.
-        dataset_name (`str`): `digits`, a Hub id (`imagenet-1k`), `imagefolder:<dir>` or `parquet:<files>`.
+        dataset_name (`str`): a classification data source (`vlmrobust info` lists them): `digits`, a Hub id
+            (`imagenet-1k`), `imagefolder:<dir>`, `parquet:<files>`, `webdataset:<Hub id or dir>`.
     """
 
     model_name_or_path: str = field(default="vlmrobust:tiny-digits-clip", metadata={"help": "create_model id."})
-    dataset_name: str = field(default="digits", metadata={"help": "digits | hub id | imagefolder:<dir> | parquet:.."})
+    dataset_name: str = field(default="digits", metadata={
+        "help": "Classification data source: digits | <Hub id> | imagefolder:<dir> | parquet:<files> | "
+                "webdataset:<loc> (`vlmrobust info` lists them)."})
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
     dataset_eval_split: str = field(default="test", metadata={"help": "Evaluation split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Subsample the training set."})
@@ -97,23 +100,27 @@ class ScriptArguments:
     eval_target_classes: int = field(default=9, metadata={"help": "APGD-T target classes (capped at classes - 1)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size."})
 
+    def __post_init__(self):
+        from .data.sources import resolve_source
+
+        resolve_source(self.dataset_name, "classification")  # a bad --dataset_name fails before any model loads
+
 
 def load_datasets(script: ScriptArguments, model, seed: int = 0):
-    """(train, eval) datasets at the model's resolution, with pixels in [0, 1] and class names / templates."""
-    from .data import get_templates, load_classification_dataset
+    """(train, eval) datasets of any registered classification source (`--dataset_name`, see
+    `vlmrobust.data.sources`) at the model's resolution, with pixels in [0, 1] and class names / templates."""
+    from .data import get_templates
+    from .data.sources import load_train_eval
 
-    kw = dict(image_size=model.image_size, seed=seed)
-    if script.dataset_name != "digits":
-        kw["transform"] = model.preprocess
+    options = {}
     if script.templates:
-        kw["templates"] = get_templates(script.templates)
+        options["templates"] = get_templates(script.templates)
     if script.classnames:
-        kw["classnames"] = resolve_classnames(script.classnames)
-    train = load_classification_dataset(script.dataset_name, script.dataset_train_split,
-                                        max_samples=script.max_train_samples, **kw)
-    evald = load_classification_dataset(script.dataset_name, script.dataset_eval_split,
-                                        max_samples=script.eval_max_samples, **kw)
-    return train, evald
+        options["classnames"] = resolve_classnames(script.classnames)
+    return load_train_eval(script.dataset_name, "classification", train_split=script.dataset_train_split,
+                           eval_split=script.dataset_eval_split, n_train=script.max_train_samples,
+                           n_eval=script.eval_max_samples, seed=seed, image_size=model.image_size,
+                           preprocess=model.preprocess, **options)
 
 
 def resolve_classnames(spec: str) -> list[str]:
@@ -149,12 +156,11 @@ def recipe_suite(script: ScriptArguments, seed: int = 0) -> dict:
 def recipe_evaluator(script: ScriptArguments, output_dir: str | Path, *, seed: int = 0, bf16: bool = False,
                      device=None, progress: bool = True):
     """A `SuiteEvaluator` for the recipe's evaluation: every row (before / after, paradigms, guide) runs through the
-    suite runner on `recipe_suite`, worst case per point over the attacks, into `<output_dir>/eval/` (suite results,
-    report, plots, `suite.yaml`)."""
+    suite runner on `recipe_suite`, worst case per point over the attacks, into `<output_dir>` (`results.json` in the
+    one results format, `report.md`, plots, `suite.yaml`)."""
     from .eval.protocol import SuiteEvaluator
 
-    return SuiteEvaluator(recipe_suite(script, seed), Path(output_dir) / "eval", bf16=bf16, device=device,
-                          progress=progress)
+    return SuiteEvaluator(recipe_suite(script, seed), Path(output_dir), bf16=bf16, device=device, progress=progress)
 
 
 def reload_spec(model, path: str | Path) -> str:

@@ -3,7 +3,9 @@
 Offline quickstart flow: build the tiny random LVLM, teach it shapes-VQA (supervised fine-tuning of the whole model,
 `sft_steps`; skipped for a real checkpoint by setting it to 0), evaluate VQA accuracy clean and under APGD, run FARE
 on the LVLM's own vision tower (language side frozen), save in transformers' layout, reload through the backend
-and evaluate again. `results.json` holds both evaluations.
+and evaluate again. Both evaluations run through the suite runner on a generated VQA suite (`vqa_recipe_suite`):
+`results.json` is the runner's file (`vlmrobust.results/v2`) with a `run` section naming the rows before / after,
+and `report.md` renders it.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class LVLMScriptArguments:
     Args:
         model_name_or_path (`str`): a `create_model` id: `llava:<id or path>`, `qwen_vl:<id or path>`, or the
             offline random fixtures `llava:tiny` / `qwen_vl:tiny`.
-        dataset_name (`str`): `shapes` (offline shapes-VQA) or `vqa-json:<questions.json>,<annotations.json>,<image dir>`.
+        dataset_name (`str`): a VQA data source (`vlmrobust info` lists them): `shapes-vqa` (offline, generated),
+            `vqa-json:<questions.json>,<annotations.json>,<image dir>`, or a Hub id / `save_to_disk` folder.
         sft_steps (`int`): supervised fine-tuning steps on the training split before FARE (0 = none; the offline
             quickstart needs it because the fixtures start from random weights).
         tiny_image_size, tiny_hidden (`int`): geometry of the offline `tiny` fixtures (0 = their defaults); ignored
@@ -102,7 +105,11 @@ class LVLMScriptArguments:
     """
 
     model_name_or_path: str = field(default="llava:tiny", metadata={"help": "create_model id."})
-    dataset_name: str = field(default="shapes", metadata={"help": "shapes | vqa-json:<q.json>,<a.json>,<img dir>"})
+    dataset_name: str = field(default="shapes-vqa", metadata={
+        "help": "VQA data source: shapes-vqa | vqa-json:<q.json>,<a.json>,<img dir> | <Hub id> (`vlmrobust info`)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split (Hub datasets)."})
+    dataset_eval_split: str = field(default="validation", metadata={
+        "help": "Evaluation split (Hub datasets; VQAv2's test answers are withheld, hence validation)."})
     train_samples: int = field(default=512, metadata={"help": "Training questions (shapes) / images for FARE."})
     eval_samples: int = field(default=128, metadata={"help": "Questions used for (robust) evaluation."})
     sft_steps: int = field(default=0, metadata={"help": "VQA fine-tuning steps before FARE (0: none)."})
@@ -124,6 +131,11 @@ class LVLMScriptArguments:
         "help": "Extra targeted APGD runs (one per answer string) in the worst case per question, e.g. yes no."})
     eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
 
+    def __post_init__(self):
+        from .data.sources import resolve_source
+
+        resolve_source(self.dataset_name, "vqa")  # a bad --dataset_name fails before any model loads
+
 
 def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
     """`create_model` kwargs giving the `tiny` fixtures the script's geometry (empty for real checkpoints)."""
@@ -140,40 +152,72 @@ def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
 
 
 def load_vqa_datasets(script: LVLMScriptArguments, model, seed: int = 0):
-    """(train, eval) VQA datasets; images preprocessed to the model's resolution once."""
-    from .data.shapes_vqa import ShapesVQA
-    from .data.vqa import VQAJsonDataset
+    """(train, eval) datasets of any registered VQA source (`--dataset_name`, see `vlmrobust.data.sources`).
 
-    if script.dataset_name == "shapes":
-        train = ShapesVQA(script.train_samples, seed=seed, transform=model.preprocess)
-        evald = ShapesVQA(script.eval_samples, seed=seed + 10_000, transform=model.preprocess)
-        return train, evald
-    if script.dataset_name.startswith("vqa-json:"):
-        parts = script.dataset_name.split(":", 1)[1].split(",")
-        if len(parts) != 3:
-            raise ValueError("dataset_name 'vqa-json:' needs '<questions.json>,<annotations.json>,<image dir>'.")
-        full = VQAJsonDataset(parts[0], parts[1], parts[2])
-        n = len(full)
-        idx_eval = list(range(min(script.eval_samples, n)))
-        idx_train = list(range(len(idx_eval), min(n, len(idx_eval) + script.train_samples)))
-        return torch.utils.data.Subset(full, idx_train), torch.utils.data.Subset(full, idx_eval)
-    raise ValueError(f"Unknown dataset_name {script.dataset_name!r}: use 'shapes' or 'vqa-json:<q>,<a>,<images>'.")
+    Generated sets (`shapes-vqa`) draw the evaluation questions from another seed; one-split files (`vqa-json`) give
+    the first `eval_samples` questions to evaluation and the next `train_samples` to training; Hub datasets use
+    their `dataset_train_split` / `dataset_eval_split`.
+    """
+    from .data.sources import load_train_eval
+
+    return load_train_eval(script.dataset_name, "vqa", train_split=script.dataset_train_split,
+                           eval_split=script.dataset_eval_split, n_train=script.train_samples,
+                           n_eval=script.eval_samples, seed=seed, image_size=model.image_size,
+                           preprocess=model.preprocess)
+
+
+def load_train_dataset(script: LVLMScriptArguments, model, seed: int = 0):
+    """The VQA training set of `--dataset_name`, disjoint from the questions `vqa_recipe_suite` evaluates.
+
+    Generated sets (`shapes-vqa`) evaluate questions drawn from seed + 10,000; Hub datasets evaluate another split;
+    one-split files (`vqa-json`) train on the questions outside the suite's seeded evaluation subset.
+    """
+    from .data.sources import resolve_source, subset_indices
+
+    train, _ = load_vqa_datasets(script, model, seed=seed)
+    if resolve_source(script.dataset_name, "vqa").name != "vqa-json":
+        return train
+    full = train.dataset if isinstance(train, torch.utils.data.Subset) else train
+    held_out = set(subset_indices(len(full), script.eval_samples, seed))
+    return torch.utils.data.Subset(full, [i for i in range(len(full)) if i not in held_out][:script.train_samples])
+
+
+def vqa_recipe_suite(script: LVLMScriptArguments, seed: int = 0) -> dict:
+    """The recipe's evaluation as a one-dataset VQA suite: `eval_samples` questions (shapes-VQA generated with seed
+    + 10,000, a seeded subset of the vqa-json questions, or of a Hub dataset's `dataset_eval_split`), APGD on the
+    answer loss at `eval_epsilons`, every ε from the clean images (`evaluate_vqa`'s protocol)."""
+    from .data.sources import resolve_source
+    from .eval.protocol import generated_vqa_suite
+
+    kind = resolve_source(script.dataset_name, "vqa").name
+    source, data_seed, vqa, split = script.dataset_name, seed, {}, script.dataset_eval_split
+    if kind == "shapes-vqa":
+        source, data_seed, split = "shapes-vqa", seed + 10_000, None
+    elif kind == "vqa-json":
+        q, a, images = script.dataset_name.split(":", 1)[1].split(",")
+        source, split, vqa = "vqa-json", None, {"questions_file": q, "annotations_file": a, "image_dir": images}
+    return generated_vqa_suite(
+        source=source, split=split, n_samples=script.eval_samples, seed=data_seed, attack_seed=seed,
+        batch_size=script.eval_batch_size, epsilons=script.eval_epsilons, steps=script.eval_attack_steps,
+        answer_mode=script.answer_mode, ensemble=script.eval_ensemble, targets=script.eval_targets, vqa=vqa,
+        name=f"recipe-{kind}")
 
 
 def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
-    """Parse `(LVLMScriptArguments, <method's config>)`, then [SFT] → eval → FARE on the tower → save → reload → eval.
+    """Parse `(LVLMScriptArguments, <method's config>)`, then [SFT] → eval → FARE on the tower → save → reload → eval;
+    returns the results dict (`vlmrobust.results/v2`, with the `run` section) on the main process.
 
     `method` is a registered method's name or config class (default FARE) whose `backends` include the LVLM's.
     """
     from accelerate import PartialState
     from transformers import set_seed
 
-    from .eval.vqa import evaluate_vqa
+    from .eval.protocol import SuiteEvaluator
+    from .eval.report import console_summary
     from .models import create_model
     from .script_utils import RecipeParser
     from .trainers import resolve_method
     from .utils.distributed import outside_zero3_init
-    from .utils.io import atomic_write_json
 
     method = resolve_method(method)
     script, args = RecipeParser((LVLMScriptArguments, method.config_class)).parse_args_and_config(argv)
@@ -186,8 +230,10 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     with outside_zero3_init():
         model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
     method.check_backend(model)
-    train_ds, eval_ds = load_vqa_datasets(script, model, seed=args.seed)
-    timings, results = {}, {}
+    train_ds = load_train_dataset(script, model, seed=args.seed)
+    evaluate = SuiteEvaluator(vqa_recipe_suite(script, args.seed), args.output_dir, device=model.device,
+                              progress=not args.disable_tqdm)
+    timings = {}
     if script.sft_steps > 0:
         t0 = time.time()
         model.requires_grad_(True)
@@ -198,14 +244,12 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
             model.save_pretrained(Path(args.output_dir) / "sft")  # in transformers' layout
 
     def _eval(m, name):
-        return evaluate_vqa(m, eval_ds, script.eval_epsilons, steps=script.eval_attack_steps,
-                            batch_size=script.eval_batch_size, answer_mode=script.answer_mode,
-                            ensemble=script.eval_ensemble, targets=tuple(script.eval_targets), seed=args.seed,
-                            desc=name)
+        res = evaluate(name, m)
+        timings[f"eval_{name}_s"] = evaluate.seconds[name]
+        print(f"[eval {name}] " + console_summary({"models": {name: res["summary"]["models"].get(name, {})}}).strip())
 
     if script.eval_before and state.is_main_process:
-        results["before"] = _eval(model, "before")
-        print(f"[eval before] {json.dumps({k: results['before'][k] for k in ('clean', 'robust')})}")
+        _eval(model, "before")
     pixels = PixelsOnly(train_ds, model.preprocess)
     trainer = method.trainer_class(model, args, train_dataset=pixels, **method.trainer_kwargs(pixels))
     t0 = time.time()
@@ -217,16 +261,18 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
         backend = script.model_name_or_path.split(":", 1)[0]
         with outside_zero3_init():
             trained = create_model(f"{backend}:{args.output_dir}", **kw)
-        results["after"] = _eval(trained, "after")
-        print(f"[eval after]  {json.dumps({k: results['after'][k] for k in ('clean', 'robust')})}")
+        _eval(trained, "after")
     timings["total_s"] = round(time.time() - t_start, 1)
-    summary = {"method": args.method, "model": script.model_name_or_path, "dataset": script.dataset_name,
-               "epsilon": args.epsilon, "norm": args.attack_norm, "train_metrics": train_out.metrics,
-               "timings": timings, "results": results}
-    if script.dataset_name == "shapes":
-        summary["chance"] = eval_ds.chance_accuracy()
-    if state.is_main_process:
-        atomic_write_json(Path(args.output_dir) / "results.json", summary)
-        print(f"Wrote {args.output_dir}/results.json and the checkpoint ({json.dumps(timings)})")
+    results = {}
+    if state.is_main_process and evaluate.rows:
+        title = f"{args.method.upper()} on the vision tower of {script.model_name_or_path}, {script.dataset_name}"
+        intro = (f"Trained with ε = {args.epsilon * 255:.3g}/255 ({args.attack_norm}), {trainer.state.global_step} "
+                 f"steps, seed {args.seed}" + (f", after {script.sft_steps} steps of VQA fine-tuning of the whole "
+                                               "model" if script.sft_steps else "") + ".")
+        results = evaluate.finish(title=title, intro=intro, method=args.method, model=script.model_name_or_path,
+                                  dataset=script.dataset_name, epsilon=args.epsilon, norm=args.attack_norm,
+                                  config=args.to_vlmrobust_dict()["config"], train_metrics=train_out.metrics,
+                                  timings=timings)
+        print(f"Wrote {args.output_dir}/results.json, report.md and the checkpoint ({json.dumps(timings)})")
     state.wait_for_everyone()
-    return summary
+    return results

@@ -155,11 +155,9 @@ class AutoAttack(Attack):
             f"seed={self.seed}, standard={self.is_standard})"
         )
 
-    def _component(self, name: str, wrapped: _TorchattacksModel,
-                   seeds: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-        """Return `attack(x, y) -> x_adv` for one component, on fp32 images (`seeds`: its images' sample seeds)."""
-        common = {"norm": self.norm, "eps": self.eps, "seed": self.seed, "input_dtype": self._model_dtype,
-                  "sample_seeds": seeds}
+    def _component(self, name: str, wrapped: _TorchattacksModel) -> Callable[[Tensor, Tensor], Tensor]:
+        """Return `attack(x, y) -> x_adv` for one component, on fp32 images."""
+        common = {"norm": self.norm, "eps": self.eps, "seed": self.seed, "input_dtype": self._model_dtype}
         if name in ("apgd-ce", "apgd-dlr"):
             apgd = APGD(self.model, steps=self.steps, loss_fn=name.split("-")[1], n_restarts=1, **common)
             return apgd
@@ -204,10 +202,12 @@ class AutoAttack(Attack):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            seeds = None if self.sample_seeds is None else self.sample_seeds[idx.cpu()]
-            attack = self._component(name, wrapped, seeds)
+            attack = self._component(name, wrapped)
             x_sub, y_sub = x[idx], target[idx]
-            adv = attack(x_sub, y_sub).float()
+            if isinstance(attack, Attack) and self.sample_seeds is not None:  # the APGD components
+                adv = attack(x_sub, y_sub, sample_seeds=self.sample_seeds[idx.cpu()]).float()
+            else:
+                adv = attack(x_sub, y_sub).float()
             # FAB and Square keep their own bookkeeping; re-project and re-check everything the same way.
             adv = self._clip(x_sub, adv)
             with torch.no_grad():

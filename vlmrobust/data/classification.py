@@ -1,14 +1,13 @@
 """Image-classification datasets through Hugging Face `datasets`, served as [0, 1] tensors.
 
-One loader covers Hub datasets, local copies (`imagefolder:`, `parquet:`) and the builtin offline digits. Images
-come out un-normalised in [0, 1] because attacks clip to that box; the model backend normalises inside its forward.
+The sources (Hub datasets, `imagefolder:`, `parquet:`, `webdataset:`, the builtin digits; see
+`vlmrobust.data.sources`) load their rows; [`build_classification_dataset`] finds the columns, turns the labels into
+class indices and keeps the seeded subset. Images come out un-normalised in [0, 1] because attacks clip to that box;
+the model backend normalises inside its forward.
 """
 
 from __future__ import annotations
 
-import glob
-import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,35 +16,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .digits import _DIGITS_MAX_VALUE, DIGIT_CLASSNAMES, _raw_digits, _resize_digits, _split_indices
 from .templates import get_templates
 
 if TYPE_CHECKING:
     import datasets
 
-logger = logging.getLogger(__name__)
-
 Transform = Callable[[Image.Image], torch.Tensor]
 
 # Tried in this order among `ClassLabel` columns, then among plain columns (CIFAR-100 has fine and coarse labels).
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label")
-
-_SOURCE_FORMS = (
-    "a Hub dataset id ('cifar10', 'org/name'), 'imagefolder:<dir>', 'parquet:<file, glob or dir>', "
-    "'webdataset:<Hub id or dir>' or 'digits'"
-)
-_IMAGEFOLDER_LAYOUT = (
-    "imagefolder:<dir> expects <dir>/<split>/<class>/*.png or <dir>/<class>/*.png "
-    "(class names come from the sub-folder names; any PIL-readable image format works)"
-)
-_WEBDATASET_LAYOUT = (
-    "webdataset:<Hub id or dir> expects WebDataset shards <split>/*.tar (e.g. the clip-benchmark/wds_* repositories: "
-    "test/0.tar, ... with one image file and one .cls label per sample)"
-)
-_PARQUET_LAYOUT = (
-    "parquet:<path> expects a .parquet file, a glob such as data/test-*.parquet, or a folder of them "
-    "(named <split>-*.parquet to hold several splits), with an image column and a label column"
-)
 
 
 def default_image_transform(image_size: int = 224) -> Transform:
@@ -68,23 +47,10 @@ def default_image_transform(image_size: int = 224) -> Transform:
     )
 
 
-class _DigitsToTensor:
-    """Default digits transform: the exact pixels of `load_digits_splits(image_size)`, not a bicubic resample."""
-
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
-        # Undo the 8-bit storage: the 17 grey levels are recovered exactly.
-        grey = torch.round(grey * _DIGITS_MAX_VALUE) / _DIGITS_MAX_VALUE
-        return _resize_digits(grey[None, None], self.image_size)[0]
-
-
 class ClassificationDataset(Dataset):
     """A labelled image dataset whose items are `{"pixel_values": Tensor[3, H, W] in [0, 1], "labels": int}`.
 
-    Built by [`load_classification_dataset`]; wraps a `datasets.Dataset` and decodes and transforms lazily.
+    Built by [`load_classification_dataset`] (through [`build_classification_dataset`]); wraps a `datasets.Dataset` and decodes and transforms lazily.
 
     Args:
         data (`datasets.Dataset`): rows holding an `Image` column and an integer label column.
@@ -148,119 +114,57 @@ def collate_classification(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def load_classification_dataset(
-    source: str,
-    split: str = "test",
+def build_classification_dataset(
+    data: datasets.Dataset,
     *,
-    image_size: int = 224,
-    transform: Transform | None = None,
+    name: str,
+    split: str | None,
+    transform: Transform,
+    templates: str | Sequence[str],
     image_column: str | None = None,
     label_column: str | None = None,
     classnames: list[str] | None = None,
-    templates: str | list[str] | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    data_dir: str | None = None,
 ) -> ClassificationDataset:
-    """Load an image-classification dataset as [0, 1] tensors at the model's resolution.
+    """Wrap a loaded `datasets.Dataset` as a [`ClassificationDataset`]: find (or check) the image and label columns,
+    turn the labels into class indices, and keep a seeded subset.
+
+    What every classification source does once its rows are loaded (see `vlmrobust.data.sources`).
 
     Args:
-        source (`str`): a Hub dataset id (`"cifar10"`, `"org/name"`, read with `datasets.load_dataset`),
-            `"imagefolder:<dir>"` (class sub-folders, optionally under split folders), `"parquet:<file, glob or
-            dir>"`, or `"digits"` (scikit-learn's handwritten digits, always offline).
-        split (`str`, defaults to `"test"`): split to load. A local source without split folders or files is a
-            single split and is used whatever `split` says.
-        image_size (`int`, defaults to 224): output side when `transform` is not given.
-        transform (`Callable[[PIL.Image.Image], torch.Tensor]`, *optional*): the model backend's preprocessing,
-            mapping an RGB image to `[3, H, W]` in [0, 1]. Defaults to [`default_image_transform`] (for
-            `"digits"`: the pixels of [`load_digits_splits`]).
+        data (`datasets.Dataset`): the loaded split.
+        name (`str`): the source string, for `.name` and messages.
+        split (`str`, *optional*): the split that was loaded.
+        transform (`Callable[[PIL.Image.Image], torch.Tensor]`): RGB image -> `[3, H, W]` in [0, 1].
+        templates (`str` or `list[str]`): a template-set name for [`get_templates`], one format string, or a list.
         image_column (`str`, *optional*): image column; defaults to the first `datasets.Image` feature. A column
             of paths or bytes is cast to `datasets.Image`.
         label_column (`str`, *optional*): label column; defaults to the `ClassLabel` feature (preferring
             `label`, `labels`, `fine_label`), else a column with one of those names.
         classnames (`list[str]`, *optional*): one name per class; defaults to the `ClassLabel` names with
             underscores replaced by spaces. Required when the labels are plain integers.
-        templates (`str` or `list[str]`, *optional*): a template-set name for [`get_templates`] or a list of
-            format strings; defaults to `"openai_imagenet"` (`"digits"` for the digits source).
-        max_samples (`int`, *optional*): keep a random subset of this many rows; the same `seed` gives the same
-            rows, kept in dataset order.
-        seed (`int`, defaults to 0): seed of the `max_samples` subset (the digits train/test split is fixed to
-            the default of `load_digits_splits`).
-        data_dir (`str`, *optional*): for a Hub id, the sub-folder of the dataset repository (as in
-            `datasets.load_dataset`); with `source="imagefolder"` or `"parquet"`, the local folder.
-
-    Returns:
-        [`ClassificationDataset`]: with `.classnames`, `.templates` and `.name`.
+        max_samples (`int`, *optional*): keep a random subset of this many rows, in dataset order.
+        seed (`int`, defaults to 0): seed of the `max_samples` subset.
 
     Raises:
-        `FileNotFoundError`: a local folder or file is missing (the message shows the expected layout).
-        `RuntimeError`: a Hub dataset cannot be reached or found, e.g. offline without a cached copy.
-        `ValueError`: no image or label column can be found, or the split does not exist.
+        `ValueError`: no image or label column can be found, or the class names do not fit the labels.
     """
-    kind, location = _parse_source(source, data_dir)
-    default_templates = "digits" if kind == "digits" else "openai_imagenet"
-    templates = _resolve_templates(default_templates if templates is None else templates)
-
-    if kind == "digits":
-        data = _digits_as_hf_dataset(split)
-        if transform is None:
-            transform = _DigitsToTensor(image_size)
-    elif kind == "imagefolder":
-        data = _load_imagefolder(location, split)
-    elif kind == "parquet":
-        data = _load_parquet(location, split)
-    elif kind == "webdataset":
-        data = _load_webdataset(location, split)
-    else:
-        data = _load_hub(location, split, data_dir)
-    if transform is None:
-        transform = default_image_transform(image_size)
-
-    image_column = _find_image_column(data, image_column, source)
+    templates = resolve_template_list(templates)
+    image_column = _find_image_column(data, image_column, name)
     if not _is_image_feature(data.features[image_column]):
         import datasets
 
         data = data.cast_column(image_column, datasets.Image())
-    data, label_column, classnames = _resolve_labels(data, label_column, classnames, source)
-
+    data, label_column, classnames = _resolve_labels(data, label_column, classnames, name)
     if max_samples is not None:
         data = data.select(_subset_indices(len(data), max_samples, seed))
-
-    return ClassificationDataset(
-        data,
-        image_column=image_column,
-        label_column=label_column,
-        classnames=classnames,
-        templates=templates,
-        transform=transform,
-        name=source,
-        split=split,
-    )
+    return ClassificationDataset(data, image_column=image_column, label_column=label_column, classnames=classnames,
+                                 templates=templates, transform=transform, name=name, split=split)
 
 
-def _parse_source(source: str, data_dir: str | None) -> tuple[str, str]:
-    """Split `source` into `(kind, location)`: kind in {"digits", "imagefolder", "parquet", "webdataset", "hub"}."""
-    if source == "digits":
-        if data_dir is not None:
-            raise ValueError("source='digits' ships with scikit-learn; drop data_dir.")
-        return "digits", ""
-    if source in ("imagefolder", "parquet"):
-        if data_dir is None:
-            raise ValueError(f"source={source!r} needs a local path: pass '{source}:<path>' or data_dir=<path>.")
-        return source, data_dir
-    prefix, sep, rest = source.partition(":")
-    if sep:
-        if prefix not in ("imagefolder", "parquet", "webdataset"):
-            raise ValueError(f"Unknown dataset source prefix {prefix + ':'!r} in {source!r}; use {_SOURCE_FORMS}.")
-        if not rest:
-            raise ValueError(f"{source!r} names no path; use {_SOURCE_FORMS}.")
-        if data_dir is not None:
-            raise ValueError(f"{source!r} already names its path; drop data_dir={data_dir!r}.")
-        return prefix, os.path.expanduser(rest)
-    return "hub", source
-
-
-def _resolve_templates(templates: str | Sequence[str]) -> list[str]:
+def resolve_template_list(templates: str | Sequence[str]) -> list[str]:
+    """A template-set name, one format string or a list -> the list of format strings (each with one `{}`)."""
     if isinstance(templates, str):
         # A single format string is accepted as a one-template list; template-set names never contain braces.
         templates = [templates] if "{}" in templates else get_templates(templates)
@@ -269,115 +173,6 @@ def _resolve_templates(templates: str | Sequence[str]) -> list[str]:
     if not templates or bad:
         raise ValueError(f"Every template needs one '{{}}' slot for the class name; got {bad or templates!r}.")
     return templates
-
-
-def _digits_as_hf_dataset(split: str) -> datasets.Dataset:
-    import datasets
-
-    raw, labels = _raw_digits()
-    train_idx, test_idx = _split_indices(labels, test_fraction=0.2, seed=0)
-    splits = {"train": train_idx, "test": test_idx}
-    if split not in splits:
-        raise ValueError(f"source='digits' has splits 'train' and 'test', not {split!r}.")
-    idx = splits[split]
-    # 8-bit storage of the 17 grey levels; `_DigitsToTensor` recovers them exactly.
-    grey = np.round(raw[idx] * (255.0 / _DIGITS_MAX_VALUE)).astype(np.uint8)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_CLASSNAMES)})
-    return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(g) for g in grey], "label": labels[idx].tolist()}, features=features
-    )
-
-
-def _is_unsplit(directory: str) -> bool:
-    """True when `datasets` finds no split folders or file names under `directory` and files all of it as "train"."""
-    from datasets.data_files import get_data_patterns
-
-    return list(get_data_patterns(directory).values()) == [["**"]]
-
-
-def _pick_split(loaded: datasets.DatasetDict, split: str, source: str, unsplit: bool) -> datasets.Dataset:
-    if split in loaded:
-        return loaded[split]
-    if unsplit and list(loaded) == ["train"]:
-        # `datasets` files data without split folders/names under "train"; here it is the whole local dataset.
-        logger.info("%s has no split layout; using all of it for split=%r.", source, split)
-        return loaded["train"]
-    raise ValueError(f"{source} has splits {sorted(loaded)}, not {split!r}; pass split= one of them.")
-
-
-def _load_imagefolder(directory: str, split: str) -> datasets.Dataset:
-    import datasets
-
-    source = f"imagefolder:{directory}"
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{source}: folder {directory!r} does not exist. {_IMAGEFOLDER_LAYOUT}.")
-    if not _contains_file(directory):
-        raise FileNotFoundError(f"{source}: folder {directory!r} holds no files. {_IMAGEFOLDER_LAYOUT}.")
-    loaded = datasets.load_dataset("imagefolder", data_dir=directory)
-    return _pick_split(loaded, split, source, unsplit=_is_unsplit(directory))
-
-
-def _load_parquet(path: str, split: str) -> datasets.Dataset:
-    import datasets
-
-    source = f"parquet:{path}"
-    if os.path.isdir(path):
-        if not glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True):
-            raise FileNotFoundError(f"{source}: folder {path!r} holds no .parquet file. {_PARQUET_LAYOUT}.")
-        loaded = datasets.load_dataset("parquet", data_dir=path)
-        return _pick_split(loaded, split, source, unsplit=_is_unsplit(path))
-    files = sorted(glob.glob(path))
-    if not files:
-        raise FileNotFoundError(f"{source}: no file matches {path!r}. {_PARQUET_LAYOUT}.")
-    # Files named explicitly are the split the caller asked for.
-    return datasets.load_dataset("parquet", data_files=files, split="train")
-
-
-def _load_webdataset(location: str, split: str) -> datasets.Dataset:
-    """WebDataset shards `<location>/<split>/*.tar`, from a local folder or a Hub dataset repository.
-
-    The builder is named explicitly: repositories such as clip-benchmark/wds_* also hold .txt files (classnames.txt,
-    nshards.txt) that can outnumber the shards and make `datasets` guess a text dataset.
-    """
-    import datasets
-
-    source = f"webdataset:{location}"
-    if os.path.isdir(location):
-        files = sorted(glob.glob(os.path.join(location, split, "*.tar")))
-        if not files:
-            raise FileNotFoundError(f"{source}: no {split}/*.tar under {location!r}. {_WEBDATASET_LAYOUT}.")
-        return datasets.load_dataset("webdataset", data_files={split: files}, split=split)
-    pattern = f"hf://datasets/{location}/{split}/*.tar"
-    try:
-        return datasets.load_dataset("webdataset", data_files={split: pattern}, split=split)
-    except Exception as err:  # offline, gated or absent: one message that names the fix, the cause kept
-        raise RuntimeError(
-            f"Could not load {source} (split={split!r}, shards {pattern}): {type(err).__name__}: {err}. "
-            f"Download it where there is network: `huggingface-cli download --repo-type dataset {location} "
-            f"--local-dir <dir>`, then use source 'webdataset:<dir>'. {_WEBDATASET_LAYOUT}."
-        ) from err
-
-
-def _load_hub(dataset_id: str, split: str, data_dir: str | None) -> datasets.Dataset:
-    import datasets
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        return datasets.load_dataset(dataset_id, split=split, data_dir=data_dir)
-    except (ConnectionError, FileNotFoundError, HfHubHTTPError) as err:
-        raise RuntimeError(
-            f"Could not load the Hub dataset {dataset_id!r} (split={split!r}): {type(err).__name__}: {err}. "
-            "To use it without network: where there is network, load it once with the same HF_HOME "
-            f"(`python -c \"import datasets; datasets.load_dataset('{dataset_id}')\"`) and then run with "
-            "HF_DATASETS_OFFLINE=1; or download it beforehand with "
-            f"`huggingface-cli download --repo-type dataset {dataset_id} --local-dir <dir>` (`hf download` in newer "
-            "clients) and point source at the local copy: 'parquet:<dir>' or 'imagefolder:<dir>'."
-        ) from err
-
-
-def _contains_file(directory: str) -> bool:
-    # Stops at the first file, so a large ImageNet-style tree is not walked.
-    return any(files for _, _, files in os.walk(directory))
 
 
 def _is_image_feature(feature: object) -> bool:

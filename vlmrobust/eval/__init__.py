@@ -1,12 +1,15 @@
-"""Robustness evaluation: zero-shot clean / robust accuracy, YAML eval suites with a resumable runner, common
-corruptions, margin consistency, Borda rankings, and markdown / PNG reports."""
+"""Robustness evaluation: YAML eval suites of registered eval tasks (zero-shot classification with corruptions and
+margin consistency, VQA, captioning) run by a resumable runner into one results format, Borda rankings, and markdown
+/ PNG reports."""
 
 from .borda import borda_ranking
 from .corruptions import ALEXNET_IMAGENET_C_ERRORS, ALL_CORRUPTIONS, COMMON_CORRUPTIONS, CorruptedDataset
 from .margin import estimate_robust_accuracy, input_margins, kendall_tau
 from .report import summarize_suite, write_suite_report
-from .runner import DatasetUnavailable, load_results, merge_results, run_suite
+from .results import FORMAT, ResultsFormatError, load_results, merge_results
+from .runner import DatasetUnavailable, run_suite
 from .suite import SUITES, Suite, SuiteError, load_suite
+from .tasks import EVAL_TASKS, EvalTask, register_eval_task
 from .zero_shot import (
     RobustAccuracy,
     attack_survivors,
@@ -20,8 +23,12 @@ __all__ = [
     "ALEXNET_IMAGENET_C_ERRORS",
     "ALL_CORRUPTIONS",
     "COMMON_CORRUPTIONS",
+    "EVAL_TASKS",
+    "FORMAT",
     "CorruptedDataset",
     "DatasetUnavailable",
+    "EvalTask",
+    "ResultsFormatError",
     "RobustAccuracy",
     "SUITES",
     "Suite",
@@ -38,6 +45,7 @@ __all__ = [
     "load_suite",
     "merge_results",
     "predict",
+    "register_eval_task",
     "run_suite",
     "summarize_suite",
     "write_suite_report",

@@ -1,7 +1,8 @@
 """The one robustness-evaluation protocol behind every number vlmrobust reports (recipes' before / after, model
 cards, README tables, suites): per point, the worst case of APGD-CE and APGD-T (targeted DLR, invariant to the
 logit scale), run by the suite runner on a named or generated suite, with the classifier's logit scale recorded next
-to each number.
+to each number. The LVLM recipes evaluate the same way, on a generated VQA suite (`generated_vqa_suite`); every
+recipe's `results.json` is the suite runner's file (`vlmrobust.results/v2`) plus its `run` section.
 
 APGD-CE alone on a zero-shot head at a low learned logit scale (the digits stand-in's is ~13) can overstate robust
 accuracy by ~20 points for models trained against the logits (TeCoA, AT / TRADES): the cross-entropy saturates and
@@ -20,8 +21,8 @@ import torch
 import yaml
 from torch import nn
 
-from ..utils.io import atomic_write_text
-from .report import describe_attacks
+from ..utils.io import atomic_write_json, atomic_write_text
+from .tables import describe_attacks
 from .zero_shot import RobustAccuracy
 
 #: the attacks of every reported robust accuracy, worst case per point (AutoAttack's "fast" pair)
@@ -83,17 +84,55 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
     return {"name": name, "description": desc, "datasets": [entry]}
 
 
+def generated_vqa_suite(*, source: str, n_samples: int | None, split: str | None = None, seed: int = 0,
+                        attack_seed: int = 0,
+                        batch_size: int = 16, epsilons: Sequence[float], steps: int = 100, answer_mode: str = "rank",
+                        ensemble: bool = True, targets: Sequence[str] = (), max_references: int | None = None,
+                        vqa: dict | None = None, nested_eps: bool = False, name: str = "recipe-vqa") -> dict:
+    """A one-dataset VQA suite mapping (for `load_suite`): VQA accuracy of `source`, clean and under APGD on the
+    answer loss at `epsilons` (the LVLM recipes' evaluation).
+
+    Args:
+        source (`str`): `shapes-vqa`, `vqa-json` (files in `vqa`) or a Hub id.
+        split (`str`, *optional*): the split of a Hub dataset (the suite's default when `None`).
+        seed (`int`, *optional*, defaults to 0): seed of the evaluated questions (the generator's, or the subset's).
+        attack_seed (`int`, *optional*, defaults to 0): seed of the attacks.
+        nested_eps (`bool`, *optional*, defaults to `False`): `False` attacks every ε from the clean images in the
+            dataset's batches (`evaluate_vqa`'s protocol, which the recipes' tables were measured with).
+        vqa (`dict`, *optional*): more fields of the dataset's `vqa:` block (e.g. the vqa-json files).
+    """
+    attack: dict[str, Any] = {"attack": "apgd", "label": "apgd-ensemble" if ensemble else "apgd", "norm": "Linf",
+                              "eps": sorted(float(e) for e in epsilons if e > 0), "steps": steps, "seed": attack_seed,
+                              "ensemble": ensemble, "max_references": max_references, "nested_eps": nested_eps}
+    if targets:
+        attack["targets"] = list(targets)
+    entry: dict[str, Any] = {"name": "vqa" if source == "vqa-json" else source.replace("|", "_"), "task": "vqa",
+                             "source": source, "n_samples": n_samples, "seed": seed, "batch_size": batch_size,
+                             "vqa": {"answer_mode": answer_mode, **(vqa or {})},
+                             "attacks": [attack] if attack["eps"] else []}
+    if split:
+        entry["split"] = split
+    desc = (f"VQA accuracy ({answer_mode}), clean and under APGD on the answer loss ({steps} iterations, "
+            + ("ensemble over the reference answers" if ensemble else "the majority answer")
+            + (f" + targeted runs {list(targets)}" if targets else "") + f"), seed {attack_seed}")
+    return {"name": name, "description": desc, "datasets": [entry]}
+
+
 class SuiteEvaluator:
-    """Evaluates models one at a time on a one-dataset suite through `run_suite`, into one folder.
+    """Evaluates models one at a time on a (generated or named) suite through `run_suite`, into one folder, and
+    writes the recipe's `run` section (its rows, method, config) into the same `results.json`.
 
     The first call of an evaluator starts a fresh `results.json` (a recipe rerun into the same folder must not reuse
     cells of an earlier, differently trained model of the same name); later calls add their model's cells to it, so
     the folder's `report.md` compares every model evaluated (before / after, paradigms, guide).
 
     Args:
-        suite (`dict`): a suite mapping with one classification dataset (see `generated_suite`).
+        suite (`dict`): a suite mapping (see `generated_suite`, `generated_vqa_suite`).
         output_dir (`str`): folder of `results.json`, `report.md`, plots and `suite.yaml` (the suite, so that
             `vlmrobust eval --suite <output_dir>/suite.yaml` reproduces any row).
+        bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast for the models.
+        device (`str`, *optional*): defaults to CUDA when available.
+        progress (`bool`, *optional*, defaults to `True`): progress bars.
     """
 
     def __init__(self, suite: dict, output_dir: str | os.PathLike, *, bf16: bool = False,
@@ -102,43 +141,53 @@ class SuiteEvaluator:
 
         self.raw = suite
         self.suite = load_suite(suite)
-        if len(self.suite.datasets) != 1 or self.suite.datasets[0].task != "classification":
-            raise ValueError("SuiteEvaluator needs a suite with exactly one classification dataset.")
         self.output_dir = Path(output_dir)
         self.bf16, self.device, self.progress = bf16, device, progress
         self._fresh = True
+        self.rows: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self.results: dict = {}
 
-    def __call__(self, name: str, model) -> RobustAccuracy:
-        """Evaluate `model` (a `VisionLanguageModel`, a `TrainedClassifier` or a `create_model` id) as `name`."""
+    def __call__(self, name: str, model) -> dict:
+        """Evaluate `model` (a `VisionLanguageModel`, an LVLM, a `TrainedClassifier` or a `create_model` id) as row
+        `name`; returns the results dict (every row so far)."""
         import time
 
-        from .runner import attack_key, clean_key, run_suite, unpack_mask
+        from .runner import run_suite
 
         if "|" in name:
             raise ValueError(f"model name {name!r} must not contain '|'.")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "suite.yaml", yaml.safe_dump(self.raw, sort_keys=False))
         t0 = time.time()
-        res = run_suite({name: model}, self.suite, self.output_dir, device=self.device, bf16=self.bf16,
-                        resume=not self._fresh, progress=self.progress)
+        self.results = run_suite({name: model}, self.suite, self.output_dir, device=self.device, bf16=self.bf16,
+                                 resume=not self._fresh, progress=self.progress)
         self._fresh = False
-        spec = self.suite.datasets[0]
-        atk = spec.attacks[0]
-        clean = res["cells"][clean_key(name, spec.name)]
-        n = clean["n"]
-        acc, masks, skipped = {}, {}, set()
-        for e in atk.eps:
-            cell = res["cells"][attack_key(name, spec.name, atk, e)]
-            acc[e] = cell["accuracy"]
-            masks[e] = unpack_mask(cell["robust"], n)
-            skipped.update(cell.get("skipped_components", []))
-        out = RobustAccuracy(
-            clean_accuracy=clean["accuracy"], robust_accuracy=acc, n_samples=n, attack=atk.label, norm=atk.norm,
-            steps=atk.steps, seed=atk.seed, robust_mask=masks, margins=torch.tensor(clean["margins"]),
-            logit_scale=clean.get("logit_scale"), components=tuple(c for c in atk.components if c not in skipped),
-            skipped_components=tuple(sorted(skipped)))
-        out.seconds = round(time.time() - t0, 1)
+        self.rows = [r for r in self.rows if r != name] + [name]
+        self.seconds[name] = round(time.time() - t0, 1)
+        return self.results
+
+    def robust_accuracy(self, name: str) -> RobustAccuracy:
+        """Row `name`'s clean and robust accuracy on the suite's (classification) dataset, from its cells."""
+        from .tasks.classification import robust_accuracy
+
+        out = robust_accuracy(self.results, name)
+        out.seconds = self.seconds.get(name)
         return out
 
+    def finish(self, *, title: str, intro: str = "", **info: Any) -> dict:
+        """Write the `run` section (the rows evaluated, in order; `title`, `intro` and `info` such as `method`,
+        `model`, `config`, `timings`) into `results.json` and render `report.md` with the recipe's header."""
+        from .report import write_suite_report
+        from .results import RESULTS_NAME, load_results
 
-__all__ = ["N_TARGET_CLASSES", "SuiteEvaluator", "TrainedClassifier", "WORST_CASE_ATTACKS", "generated_suite"]
+        results = load_results(self.output_dir)
+        results["run"] = {"title": title, "intro": intro, "rows": list(self.rows), **info}
+        results["summary"] = write_suite_report(results, self.output_dir)
+        atomic_write_json(self.output_dir / RESULTS_NAME, results)
+        self.results = results
+        return results
+
+
+__all__ = ["N_TARGET_CLASSES", "SuiteEvaluator", "TrainedClassifier", "WORST_CASE_ATTACKS", "generated_suite",
+           "generated_vqa_suite"]

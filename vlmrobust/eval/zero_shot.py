@@ -13,6 +13,9 @@ from tqdm.auto import tqdm
 
 from ..attacks import build_attack, check_budget
 
+#: Components that need a minimum number of classes (DLR losses use the 3rd / 4th largest logit).
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
+
 
 @dataclass
 class RobustAccuracy:
@@ -287,7 +290,6 @@ def attack_survivors(
     """
     from ..attacks.autoattack import _VERSIONS as _AA_VERSIONS
     from ..attacks.base import canonical_norm, per_sample_norm
-    from .suite import MIN_CLASSES
 
     check_budget(norm, eps)
     canon = canonical_norm(norm)
