@@ -15,6 +15,8 @@ from .base_config import RobustTrainingArguments
 from .base_trainer import RobustTrainer, frozen_copy, image_collator
 from .fare_config import FAREConfig
 from .fare_trainer import FARETrainer, fare_distance
+from .grace_config import GRACEConfig
+from .grace_trainer import GRACETrainer
 from .methods import CLIP_BACKENDS, LVLM_BACKENDS, METHODS, Method, load_config, register_method, resolve_method
 from .radapt_config import RAdaptConfig
 from .radapt_trainer import RAdaptTrainer
@@ -28,7 +30,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "CLIP_BACKENDS", "LVLM_BACKENDS", "METHODS", "AdversarialConfig", "AdversarialTrainer", "CosineClassifier",
-    "EpsilonSchedule", "FAREConfig", "FARETrainer", "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
+    "EpsilonSchedule", "FAREConfig", "FARETrainer", "GRACEConfig", "GRACETrainer", "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
     "RobustTrainingArguments", "TeCoAConfig", "TeCoATrainer",
     "fare_distance", "frozen_copy", "image_collator", "load_config", "register_method", "resolve_method",
 ]
