@@ -251,7 +251,7 @@ def test_zero_lambdas_and_zero_rho_reduce_to_a_plain_adversarial_lora_step(tiny_
     def plain(trainer_, start, lr):  # TeCoA-style CE on the recorded adversarial images, SGD, nothing else
         enc = copy.deepcopy(start)
         lora = {n: p for n, p in enc.named_parameters() if "lora_" in n}
-        for x, xa, y in trainer_.seen:
+        for _, xa, y in trainer_.seen:
             e = F.normalize(enc(xa).float(), dim=-1)
             loss = F.cross_entropy(trainer_.args.logit_scale * e @ trainer_.class_embeddings.T, y)
             grads = torch.autograd.grad(loss, list(lora.values()))
