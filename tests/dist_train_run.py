@@ -47,6 +47,8 @@ from vlmrobust.trainers import (  # noqa: E402
     AdversarialTrainer,
     FAREConfig,
     FARETrainer,
+    GRACEConfig,
+    GRACETrainer,
     RAdaptConfig,
     RAdaptTrainer,
     TeCoAConfig,
@@ -63,13 +65,16 @@ JOBS = {
     "at": ("open_clip", AdversarialConfig, AdversarialTrainer, {"loss": "classic", "attack": "pgd"}, True),
     "trades": ("open_clip", AdversarialConfig, AdversarialTrainer, {"loss": "trades", "attack": "apgd"}, True),
     "radapt": ("open_clip", RAdaptConfig, RAdaptTrainer, {"alpha": 0.5, "d0": 10.0, "d0_reference_size": 32}, False),
+    # GRACE: DDP and ZeRO-2 only (ZeRO-3 is refused); curvature_interval 1 re-allocates the ranks every step
+    "grace": ("open_clip", GRACEConfig, GRACETrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
+                                                       "curvature_interval": 1}, True),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }
 
 
 # SGD learning rates: large enough that 2 steps move every weight far beyond the comparison tolerance
-LR = {"fare_llava": 0.05}
+LR = {"fare_llava": 0.05, "grace": 0.05}
 
 
 class Recorder:
