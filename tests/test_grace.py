@@ -89,6 +89,39 @@ def test_low_rank_ascent_is_the_truncated_svd(shape):
         torch.testing.assert_close(b @ a, u[:, :r] @ torch.diag(s[:r]) @ vh[:r], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("radius", ["global", "layer"])
+def test_probe_records_weight_gradients_and_the_perturbation_has_radius_rho(radius):
+    from vlmrobust.optim import LowRankWeightPerturbation
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5), torch.nn.Tanh(),
+                              torch.nn.Linear(5, 3))
+    layers = {"a": net[0], "b": net[2], "c": net[4]}
+    awp = LowRankWeightPerturbation(layers, rho=0.3, max_rank=2, interval=1, radius=radius,
+                                    top_fraction=1 / 3, bottom_fraction=1 / 3)
+    x = torch.randn(2, 4, 6)  # token-shaped inputs: the probe sums over every leading dimension
+    with awp.probing():
+        net(x).pow(2).sum().backward()
+    for name, layer in layers.items():
+        torch.testing.assert_close(awp.grads[name], layer.weight.grad)
+    awp.compute(step=0)
+    assert sorted(awp.ranks.values()) == [0, 1, 2] and len(awp.factors) == 2
+    norms = {n: torch.linalg.matrix_norm(b @ a).item() for n, (b, a) in awp.factors.items()}
+    if radius == "global":
+        assert math.sqrt(sum(v * v for v in norms.values())) == pytest.approx(0.3, rel=1e-5)
+    else:
+        assert list(norms.values()) == pytest.approx([0.3, 0.3], rel=1e-5)
+    with torch.no_grad(), awp.perturbed():
+        got = net(x)
+    weights = {f"{i}.weight": layers[n].weight + (b @ a) for i, n in zip((0, 2, 4), layers)
+               for m, (b, a) in awp.factors.items() if m == n}
+    with torch.no_grad():
+        torch.testing.assert_close(got, torch.func.functional_call(net, weights, (x,), strict=False))
+        awp.clear()
+        with awp.perturbed():
+            torch.testing.assert_close(net(x), torch.func.functional_call(net, {}, (x,), strict=False))
+
+
 # -- the trainer ---------------------------------------------------------------------------------------------------
 def grace_args(out, **kw):
     base = dict(output_dir=str(out), max_steps=2, per_device_train_batch_size=4, learning_rate=0.05, optim="sgd",
@@ -355,3 +388,11 @@ def test_grace_is_registered_and_refuses_what_it_does_not_support(tiny_open_clip
                      classnames=image_dataset.classnames)
     with pytest.raises(ValueError, match="gram_perturbed_input"):
         grace_args(tmp_path, gram_perturbed_input="both")
+
+
+def test_harmonic_mean_of_the_tradeoff():
+    from vlmrobust.eval.tasks.corruptions import harmonic_mean
+
+    assert harmonic_mean(0.9, 0.6, 0.3) == pytest.approx(3 / (1 / 0.9 + 1 / 0.6 + 1 / 0.3))
+    assert harmonic_mean(0.7421, 0.5701, 0.2244) == pytest.approx(0.3969, abs=1e-4)  # the paper's GRACE row
+    assert harmonic_mean(0.9, 0.0, 0.5) == 0.0
