@@ -1,5 +1,18 @@
 """GRACE (arXiv 2603.27139): the Gram volume, the rank allocation, the two-pass LAR-AWP step against a hand-written
-SAM reference, its reductions, gradient-accumulation exactness, and the merged checkpoint through the plain loaders."""
+SAM reference, its reductions, gradient-accumulation exactness, and the merged checkpoint through the plain loaders.
+
+Planted bugs, checked once by hand (each makes the named test fail):
+* ascent sign flipped (Δ = −ρ·P_r(G)/‖·‖): the SAM reference.
+* perturbation not removed before the optimizer step (`awp.clear()` skipped): perturbation removed; the branch left
+  in perturbed mode after a pass: perturbation removed and gradient accumulation.
+* Gram term dropped from the loss: the SAM reference (λ_GV = 1 there).
+* ascent from the last micro-batch only (probe gradients zeroed every micro-batch): gradient accumulation.
+* the probe scaling the gradient it passes on: the λ = 0 / ρ = 0 reductions.
+* bottom fraction floored instead of rounded: rank allocation (24 layers).
+* `sqrt(|det| + eps)` without `− sqrt(eps)`: zero volume for identical embeddings.
+* (tests/test_scale.py, DDP) probe gradients not averaged over the processes: 2 processes miss the 1-process weights
+  by 3.5e-3 (~1300 × atol).
+"""
 
 import copy
 import json
