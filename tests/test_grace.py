@@ -190,7 +190,8 @@ def reference_run(enc, batches, args, class_emb, steps, ga):
     enc = copy.deepcopy(enc)
     for m in enc.modules():
         m._forward_hooks.clear()
-    layers = [n for n, m in enc.named_modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    layers = [n for n, m in enc.named_modules()  # LAR-AWP perturbs the linear LoRA layers
+              if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear)]
     lora = {n: p for n, p in enc.named_parameters() if "lora_" in n}
     base = {f"{n}.base_layer.weight": dict(enc.named_parameters())[f"{n}.base_layer.weight"] for n in layers}
 

@@ -3,7 +3,7 @@
 `add_vision_lora` adapts the linear layers of `model.image_encoder.tower` in place (PEFT's `LoraModel`, like
 `get_peft_model` without the wrapper), so the image encoder, the attacks and the Trainer see the adapted tower
 unchanged. `merge_lora_state_dict` turns a state dict holding PEFT's keys into the plain keys of the backend with the
-merged weights `W + scaling·B·A`, which is what PEFT's `merge_and_unload` computes; plain open_clip /
+merged weights `W + ΔW`, ΔW from PEFT's own `get_delta_weight` (what its `merge_and_unload` adds); plain open_clip /
 `CLIPModel.from_pretrained` load the result.
 """
 
@@ -16,9 +16,10 @@ from torch import nn
 
 #: default LoRA targets per backend: the linear layers of the vision transformer blocks. open_clip's attention is
 #: `nn.MultiheadAttention`, whose forward reads `in_proj_weight` / `out_proj.weight` directly (a LoRA on `out_proj`
-#: would be silently ignored), so only its MLP (`c_fc`, `c_proj`: 2/3 of a block's weights) is adapted there.
+#: would be silently ignored), so there its MLP (`c_fc`, `c_proj`: 2/3 of a block's weights) and, in place of the
+#: attention, the patch embedding (`conv1`) are adapted.
 VISION_LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "open_clip": ("c_fc", "c_proj"),
+    "open_clip": ("conv1", "c_fc", "c_proj"),
     "hf-clip": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
 }
 ADAPTER = "default"
@@ -61,49 +62,52 @@ def add_vision_lora(model, r: int, alpha: float | None = None, dropout: float = 
     return LoraModel(model.image_encoder.tower, cfg, ADAPTER)
 
 
-def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
-    """The PEFT LoRA layers inside `module`, by name, in module order."""
+def lora_layers(module: nn.Module, base_types: tuple[type, ...] | None = None) -> dict[str, nn.Module]:
+    """The PEFT LoRA layers inside `module`, by name, in module order (only those whose base layer is one of
+    `base_types` when given, e.g. `(nn.Linear,)`)."""
     from peft.tuners.lora import LoraLayer
 
-    return {n: m for n, m in module.named_modules() if isinstance(m, LoraLayer)}
+    return {n: m for n, m in module.named_modules() if isinstance(m, LoraLayer)
+            and (base_types is None or isinstance(m.get_base_layer(), base_types))}
 
 
-def lora_scalings(module: nn.Module) -> dict[str, float]:
-    """`{layer name: scaling}` of the LoRA layers inside `module` (refuses variants whose merge is not `W + s·B·A`)."""
+@torch.no_grad()
+def lora_deltas(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`{layer name: ΔW}` of the LoRA layers inside `module`: PEFT's own `get_delta_weight` (what its
+    `merge_and_unload` adds to the base weight; linear and convolution layers alike), detached, on the CPU."""
     out = {}
     for name, layer in lora_layers(module).items():
-        if layer.use_dora.get(ADAPTER, False) or getattr(layer, "fan_in_fan_out", False):
-            raise ValueError(f"{name}: DoRA / fan_in_fan_out LoRA layers are not supported here.")
-        out[name] = float(layer.scaling[ADAPTER])
+        if layer.use_dora.get(ADAPTER, False):
+            raise ValueError(f"{name}: DoRA layers are not supported here.")
+        out[name] = layer.get_delta_weight(ADAPTER).detach().cpu()
     return out
 
 
-def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], scalings: Mapping[str, float]) -> dict:
+def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor]) -> dict:
     """Plain keys and merged weights from a state dict with PEFT's LoRA keys.
 
-    For each LoRA layer `p` (a key of `scalings`, in the state dict's naming): `p.weight = p.base_layer.weight +
-    scaling · p.lora_B.default.weight @ p.lora_A.default.weight` (computed in float32, stored in the base weight's
-    dtype, the order of operations of PEFT's merge), `p.base_layer.bias` becomes `p.bias`, the adapters are dropped.
+    For each LoRA layer `p` (a key of `deltas`, in the state dict's naming): `p.weight = p.base_layer.weight + ΔW`
+    (added in float32, stored in the base weight's dtype), `p.base_layer.bias` becomes `p.bias`, the adapters are
+    dropped; every other key is kept.
 
     Args:
         state_dict (`Mapping[str, torch.Tensor]`): tensors keyed as in the adapted model.
-        scalings (`Mapping[str, float]`): LoRA layer name -> scaling, named as in `state_dict`.
+        deltas (`Mapping[str, torch.Tensor]`): LoRA layer name -> ΔW (`lora_deltas`), named as in `state_dict`.
 
     Returns:
         `dict[str, torch.Tensor]`: the state dict of the un-adapted model.
     """
     out = dict(state_dict)
-    for p, s in scalings.items():
-        try:
-            w = out.pop(f"{p}.base_layer.weight")
-            a = out.pop(f"{p}.lora_A.{ADAPTER}.weight")
-            b = out.pop(f"{p}.lora_B.{ADAPTER}.weight")
-        except KeyError as err:
-            raise KeyError(f"LoRA layer {p!r}: {err} is not in the state dict.") from None
-        out[f"{p}.weight"] = (w.float() + (b.float() @ a.float()) * s).to(w.dtype)
+    for p, delta in deltas.items():
+        if f"{p}.base_layer.weight" not in out:
+            raise KeyError(f"LoRA layer {p!r}: {p}.base_layer.weight is not in the state dict.")
+        w = out.pop(f"{p}.base_layer.weight")
+        out[f"{p}.weight"] = (w.float() + delta.to(w.device).float()).to(w.dtype)
         if f"{p}.base_layer.bias" in out:
             out[f"{p}.bias"] = out.pop(f"{p}.base_layer.bias")
+        for k in [k for k in out if k.startswith(f"{p}.lora_")]:
+            del out[k]
     left = [k for k in out if ".lora_" in k or ".base_layer." in k]
     if left:
-        raise ValueError(f"LoRA keys without a scaling in merge_lora_state_dict: {left[:3]}.")
+        raise ValueError(f"LoRA keys without a delta in merge_lora_state_dict: {left[:3]}.")
     return out

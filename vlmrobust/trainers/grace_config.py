@@ -24,8 +24,9 @@ class GRACEConfig(RobustTrainingArguments):
             LVLM LoRA.
         lora_dropout (`float`, *optional*, defaults to 0.0): [recon] LoRA dropout.
         lora_target_modules (`list[str]`, *optional*): [recon] the tower's modules to adapt; defaults to every linear
-            layer of the transformer blocks (transformers CLIP: q/k/v/out_proj, fc1, fc2; open_clip: the MLP's c_fc,
-            c_proj, as its `nn.MultiheadAttention` bypasses sub-module forwards).
+            layer of the transformer blocks for transformers CLIP (q/k/v/out_proj, fc1, fc2); for open_clip, whose
+            `nn.MultiheadAttention` bypasses sub-module forwards, the MLP's c_fc, c_proj and the patch embedding conv1.
+            LAR-AWP perturbs the linear ones.
         merge_lora_at_end (`bool`, *optional*, defaults to `True`): merge the adapters into the tower when training
             ends (PEFT's `merge_and_unload`), so the model in memory and the saved checkpoint are a plain CLIP.
         awp_rho (`float`, *optional*, defaults to 0.05): ρ, the Frobenius radius of the weight perturbation.

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..attacks import ce_loss
 from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, LAR_AWP_STATE_NAME, OPEN_CLIP_WEIGHTS_NAME
-from ..models.lora import add_vision_lora, lora_layers, lora_scalings, merge_lora_state_dict
+from ..models.lora import add_vision_lora, lora_deltas, lora_layers, merge_lora_state_dict
 from ..optim import LowRankWeightPerturbation, gram_volume
 from ..utils.io import atomic_write_json
 from .base_trainer import RobustTrainer, require_vlm
@@ -65,11 +66,9 @@ class GRACETrainer(RobustTrainer):
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._lora_merged = False
         super().__init__(model, args, **kwargs)
-        native = getattr(self.vlm, "model", self.vlm)
-        self._native_scalings = lora_scalings(native)
         a = args
-        self.awp = LowRankWeightPerturbation(
-            lora_layers(self.model), rho=a.awp_rho, max_rank=a.awp_max_rank, middle_rank=a.awp_middle_rank,
+        self.awp = LowRankWeightPerturbation(  # the linear LoRA layers (not open_clip's patch-embedding conv)
+            lora_layers(self.model, (nn.Linear,)), rho=a.awp_rho, max_rank=a.awp_max_rank, middle_rank=a.awp_middle_rank,
             top_fraction=a.curvature_top_fraction, bottom_fraction=a.curvature_bottom_fraction,
             beta=a.curvature_beta, interval=a.curvature_interval, radius=a.awp_radius)
 
@@ -213,7 +212,8 @@ class GRACETrainer(RobustTrainer):
         if self._lora_merged:
             return full, extra
         adapters = {k: v.detach().cpu() for k, v in state_dict.items() if ".lora_" in k}
-        return merge_lora_state_dict(full, self._native_scalings), {**extra, **adapters}
+        deltas = lora_deltas(getattr(self.vlm, "model", self.vlm))  # named as the native state dict
+        return merge_lora_state_dict(full, deltas), {**extra, **adapters}
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         from safetensors.torch import load_file
