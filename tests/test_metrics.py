@@ -17,6 +17,7 @@ from vlmrobust.metrics import (
     process_digit_article,
     process_punctuation,
     vqa_accuracy,
+    wilson_interval,
 )
 
 
@@ -165,3 +166,35 @@ def test_kendall_tau_by_hand():
     assert kendall_tau(a, torch.tensor([1.0, 3.0, 2.0, 4.0]))[0] == pytest.approx(4 / 6)
     assert all(math.isnan(v) for v in kendall_tau(a[:1], a[:1]))
     assert kendall_tau(a[:2], a[:2])[0] == pytest.approx(1.0)  # two points are enough
+
+
+# -- Wilson score interval -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("successes,n,confidence,low,high", [
+    # z = 1.959964, z²/n = 0.0192073: centre 0.5, half-width 1.923029 · √(0.00125 + 0.0000240) = 0.068639
+    (100, 200, 0.95, 0.431361, 0.568639),
+    # p̂ = 0.725: centre 0.734604 / 1.019207 = 0.720760, half-width 1.923029 · √(0.000996875 + 0.0000240) = 0.061443
+    (145, 200, 0.95, 0.659317, 0.782203),
+    # 0 of 10: centre = half-width = 0.1920729 / 1.3841459 = 0.1387664, so [0, 0.277533] (Wald would give [0, 0])
+    (0, 10, 0.95, 0.0, 0.277533),
+    # 99%: z = 2.575829, half-width 2.493121 · √(0.00125 + 0.0000415) = 0.089595
+    (100, 200, 0.99, 0.410405, 0.589595),
+])
+def test_wilson_interval_by_hand(successes, n, confidence, low, high):
+    got = wilson_interval(successes, n, confidence)
+    assert got == pytest.approx((low, high), abs=2e-6)
+
+
+def test_wilson_interval_edges_and_symmetry():
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+    lo, hi = wilson_interval(30, 200)
+    assert (1 - hi, 1 - lo) == pytest.approx(wilson_interval(170, 200))
+    assert lo < 30 / 200 < hi
+    # a VQA accuracy (fractional per-question scores) enters as its sum of scores
+    assert wilson_interval(0.725 * 200, 200) == pytest.approx(wilson_interval(145, 200))
+    # more questions, narrower interval
+    assert wilson_interval(1450, 2000)[1] - wilson_interval(1450, 2000)[0] < hi - lo
+    for bad in [(5, 0), (-1, 10), (11, 10)]:
+        with pytest.raises(ValueError):
+            wilson_interval(*bad)
+    with pytest.raises(ValueError, match="confidence"):
+        wilson_interval(5, 10, confidence=95)

@@ -217,6 +217,7 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     from .models import create_model
     from .script_utils import RecipeParser
     from .trainers import resolve_method
+    from .utils.determinism import enable_determinism
     from .utils.distributed import outside_zero3_init
 
     method = resolve_method(method)
@@ -230,6 +231,8 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     with outside_zero3_init():
         model = create_model(script.model_name_or_path, **kw, **tiny_fixture_kwargs(script))
     method.check_backend(model)
+    if args.full_determinism:  # same numbers for any thread count (utils/determinism.py)
+        enable_determinism(model)
     train_ds = load_train_dataset(script, model, seed=args.seed)
     evaluate = SuiteEvaluator(vqa_recipe_suite(script, args.seed), args.output_dir, device=model.device,
                               progress=not args.disable_tqdm)
@@ -261,6 +264,8 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
         backend = script.model_name_or_path.split(":", 1)[0]
         with outside_zero3_init():
             trained = create_model(f"{backend}:{args.output_dir}", **kw)
+        if args.full_determinism:
+            enable_determinism(trained)
         _eval(trained, "after")
     timings["total_s"] = round(time.time() - t_start, 1)
     results = {}

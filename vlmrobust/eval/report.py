@@ -32,8 +32,8 @@ def summarize_suite(results: dict) -> dict:
     """Derived metrics of a results dict: `{"models": {model: {...}}, "borda": [...] | None}`.
 
     Each task of the suite puts its rows under its `rows_key` in `summary["models"][model]` (classification rows
-    under `"datasets"`, with the per-model `"average"` and its analyses' entries such as `"corruptions"` and
-    `"margin"` in each row; VQA rows under `"vqa"`, captioning rows under `"caption"`). Only the cells of the suite's
+    under `datasets`, with the per-model `average` and, in each row, its analyses' entries such as `corruptions` and
+    `margin`; VQA and captioning rows under their task's name). Only the cells of the suite's
     current grid are summarised (`current_cells`): cells an earlier, different suite left in the same results file are
     kept there for reuse but never reported. With several models, the Borda ranking compares them per dataset on
     every column (`EvalTask.columns`) all of them have.
