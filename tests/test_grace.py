@@ -8,7 +8,8 @@ Planted bugs, checked once by hand (each makes the named test fail):
 * Gram term dropped from the loss: the SAM reference (λ_GV = 1 there).
 * ascent from the last micro-batch only (probe gradients zeroed every micro-batch): gradient accumulation.
 * the probe scaling the gradient it passes on: the λ = 0 / ρ = 0 reductions.
-* bottom fraction floored instead of rounded: rank allocation (24 layers).
+* bottom fraction floored instead of rounded: rank allocation (24 layers); ranks sorted by layer order instead of
+  curvature: rank allocation; ranks never re-allocated after the first step: re-allocation every K steps.
 * `sqrt(|det| + eps)` without `− sqrt(eps)`: zero volume for identical embeddings.
 * (tests/test_scale.py, DDP) probe gradients not averaged over the processes: 2 processes miss the 1-process weights
   by 3.5e-3 (~1300 × atol).
@@ -133,6 +134,26 @@ def test_probe_records_weight_gradients_and_the_perturbation_has_radius_rho(radi
         awp.clear()
         with awp.perturbed():
             torch.testing.assert_close(net(x), torch.func.functional_call(net, {}, (x,), strict=False))
+
+
+def test_ranks_are_reallocated_every_k_steps_from_the_curvature_ema():
+    from vlmrobust.optim import LowRankWeightPerturbation
+
+    layers = {n: torch.nn.Linear(4, 4) for n in "abcde"}
+    awp = LowRankWeightPerturbation(layers, rho=0.1, max_rank=2, interval=2, beta=0.0)  # β = 0: h = this step's
+
+    def step(t, scale):  # gradient of layer n: scale[n] · I (curvature mean(g²) = scale²/4)
+        awp.zero_grad()
+        for n in layers:
+            awp.grads.setdefault(n, torch.zeros(4, 4)).copy_(scale[n] * torch.eye(4))
+        awp.compute(step=t)
+        return [awp.ranks[n] for n in layers]
+
+    assert step(0, dict(a=5, b=4, c=3, d=2, e=1)) == [2, 1, 1, 1, 0]
+    assert step(1, dict(a=1, b=2, c=3, d=4, e=5)) == [2, 1, 1, 1, 0]  # not a multiple of K: ranks kept
+    assert awp.curvature["e"] == pytest.approx(25 / 4)  # ... while the curvature follows every step
+    assert step(2, dict(a=1, b=2, c=3, d=4, e=5)) == [0, 1, 1, 1, 2]  # step K: re-allocated
+    assert set(awp.factors) == {"b", "c", "d", "e"}
 
 
 # -- the trainer ---------------------------------------------------------------------------------------------------
