@@ -111,3 +111,53 @@ def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], deltas: Mappin
     if left:
         raise ValueError(f"LoRA keys without a delta in merge_lora_state_dict: {left[:3]}.")
     return out
+
+
+#: module-name patterns of an LVLM's image side, for `add_lvlm_lora(vision=...)`: the projector into the language
+#: model (LLaVA's `multi_modal_projector`, Qwen-VL's `visual.merger`), and the tower's transformer blocks
+LVLM_PROJECTOR_PATTERN = r"(multi_modal_projector\.linear_\d+|visual\.merger\.mlp\.[02])"
+LVLM_TOWER_PATTERN = (r"(vision_tower\..*\.layers\.\d+\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
+                      r"|visual\.blocks\.\d+\..*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj))")
+
+
+def lvlm_lora_pattern(lm_targets: Sequence[str], vision: str = "projector") -> str:
+    """The PEFT `target_modules` regex of `add_lvlm_lora`: `lm_targets` inside the language model, plus the
+    projector (`vision="projector"`) or the projector and the vision tower's blocks (`"tower"`)."""
+    if vision not in ("none", "projector", "tower"):
+        raise ValueError(f"vision must be 'none', 'projector' or 'tower', got {vision!r}.")
+    parts = [rf".*language_model\..*\.({'|'.join(lm_targets)})"] if lm_targets else []
+    if vision in ("projector", "tower"):
+        parts.append(rf".*{LVLM_PROJECTOR_PATTERN}")
+    if vision == "tower":
+        parts.append(rf".*{LVLM_TOWER_PATTERN}")
+    if not parts:
+        raise ValueError("add_lvlm_lora: nothing to adapt (no language-model targets and vision='none').")
+    return "^(" + "|".join(parts) + ")$"
+
+
+def add_lvlm_lora(model, r: int, alpha: float | None = None, dropout: float = 0.0,
+                  lm_targets: Sequence[str] = ("q_proj", "v_proj"), vision: str = "projector"):
+    """Add LoRA adapters to an LVLM's transformers model (`model.model`, a vlmrobust `llava` / `qwen_vl`), in place.
+
+    Args:
+        model (`LVLM`): the vlmrobust LLaVA / Qwen-VL (not already wrapped by PEFT).
+        r, alpha, dropout: as in `add_vision_lora`.
+        lm_targets (`Sequence[str]`, *optional*, defaults to `("q_proj", "v_proj")`): linear layers of the language
+            model to adapt.
+        vision (`str`, *optional*, defaults to `"projector"`): the image side adapted too: `"none"`, `"projector"`
+            (the projector into the language model) or `"tower"` (the projector and the vision tower's blocks).
+
+    Returns:
+        `peft.tuners.lora.LoraModel`: the tuner around the transformers model; its `merge_and_unload()` merges in
+        place.
+    """
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraModel
+
+    if r < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {r}.")
+    if hasattr(model.model, "peft_config"):
+        raise ValueError("The LVLM already carries PEFT adapters: load it without lora_r.")
+    cfg = LoraConfig(r=int(r), lora_alpha=float(alpha if alpha is not None else 2 * r), lora_dropout=float(dropout),
+                     target_modules=lvlm_lora_pattern(lm_targets, vision), bias="none")
+    return LoraModel(model.model, cfg, ADAPTER)

@@ -55,15 +55,13 @@ class GRACETrainer(RobustTrainer):
 
     supported_zero_stages = (0, 2)
 
-    def __init__(self, model, args: GRACEConfig, classnames: Sequence[str], **kwargs):
+    def __init__(self, model, args: GRACEConfig, classnames: Sequence[str] | None = None, **kwargs):
         require_vlm(model, type(self).__name__)
-        if not classnames:
-            raise ValueError("GRACETrainer needs the training classnames (label order) to build text embeddings.")
         if args.activation_checkpointing or args.gradient_checkpointing:
-            raise ValueError("GRACETrainer does not support activation checkpointing: the weight-perturbation branch is "
-                             "on in one forward pass and off in another of the same backward.")
-        self.class_embeddings = model.class_embeddings(list(classnames), list(args.prompt_templates)).detach()
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+            raise ValueError(f"{type(self).__name__} does not support activation checkpointing: the weight-"
+                             "perturbation branch is on in one forward pass and off in another of the same backward.")
+        self.init_task(model, args, classnames)
+        self._pending: list[tuple] = []
         self._lora_merged = False
         super().__init__(model, args, **kwargs)
         a = args
@@ -71,6 +69,12 @@ class GRACETrainer(RobustTrainer):
             lora_layers(self.model, (nn.Linear,)), rho=a.awp_rho, max_rank=a.awp_max_rank, middle_rank=a.awp_middle_rank,
             top_fraction=a.curvature_top_fraction, bottom_fraction=a.curvature_bottom_fraction,
             beta=a.curvature_beta, interval=a.curvature_interval, radius=a.awp_radius)
+
+    def init_task(self, model, args: GRACEConfig, classnames: Sequence[str] | None) -> None:
+        """Task state built before the Trainer: the frozen class embeddings of the zero-shot head."""
+        if not classnames:
+            raise ValueError("GRACETrainer needs the training classnames (label order) to build text embeddings.")
+        self.class_embeddings = model.class_embeddings(list(classnames), list(args.prompt_templates)).detach()
 
     def trainable_module(self, model, args: GRACEConfig):
         """The image encoder, its tower adapted with LoRA (only the adapters train)."""
@@ -89,6 +93,18 @@ class GRACETrainer(RobustTrainer):
         enc = self.unwrapped(model)
         return self.adversarial_examples(lambda z: self.logits(enc, z), x, y, ce_loss, module=enc)
 
+    def targets(self, inputs: dict):
+        """What the loss compares against besides the images: the labels."""
+        return inputs["labels"]
+
+    def adversarial_loss(self, model, x_adv: torch.Tensor, y) -> torch.Tensor:
+        """The first pass's loss at θ (the zero-shot CE on the adversarial images); logs it."""
+        logits = self.logits(model, x_adv)
+        ce = F.cross_entropy(logits, y)
+        self.log_metric("adv_loss", ce.detach())
+        self.log_metric("adv_accuracy", (logits.argmax(-1) == y).float().mean())
+        return ce
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The first pass's loss: CE of the zero-shot logits at θ on the training attack's examples."""
         x, y = inputs["pixel_values"], inputs["labels"]
@@ -97,7 +113,7 @@ class GRACETrainer(RobustTrainer):
         loss = F.cross_entropy(logits, y)
         return (loss, {"logits": logits, "adversarial_images": x_adv}) if return_outputs else loss
 
-    def perturbed_loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def perturbed_loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, y) -> torch.Tensor:
         """The second pass's loss `λ_LAR·CE_{θ+Δ}(x_adv) + λ_GV·L_GV` (Δ as currently set)."""
         a = self.args
         loss = torch.zeros((), device=x.device)
@@ -141,7 +157,7 @@ class GRACETrainer(RobustTrainer):
         self._attack_call = 0
         model.train()
         inputs = self._prepare_inputs(inputs)
-        x, y = inputs["pixel_values"], inputs["labels"]
+        x, y = inputs["pixel_values"], self.targets(inputs)
         ga = self.current_gradient_accumulation_steps
         sync = self.accelerator.sync_gradients
         second_pass = self.args.lambda_lar > 0 or self.args.lambda_gv > 0
@@ -151,11 +167,8 @@ class GRACETrainer(RobustTrainer):
         last = sync and not second_pass
         with self._sync_context(model, last), self.awp.probing():
             with self.compute_loss_context_manager():
-                logits = self.logits(model, x_adv)
-                ce = F.cross_entropy(logits, y)
+                ce = self.adversarial_loss(model, x_adv, y)
             self._backward(ce / ga, last)
-        self.log_metric("adv_loss", ce)
-        self.log_metric("adv_accuracy", (logits.argmax(-1) == y).float().mean())
         total = ce.detach() / ga
         self._pending.append((x, x_adv, y))
         if not sync:
