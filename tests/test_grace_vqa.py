@@ -2,11 +2,12 @@
 volume reads, the λ = 0 reduction to a plain adversarial LoRA step, the merged checkpoint through plain
 transformers, and the recipe end to end.
 
-Planted bugs, checked once by hand (each makes the named test fail):
-* Gram volume on the tower's pooled output instead of the projector's tokens: pooled projected features.
-* the perturbed pass run outside `awp.perturbed()`: a few steps (lar_loss equals the first pass's loss... and
-  awp ranks unused) -> caught by `test_a_few_grace_steps` through the LAR-vs-clean loss check.
-* merged checkpoint saved without the LoRA deltas: merged checkpoint reloads.
+Planted bugs, checked once by hand on the tiny LLaVA (each makes the named test fail):
+* the Gram features taken from the first image token instead of the mean over image tokens: pooled projected
+  features.
+* the second pass run outside `awp.perturbed()` (at θ instead of θ + Δ): a few GRACE steps (LAR loss = CE).
+* merged checkpoint written without the LoRA deltas: merged checkpoint reloads with plain transformers.
+(The shared step machinery, SAM reference, accumulation exactness and perturbation removal: tests/test_grace.py.)
 """
 
 import copy
