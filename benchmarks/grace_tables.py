@@ -95,8 +95,13 @@ def clip_table(root: Path) -> str:
         t = tradeoff(data, row, corr["mean_accuracy"], dataset)
         eps_all = eps_all or sorted(t["adversarial"])
         rows.append((label, t))
-        run = data["run"]
-        notes.add(f"seed {run['config'].get('seed')}")
+        run, entry = data["run"], data["suite"]["datasets"][0]
+        atk, corr_cfg = entry["attacks"][0], entry.get("analyses", {}).get("corruptions", {})
+        notes.add(f"seed {run['config'].get('seed')}, {atk['label']} {atk['steps']} iterations on {entry['n_samples']} "
+                  f"held-out digits, {len(corr_cfg.get('types', []))} corruptions x severities "
+                  f"{'/'.join(map(str, corr_cfg.get('severities', [])))} on {corr_cfg.get('n_samples')}")
+        if row == "after":
+            notes.add(f"{name}: {run['config'].get('max_steps')} steps, {run.get('timings', {}).get('total_s')} s")
     if not rows:
         return "\n".join(lines)
     head = (["model", "clean (ID)"] + [f"robust {format_eps(e)}" for e in eps_all] + ["corruptions (OOD)"]
@@ -106,7 +111,7 @@ def clip_table(root: Path) -> str:
         cells = ([t["id"]] + [t["adversarial"].get(e) for e in eps_all] + [t["ood"]]
                  + [t["harmonic_mean"].get(e) for e in eps_all])
         out.append(f"| {label} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
-    return "\n".join(lines + out) + f"\n\n({', '.join(sorted(notes))}; HM = harmonic mean of ID, OOD, robust at ε)"
+    return "\n".join(lines + out) + f"\n\n({'; '.join(sorted(notes))}; HM = harmonic mean of ID, OOD, robust at ε)"
 
 
 def lvlm_table(root: Path) -> str:
@@ -117,11 +122,13 @@ def lvlm_table(root: Path) -> str:
             lines.append(f"<!-- missing: {row} in {OUT}/{name}/results.json -->")
             continue
         dataset = data["suite"]["datasets"][0]["name"]
-        summary = data["summary"]["models"][row]["datasets"][dataset]
-        clean, robust = summary["clean"], {float(k): v for k, v in summary["robust"].items()}
+        summary = data["summary"]["models"][row]["vqa"][dataset]  # {"clean", "robust": {attack: {ε: acc}}}
+        attack, by_eps = next(iter(summary["robust"].items()))
+        clean, robust = summary["clean"], {float(k): v for k, v in by_eps.items()}
         eps_all = eps_all or sorted(robust)
         rows.append((label, clean, robust))
-        notes.add(f"seed {data['run']['config'].get('seed')}, n = {summary.get('n', '?')}")
+        entry = data["suite"]["datasets"][0]
+        notes.add(f"seed {data['run']['config'].get('seed')}, {attack}, {entry['n_samples']} held-out questions")
     if not rows:
         return "\n".join(lines)
     head = (["model", "clean"] + [f"robust {format_eps(e)}" for e in eps_all]
