@@ -52,6 +52,8 @@ from vlmrobust.trainers import (  # noqa: E402
     DiGraPTrainer,
     FAREConfig,
     FARETrainer,
+    GRACEConfig,
+    GRACETrainer,
     RAdaptConfig,
     RAdaptTrainer,
     TeCoAConfig,
@@ -70,6 +72,9 @@ JOBS = {
     "radapt": ("open_clip", RAdaptConfig, RAdaptTrainer, {"alpha": 0.5, "d0": 10.0, "d0_reference_size": 32}, False),
     # DiGraP's own method (CE on the zero-shot head) with LoRA adapters on the tower (θ₀ = 0 for them)
     "digrap_lora": ("open_clip", DiGraPConfig, DiGraPTrainer, {"lora_r": 2, "digrap_omega_init": 0.5}, True),
+    # GRACE: DDP and ZeRO-2 only (ZeRO-3 is refused); curvature_interval 1 re-allocates the ranks every step
+    "grace": ("open_clip", GRACEConfig, GRACETrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
+                                                       "curvature_interval": 1}, True),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }
@@ -98,7 +103,7 @@ def weight_space_summary(trainer):
 
 
 # SGD learning rates: large enough that 2 steps move every weight far beyond the comparison tolerance
-LR = {"fare_llava": 0.05}
+LR = {"fare_llava": 0.05, "grace": 0.05}
 
 
 class Recorder:

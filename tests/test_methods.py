@@ -98,7 +98,8 @@ def test_duplicate_or_inconsistent_registration_fails_loudly(methods):
 
 def test_shipped_methods_carry_their_metadata():
     expect = {"fare": (False, False, "2402.12336"), "tecoa": (True, False, "2212.07016"),
-              "adversarial": (True, True, "2508.14079"), "radapt": (False, False, "2603.12799")}
+              "adversarial": (True, True, "2508.14079"), "radapt": (False, False, "2603.12799"),
+              "grace": (True, False, "2603.27139")}
     # a method whose head trains only with some options decides per run (digrap: `train_head`)
     assert callable(METHODS.get("digrap").trains_classifier) and METHODS.get("digrap").paper == "2502.15895"
     for name, (classnames, classifier, paper) in expect.items():

@@ -102,6 +102,22 @@ def test_other_recipes_run_on_quickstart_data(digits_clip, tmp_path, recipe, ext
     assert (tmp_path / "results.json").is_file()
 
 
+def test_grace_recipe_merges_lora_and_reports_the_tradeoff(digits_clip, tmp_path):
+    """GRACE through its recipe: a plain open_clip checkpoint, and the ID / OOD (corruptions) / adversarial table with
+    the harmonic mean in report.md."""
+    import grace_clip
+
+    argv = _short(digits_clip, tmp_path, "--max_steps", "3", "--eval_before", "false", "--lora_r", "4",
+                  "--eval_corruptions", "all", "--eval_corruption_severities", "1", "--eval_corruption_samples", "8")
+    argv[1] = str(ROOT / "recipes/configs/quickstart_grace.yaml")
+    res = grace_clip.main(argv)
+    assert 0 <= res["after"]["clean_accuracy"] <= 1
+    sd = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")[0].state_dict()
+    assert not any("lora_" in k or "base_layer" in k for k in sd)
+    report = (tmp_path / "report.md").read_text()
+    assert "OOD (corruptions)" in report and "harmonic mean 8/255" in report
+
+
 def test_parser_yaml_defaults_flag_overrides_and_fractions(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epsilon: 8/255\nmax_steps: 7\noutput_dir: o\nloss: trades\neval_epsilons: [2/255, 0.5]\n")

@@ -54,6 +54,7 @@ ROOT = HERE.parent
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
 RUNNER = HERE / "dist_train_run.py"
 ALL = ["fare", "tecoa", "at", "trades", "radapt", "fare_llava", "fare_qwen_vl"]
+GRACE = ["grace", "grace@ga2"]  # DDP and ZeRO-2 (GRACE refuses ZeRO-3): its LAR-AWP ascent uses the full gradient
 WS = ["fare@ws", "at@ws"]  # weight-space hooks on FARE's encoder and on AT's encoder + head
 # the shipped weight-space methods (3 steps each): DiGraP's projection and learned ω, FTP's learned radius, SPD
 WS_METHODS = ["fare@digrap", "at@digrap", "fare@ftp", "fare@spd", "digrap_lora@digrap"]  # + the digrap method, LoRA
@@ -207,11 +208,12 @@ def test_methods_refuse_unsupported_zero_stages(tiny_open_clip_dir, image_datase
     args.deepspeed = str(ROOT / "recipes/ds_configs/zero3.json")  # what the check reads; nothing is initialised
     with pytest.raises(ValueError, match="Stage2Only does not support DeepSpeed ZeRO-3; supported: .*ZeRO-2"):
         Stage2Only(model, args, train_dataset=image_dataset)
-    # every shipped method supports every stage (tested below with 2 processes)
+    # every shipped method supports every stage (tested below with 2 processes), except GRACE: DDP and ZeRO-2
     from vlmrobust.trainers import METHODS
 
     for name in METHODS.names():
-        assert 3 in METHODS.get(name).trainer_class.supported_zero_stages, name
+        stages = METHODS.get(name).trainer_class.supported_zero_stages
+        assert stages == (0, 2) if name == "grace" else 3 in stages, name
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
@@ -294,9 +296,9 @@ def reference(tmp_path_factory, env):
     """Every job on 1 process, global batch 4, with the untrained weights saved too (launched with single_gpu.yaml,
     which on a machine without GPUs runs on the CPU; fp32, as the runs it is compared with)."""
     out = tmp_path_factory.mktemp("ref_1proc")
-    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS], env, config="single_gpu.yaml",
+    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS, "grace"], env, config="single_gpu.yaml",
              launch_args=("--mixed_precision", "no"), extra=["--save_init"])
-    for job in ALL:
+    for job in [*ALL, "grace"]:
         assert info(out / job)["world_size"] == 1
         assert_trained(out / job)
     for job in WS:
@@ -333,14 +335,14 @@ def _check_ga(run, ref, job):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(reference, env, tmp_path):
-    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"], env,
+    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2", *GRACE], env,
              config="cpu_multi.yaml")
-    for job in ALL:
+    for job in [*ALL, "grace"]:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, 0), job
         assert_same_training(reference / job, tmp_path / job)
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     _check_ws_methods(tmp_path, reference)
-    for job in ("fare", "at"):
+    for job in ("fare", "at", "grace"):
         _check_ga(tmp_path, reference, job)
 
 
@@ -366,7 +368,8 @@ def _plain_loaders_read(ckpt_dir, saved_file):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,config", [(2, "cpu_deepspeed_zero2.yaml"), (3, "cpu_deepspeed_zero3.yaml")])
 def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, tmp_path):
-    jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"]
+    jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"] + (
+        GRACE if stage == 2 else [])
     if stage == 3:
         jobs.append("fare_llava@ckpt")  # activation checkpointing of an LVLM tower under ZeRO-3
     # the last job (with the weight-space hooks, so their state must come back too) is killed (every rank, os._exit)
@@ -377,8 +380,11 @@ def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, 
     for job in ALL:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, stage), job
         assert_same_training(reference / job, tmp_path / job)
-    for job in ("fare", "at"):
+    for job in ("fare", "at", *(["grace"] if stage == 2 else [])):
         _check_ga(tmp_path, reference, job)
+    if stage == 2:
+        assert info(tmp_path / "grace")["zero_stage"] == 2
+        assert_same_training(reference / "grace", tmp_path / "grace")
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     _check_ws_methods(tmp_path, reference)
     if stage == 3:

@@ -36,6 +36,8 @@ VLMROBUST_CONFIG_NAME = "vlmrobust_config.json"
 EXTRA_WEIGHTS_NAME = "vlmrobust_extra.safetensors"
 #: in each training checkpoint folder: the weight-space hooks' state and θ₀'s fingerprint (`vlmrobust.optim`)
 WEIGHT_SPACE_STATE_NAME = "vlmrobust_weight_space.pt"
+#: in each GRACE training checkpoint folder: the LAR-AWP curvature EMA and ranks (`vlmrobust.optim.lar_awp`)
+LAR_AWP_STATE_NAME = "vlmrobust_lar_awp.json"
 
 #: layout -> the files that make it complete (a glob where the name varies, e.g. sharded transformers weights)
 REQUIRED_FILES = {

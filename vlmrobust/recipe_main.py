@@ -107,9 +107,25 @@ def run_clip_recipe(method, argv=None) -> dict:
                       f"{args.attack}-{args.attack_steps}", "dataset": script.dataset_name,
                       "steps": trainer.state.global_step, "learning rate": args.learning_rate})
         print("\n" + title + "\n" + accuracy_table(results, fmt="text"))
+        if script.eval_corruptions != "none":
+            _print_tradeoffs(evaluate.results)
         print(f"\nWrote {args.output_dir}/results.json (every cell, the suite and the run's rows), report.md and its "
               f"plots, suite.yaml, README.md (model card) and the checkpoint ({json.dumps(timings)})")
     if hub is not None and state.is_main_process:
         hub.push(args.output_dir)
     state.wait_for_everyone()
     return {k: v.to_dict() for k, v in results.items()}
+
+
+def _print_tradeoffs(results: dict) -> None:
+    """Print each row's ID / OOD (corruptions) / adversarial accuracy and their harmonic mean (also in report.md)."""
+    from .eval.tasks.corruptions import tradeoff
+
+    name = results["suite"]["datasets"][0]["name"]
+    for row in results["run"]["rows"]:
+        corr = (results["summary"]["models"][row]["datasets"].get(name) or {}).get("corruptions")
+        if corr:
+            t = tradeoff(results, row, corr["mean_accuracy"], name)
+            adv = ", ".join(f"{e * 255:.3g}/255 {100 * a:.1f} (HM {100 * t['harmonic_mean'][e]:.1f})"
+                            for e, a in t["adversarial"].items())
+            print(f"{row}: ID {100 * t['id']:.1f}, OOD (corruptions) {100 * t['ood']:.1f}, adversarial {adv}")

@@ -102,6 +102,13 @@ class ScriptArguments:
     eval_attack_steps: int = field(default=100, metadata={"help": "Iterations of each evaluation attack."})
     eval_target_classes: int = field(default=9, metadata={"help": "APGD-T target classes (capped at classes - 1)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size."})
+    eval_corruptions: str = field(default="none", metadata={
+        "help": "Common corruptions of the eval images as the OOD axis: 'none', 'common' (15), 'all' (19); the "
+                "report then adds the ID / OOD / adversarial trade-off and its harmonic mean."})
+    eval_corruption_severities: list[int] = field(default_factory=lambda: [1, 3, 5],
+                                                  metadata={"help": "Corruption severities (1..5)."})
+    eval_corruption_samples: int | None = field(default=100, metadata={
+        "help": "Eval images corrupted per (type, severity) (a seeded subset)."})
 
     def __post_init__(self):
         from .data.sources import resolve_source
@@ -153,7 +160,10 @@ def recipe_suite(script: ScriptArguments, seed: int = 0) -> dict:
         batch_size=script.eval_batch_size, epsilons=script.eval_epsilons, steps=script.eval_attack_steps,
         attacks=attacks, n_target_classes=script.eval_target_classes,
         classnames=resolve_classnames(script.classnames) if script.classnames else None,
-        templates=script.templates or None, name=f"recipe-{script.dataset_name.replace('|', '_')}")
+        templates=script.templates or None, name=f"recipe-{script.dataset_name.replace('|', '_')}",
+        corruptions=None if script.eval_corruptions == "none" else {
+            "types": script.eval_corruptions, "severities": list(script.eval_corruption_severities),
+            "n_samples": script.eval_corruption_samples, "seed": seed, "reference": "none"})
 
 
 def recipe_evaluator(script: ScriptArguments, output_dir: str | Path, *, seed: int = 0, bf16: bool = False,

@@ -1,4 +1,4 @@
-"""The body of the LVLM recipes (`recipes/fare_llava.py`, `recipes/fare_qwen_vl.py`).
+"""The body of the LVLM recipes (`recipes/fare_llava.py`, `recipes/fare_qwen_vl.py`, `recipes/grace_vqa.py`).
 
 Offline quickstart flow: build the tiny random LVLM, teach it shapes-VQA (supervised fine-tuning of the whole model,
 `sft_steps`; skipped for a real checkpoint by setting it to 0), evaluate VQA accuracy clean and under APGD, run FARE
@@ -93,6 +93,16 @@ class PixelsOnly(Dataset):
         item = self.dataset[i]
         px = item["pixel_values"] if "pixel_values" in item else self.transform(item["image"])
         return {"pixel_values": px}
+
+
+class VQAPixels(PixelsOnly):
+    """VQA items as `{"pixel_values", "question", "answers" / "answer"}`, for trainers on the answer loss (GRACE)."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        out = super().__getitem__(i)
+        out.update({k: item[k] for k in ("question", "answers", "answer") if k in item})
+        return out
 
 
 # -- the recipe -------------------------------------------------------------------------------------------------------
@@ -211,10 +221,12 @@ def vqa_recipe_suite(script: LVLMScriptArguments, seed: int = 0) -> dict:
 
 
 def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
-    """Parse `(LVLMScriptArguments, <method's config>)`, then [SFT] → eval → FARE on the tower → save → reload → eval;
+    """Parse `(LVLMScriptArguments, <method's config>)`, then [SFT] → eval → train → save → reload → eval;
     returns the results dict (`vlmrobust.results/v2`, with the `run` section) on the main process.
 
     `method` is a registered method's name or config class (default FARE) whose `backends` include the LVLM's.
+    Tower methods (FARE) train on the images alone; a trainer with `trains_on_answers` (GRACE's LVLM trainer) gets
+    the VQA items (images, questions, answers).
     """
     from accelerate import PartialState
     from transformers import set_seed
@@ -264,7 +276,8 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
 
     if script.eval_before and state.is_main_process:
         _eval(model, "before")
-    pixels = PixelsOnly(train_ds, model.preprocess)
+    on_answers = getattr(method.trainer_class, "trains_on_answers", False)  # GRACE: LoRA on the answer loss
+    pixels = (VQAPixels if on_answers else PixelsOnly)(train_ds, model.preprocess)
     trainer = method.trainer_class(model, args, train_dataset=pixels, **method.trainer_kwargs(pixels))
     t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=resume)
@@ -281,7 +294,8 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
     timings["total_s"] = round(time.time() - t_start, 1)
     results = {}
     if state.is_main_process and evaluate.rows:
-        title = f"{args.method.upper()} on the vision tower of {script.model_name_or_path}, {script.dataset_name}"
+        what = "LoRA on the answer loss" if on_answers else "the vision tower"
+        title = f"{args.method.upper()} ({what}) of {script.model_name_or_path}, {script.dataset_name}"
         intro = (f"Trained with ε = {args.epsilon * 255:.3g}/255 ({args.attack_norm}), {trainer.state.global_step} "
                  f"steps, seed {args.seed}" + (f", after {script.sft_steps} steps of VQA fine-tuning of the whole "
                                                "model" if script.sft_steps else "") + ".")
@@ -294,3 +308,6 @@ def run_lvlm_fare_recipe(method="fare", argv=None) -> dict:
         hub.push(args.output_dir)
     state.wait_for_everyone()
     return results
+
+
+run_lvlm_recipe = run_lvlm_fare_recipe

@@ -65,13 +65,16 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
                     batch_size: int = 128, epsilons: Sequence[float], steps: int = 100,
                     attacks: Sequence[str] = WORST_CASE_ATTACKS, norm: str = "Linf",
                     n_target_classes: int = N_TARGET_CLASSES, classnames: list[str] | None = None,
-                    templates: str | list[str] | None = None, name: str = "recipe") -> dict:
+                    templates: str | list[str] | None = None, name: str = "recipe",
+                    corruptions: dict | None = None) -> dict:
     """A one-dataset suite mapping (for `load_suite`) that evaluates `dataset` under `attacks` at `epsilons`.
 
     Args:
         dataset (`str`): anything `load_classification_dataset` takes (`digits`, a Hub id, `imagefolder:<dir>`).
         classnames / templates: the dataset's own when `None`.
         attacks (`Sequence[str]`, *optional*, defaults to `WORST_CASE_ATTACKS`): worst case per point over these.
+        corruptions (`dict`, *optional*): the dataset's `corruptions:` block (common corruptions as the OOD axis;
+            the recipe's report then adds the ID / OOD / adversarial trade-off and its harmonic mean).
     """
     entry: dict[str, Any] = {
         "name": dataset.replace("|", "_"), "source": dataset, "split": split, "n_samples": n_samples, "seed": seed,
@@ -79,6 +82,8 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
         "attacks": [{"attack": list(attacks), "norm": norm, "eps": sorted(float(e) for e in epsilons if e > 0),
                      "steps": steps, "seed": seed,
                      "options": {"apgd-t": {"n_target_classes": n_target_classes}} if "apgd-t" in attacks else {}}]}
+    if corruptions:
+        entry["corruptions"] = dict(corruptions)
     desc = (f"{describe_attacks(attacks)} ({steps} iterations each"
             + (f", {n_target_classes} target classes" if "apgd-t" in attacks else "") + f"), {norm}, seed {seed}")
     return {"name": name, "description": desc, "datasets": [entry]}

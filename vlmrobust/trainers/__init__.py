@@ -17,6 +17,8 @@ from .digrap_config import DiGraPConfig
 from .digrap_trainer import DiGraPTrainer
 from .fare_config import FAREConfig
 from .fare_trainer import FARETrainer, fare_distance
+from .grace_config import GRACEConfig
+from .grace_trainer import GRACETrainer
 from .methods import CLIP_BACKENDS, LVLM_BACKENDS, METHODS, Method, load_config, register_method, resolve_method
 from .radapt_config import RAdaptConfig
 from .radapt_trainer import RAdaptTrainer
@@ -30,7 +32,8 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "CLIP_BACKENDS", "LVLM_BACKENDS", "METHODS", "AdversarialConfig", "AdversarialTrainer", "CosineClassifier",
-    "DiGraPConfig", "DiGraPTrainer", "EpsilonSchedule", "FAREConfig", "FARETrainer", "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
+    "DiGraPConfig", "DiGraPTrainer", "EpsilonSchedule", "FAREConfig", "FARETrainer", "GRACEConfig", "GRACETrainer",
+    "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
     "RobustTrainingArguments", "TeCoAConfig", "TeCoATrainer",
     "fare_distance", "frozen_copy", "image_collator", "load_config", "register_method", "resolve_method",
 ]

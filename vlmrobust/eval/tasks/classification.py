@@ -406,8 +406,12 @@ class ClassificationTask(EvalTask):
         if not have or not dataset["attacks"]:
             return []
         ra = {label: robust_accuracy(results, m, dataset["name"]) for label, m in have.items()}
-        return [protocol_text(ra) + " Expected robustness = mean accuracy over the ε grid including ε = 0.", "",
-                accuracy_table(ra), ""]
+        md = [protocol_text(ra) + " Expected robustness = mean accuracy over the ε grid including ε = 0.", "",
+              accuracy_table(ra), ""]
+        for analysis in analyses_of(self.name):  # e.g. the corruptions' ID / OOD / adversarial trade-off
+            if analysis.name in (dataset.get("analyses") or {}):
+                md += analysis.run_markdown(have, dataset, results, summary)
+        return md
 
 
 def in_attack_grid(cell: dict, dataset: dict) -> bool:

@@ -37,10 +37,10 @@ from ..corruptions import (
 )
 from ..results import unpack_mask
 from ..schema import Ctx, DatasetSpec
-from ..tables import md_table, pct, safe_name
+from ..tables import format_eps, md_table, pct, safe_name
 from ..zero_shot import predict
 from .base import DatasetRun, EvalTask, register_eval_task
-from .classification import classifier
+from .classification import classifier, robust_accuracy
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,25 @@ class CorruptionsAnalysis(EvalTask):
                    "images corrupted at 224 px; elsewhere it is a relative scale.", ""]
         return md
 
+    def run_markdown(self, rows: dict[str, str], dataset: dict, results: dict, summary: dict) -> list[str]:
+        """The ID / OOD / adversarial trade-off of a recipe's rows (GRACE's summary, arXiv 2603.27139): clean
+        accuracy, mean corruption accuracy, robust accuracy per ε and the harmonic mean of the three per ε."""
+        out, eps = [], None
+        for label, model in rows.items():
+            corr = ((summary.get("models", {}).get(model) or {}).get("datasets", {}).get(dataset["name"]) or {})
+            if not corr.get(self.name):
+                continue
+            t = tradeoff(results, model, corr[self.name]["mean_accuracy"], dataset["name"])
+            eps = list(t["adversarial"])
+            out.append([label, pct(t["id"]), pct(t["ood"]), *(pct(t["adversarial"][e]) for e in eps),
+                        *(pct(t["harmonic_mean"][e]) for e in eps)])
+        if not out:
+            return []
+        hdr = ["model", "ID (clean)", "OOD (corruptions)", *(f"adv. {format_eps(e)}" for e in eps),
+               *(f"harmonic mean {format_eps(e)}" for e in eps)]
+        return ["ID / OOD / adversarial trade-off: clean accuracy, mean accuracy over the corruptions, robust "
+                "accuracy (the attacks above), and their harmonic mean per ε.", "", md_table(hdr, out), ""]
+
     def plots(self, summary: dict, results: dict, out: str | os.PathLike) -> dict[str, str]:
         plots = {}
         for entry in results["suite"]["datasets"]:
@@ -185,6 +204,21 @@ class CorruptionsAnalysis(EvalTask):
                 plot_corruptions(summary, d, os.path.join(out, name))
                 plots[f"corruptions: {d}"] = name
         return plots
+
+
+def harmonic_mean(*values: float) -> float:
+    """Harmonic mean of accuracies (0 when one of them is 0)."""
+    return 0.0 if min(values) <= 0 else len(values) / sum(1.0 / v for v in values)
+
+
+def tradeoff(results: dict, model: str, ood: float, dataset: str | None = None) -> dict:
+    """`{"id", "ood", "adversarial": {ε: acc}, "harmonic_mean": {ε: HM(id, ood, adv)}}` of one model: clean accuracy
+    and robust accuracy per ε of the dataset's first attack (from its cells), and `ood` (e.g. the mean corruption
+    accuracy)."""
+    ra = robust_accuracy(results, model, dataset)
+    adv = {float(e): float(a) for e, a in sorted(ra.robust_accuracy.items())}
+    return {"id": ra.clean_accuracy, "ood": ood, "adversarial": adv,
+            "harmonic_mean": {e: harmonic_mean(ra.clean_accuracy, ood, a) for e, a in adv.items()}}
 
 
 def _reference_errors(path: str, dataset: str) -> dict[str, list[float]] | None:
@@ -239,4 +273,4 @@ def plot_corruptions(summary: dict, dataset: str, path: str | os.PathLike) -> Pa
 
 register_eval_task(CorruptionsAnalysis())
 
-__all__ = ["CorruptionSpec", "CorruptionsAnalysis", "plot_corruptions"]
+__all__ = ["CorruptionSpec", "CorruptionsAnalysis", "harmonic_mean", "plot_corruptions", "tradeoff"]
