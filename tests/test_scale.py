@@ -208,12 +208,13 @@ def test_methods_refuse_unsupported_zero_stages(tiny_open_clip_dir, image_datase
     args.deepspeed = str(ROOT / "recipes/ds_configs/zero3.json")  # what the check reads; nothing is initialised
     with pytest.raises(ValueError, match="Stage2Only does not support DeepSpeed ZeRO-3; supported: .*ZeRO-2"):
         Stage2Only(model, args, train_dataset=image_dataset)
-    # every shipped method supports every stage (tested below with 2 processes), except GRACE: DDP and ZeRO-2
+    # every shipped method supports every stage (tested below with 2 processes), except GRACE and its LVLM variant
+    # (same two-pass step): DDP and ZeRO-2
     from vlmrobust.trainers import METHODS
 
     for name in METHODS.names():
         stages = METHODS.get(name).trainer_class.supported_zero_stages
-        assert stages == (0, 2) if name == "grace" else 3 in stages, name
+        assert stages == (0, 2) if name in ("grace", "grace_vqa") else 3 in stages, name
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
