@@ -1,6 +1,7 @@
-"""A FARE run on the tiny open_clip CLIP that can be SIGKILLed at a step, for tests/test_faults.py.
+"""A FARE run on the tiny open_clip CLIP (or a tiny LVLM's tower) that can be SIGKILLed at a step, for
+tests/test_faults.py.
 
-    python tests/fault_run.py <tiny_dir> <output_dir> <kill_step> <mode> <resume>
+    python tests/fault_run.py <tiny_dir | llava:tiny | qwen_vl:tiny> <output_dir> <kill_step> <mode> <resume>
 
 mode: `none` (run to the end), `after-save` (SIGKILL right after checkpoint `kill_step` is complete), `during-save`
 (SIGKILL while checkpoint `kill_step` is being written: weights on disk, `trainer_state.json` not yet).
@@ -46,8 +47,8 @@ if mode == "during-save":
 args = FAREConfig(output_dir=out, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3, warmup_steps=0,
                   epsilon=4 / 255, attack_steps=2, attack_step_size=2 / 255, logging_steps=1, save_strategy="steps",
                   save_steps=1, seed=0, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, report_to="none")
-trainer = FARETrainer(create_model(f"local-dir:{tiny}"), args, train_dataset=TensorImageDataset(),
-                      callbacks=[KillAfterSave()])
+model = create_model(tiny if tiny.startswith(("llava:", "qwen_vl:")) else f"local-dir:{tiny}")
+trainer = FARETrainer(model, args, train_dataset=TensorImageDataset(size=model.image_size), callbacks=[KillAfterSave()])
 trainer.train(resume_from_checkpoint=True if resume else None)
 trainer.save_model(out)
 print(f"DONE {trainer.state.global_step}", flush=True)

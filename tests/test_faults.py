@@ -47,7 +47,7 @@ def _assert_same(a: dict, b: dict):
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tiny_open_clip_dir, uninterrupted,
                                                                           tmp_path):
-    step = random.randint(1, 3)
+    step = random.Random(os.environ.get("PYTHONHASHSEED", "0")).randint(1, 3)  # reproducible: same seed, same step
     out = tmp_path / "cut"
     killed = _run(tiny_open_clip_dir, out, step, "after-save")
     assert killed.returncode == -9, (step, killed.stderr[-2000:])
@@ -56,6 +56,29 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tiny_
     resumed = _run(tiny_open_clip_dir, out, resume=True)
     assert resumed.returncode == 0 and "DONE 4" in resumed.stdout, (step, resumed.stderr[-3000:])
     _assert_same(_weights(out), uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lvlm", ["llava:tiny", "qwen_vl:tiny"])
+def test_sigkill_then_resume_equals_the_uninterrupted_run_for_an_lvlm(lvlm, tmp_path):
+    """The same for FARE on a tiny LVLM's tower (transformers layout: the whole LVLM is saved and resumed; LLaVA is
+    saved in transformers' legacy key layout, which the resume must map back)."""
+    full, out = tmp_path / "full", tmp_path / "cut"
+    proc = _run(lvlm, full)
+    assert proc.returncode == 0 and "DONE 4" in proc.stdout, proc.stderr[-3000:]
+    killed = _run(lvlm, out, 2, "after-save")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and not (out / "checkpoint-3").exists()
+    resumed = _run(lvlm, out, resume=True)
+    assert resumed.returncode == 0 and "DONE 4" in resumed.stdout, resumed.stderr[-3000:]
+    _assert_same(load_file(out / "model.safetensors"), load_file(full / "model.safetensors"))
+    assert not torch.equal(load_file(out / "model.safetensors")[_a_tower_weight(out)],
+                           load_file(out / "checkpoint-2" / "model.safetensors")[_a_tower_weight(out)])  # it trained on
+
+
+def _a_tower_weight(folder: Path) -> str:
+    return next(k for k in load_file(folder / "model.safetensors") if ("vision_tower" in k or "visual" in k)
+                and k.endswith("weight"))
 
 
 @pytest.mark.slow

@@ -358,10 +358,27 @@ class RobustTrainer(AttackLoop, Trainer):
                                     f"{HF_WEIGHTS_NAME}): is this a checkpoint folder written by a vlmrobust trainer?")
         check_safetensors(weights[0])
         full = load_file(weights[0], device="cpu")
-        sd = {k: full[n] for k, n in self._native_keys.items() if n in full}
-        missing = [k for k, n in self._native_keys.items() if n not in full]
+        on_disk = {k: _saved_key(n, full) for k, n in self._native_keys.items()}
+        sd = {k: full[n] for k, n in on_disk.items() if n is not None}
+        missing = [k for k, n in on_disk.items() if n is None]
         if (ckpt / EXTRA_WEIGHTS_NAME).is_file():
             sd.update(load_file(ckpt / EXTRA_WEIGHTS_NAME, device="cpu"))
         if missing:
             raise ValueError(f"Checkpoint {ckpt} lacks {len(missing)} trained tensors, e.g. {missing[:3]}.")
         model.load_state_dict(sd, strict=False)
+
+
+def _saved_key(native: str, saved: Mapping) -> str | None:
+    """The key a native state-dict entry has in a saved checkpoint: transformers' `save_pretrained` writes some
+    models in their legacy layout (LLaVA's `model.vision_tower.*` as `vision_tower.*`, `model.language_model.*` as
+    `language_model.model.*`, `lm_head.*` as `language_model.lm_head.*`)."""
+    candidates = [native]
+    if native.startswith("model."):
+        rest = native[len("model."):]
+        candidates.append(rest)
+        if rest.startswith("language_model."):
+            candidates.append("language_model.model." + rest[len("language_model."):])
+    if native.startswith("lm_head."):
+        candidates.append("language_model." + native)
+    return next((c for c in candidates if c in saved), None)
+
