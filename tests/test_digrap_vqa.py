@@ -216,8 +216,19 @@ def test_merged_checkpoint_reloads_with_plain_transformers(tmp_path):
     reloaded = create_model(f"llava:{tmp_path / 'out'}")
     assert not any("lora_" in k or "base_layer" in k for k in reloaded.model.state_dict())
     assert set(load_file(tmp_path / "out" / EXTRA_WEIGHTS_NAME)) == set(trained(trainer.model))
+    want = model.answer_loss(x, batch).detach()
     with torch.no_grad():
-        torch.testing.assert_close(reloaded.answer_loss(x, batch), model.answer_loss(x, batch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reloaded.answer_loss(x, batch), want, rtol=1e-5, atol=1e-5)
+    # the adapters alone, in PEFT's layout, on a fresh base
+    from peft import PeftModel
+
+    trainer.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    fresh = create_model(spec)
+    fresh.model = PeftModel.from_pretrained(fresh.model, str(tmp_path / "adapter")).base_model.model
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.answer_loss(x, batch), want, rtol=1e-5, atol=1e-5)
+        assert (fresh.answer_loss(x, batch) - create_model(spec).answer_loss(x, batch)).abs().max() > 1e-5
 
 
 def test_registered_and_config_checks(tmp_path):
@@ -276,6 +287,7 @@ def test_digrap_vqa_recipe_on_the_tiny_llava(tmp_path):
     assert omega and all(0 <= w <= 1 for w in omega.values()) and all(".lora_" in n for n in omega)
     assert (out / "model.safetensors").is_file() and (out / EXTRA_WEIGHTS_NAME).is_file()
     assert (out / "vlmrobust_weight_space.pt").is_file() and not (out / "adapter_config.json").exists()
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
     import json
 
     saved = json.loads((out / "results.json").read_text())

@@ -163,6 +163,8 @@ def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: D
     if save:
         out = Path(args.output_dir)
         trainer.save_model(str(out))  # merged native weights + the unmerged adapters (vlmrobust_extra.safetensors)
+        base = script.model_name_or_path.split(":", 1)[-1]
+        trainer.save_adapter(out / "adapter", None if base.startswith("tiny") else base)  # PEFT's layout
         if state.is_main_process:
             trainer.weight_space.save(out)
             atomic_write_json(out / "results.json", summary)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.vqa import VQACollator
 from ..layout import EXTRA_WEIGHTS_NAME
-from ..models.lora import add_lvlm_lora, lora_deltas, merge_lora_state_dict
+from ..models.lora import ADAPTER, add_lvlm_lora, lora_deltas, merge_lora_state_dict
 from ..utils.io import atomic_save_safetensors
 from .base_trainer import RobustTrainer, require_vlm
 from .digrap_trainer import LP_HEAD_NAME
@@ -156,6 +156,27 @@ class DiGraPVQATrainer(RobustTrainer):
                 self.reference[name].copy_(weight.to(self.reference[name]))
         self._probed = True
         return weight
+
+    def save_adapter(self, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        """Write the LoRA adapters in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`) to `folder`:
+        `peft.PeftModel.from_pretrained(<base transformers model>, folder)` rebuilds the fine-tuned model. An LP-FT
+        head is not part of it (it is in the merged checkpoint and `lp_head.safetensors`). Main process only."""
+        import copy
+
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        if not self.args.should_save:
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        config = copy.copy(self.lora.peft_config[ADAPTER])
+        config.base_model_name_or_path = base_model_name_or_path
+        config.save_pretrained(str(folder))
+        state = get_peft_model_state_dict(self.vlm.model, adapter_name=ADAPTER)
+        save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
+                  str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        return folder
 
     # -- checkpoints: merged native weights, the trained tensors unmerged for resuming ------------------------------
     def _native_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
