@@ -12,6 +12,11 @@ partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (m
 (ω, its Adam moments, the previous component) survives a kill and resume under ZeRO-3. Observed: ω and γ equal to
 1e-6, weights within the tolerances below.
 
+The `digrap_vqa@digrap` job is the `digrap_vqa` method (LoRA r2 on the tiny LLaVA's language model, DiGraP with ω
+from 0.5, the answer cross-entropy of PGD images of shapes-VQA): under DDP and ZeRO-2 the same merged weights,
+adapters, hook gradients and ω as on 1 process (it refuses ZeRO-3). Planted bug, checked once by hand: the loss
+summed instead of averaged over the batch misses the merged weights by 3e-6 (3 x atol) and the hook gradients by 2x.
+
 The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
 around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and ZeRO-3 (also with every parameter
 partitioned) they must give the 1-process weights, the transform must see the same full gradients exactly once per

@@ -180,10 +180,14 @@ def run_lvlm_digrap_recipe(argv=None) -> dict:
 
     from .recipe_main import guard_output_dir
     from .script_utils import RecipeParser
+    from .trainers.digrap_vqa_trainer import DiGraPVQATrainer
+    from .utils.distributed import check_zero_stage
 
     script, args = RecipeParser((VQAFinetuneScriptArguments, DiGraPVQAConfig)).parse_args_and_config(argv)
     resume = guard_output_dir(args)
     _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
+    # refuse an unsupported ZeRO stage before the model loads and the SFT stage runs (ZeRO-3 would partition it)
+    check_zero_stage(args, DiGraPVQATrainer.supported_zero_stages, "DiGraPVQATrainer (method digrap_vqa)")
     set_seed(args.seed)
     model, data, timings = prepare(script, args)
     summary = lora_finetune(model, data, script, args, timings, resume_from_checkpoint=resume)
