@@ -15,7 +15,8 @@ partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (m
 The `digrap_vqa@digrap` job is the `digrap_vqa` method (LoRA r2 on the tiny LLaVA's language model, DiGraP with ω
 from 0.5, the answer cross-entropy of PGD images of shapes-VQA): under DDP and ZeRO-2 the same merged weights,
 adapters, hook gradients and ω as on 1 process (it refuses ZeRO-3). Planted bug, checked once by hand: the loss
-summed instead of averaged over the batch misses the merged weights by 3e-6 (3 x atol) and the hook gradients by 2x.
+summed instead of averaged over the batch misses the merged weights by 3e-6 (3 x atol; the check stops at that
+file).
 
 The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
 around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and ZeRO-3 (also with every parameter
