@@ -50,6 +50,8 @@ from vlmrobust.trainers import (  # noqa: E402
     AdversarialTrainer,
     DiGraPConfig,
     DiGraPTrainer,
+    DiGraPVQAConfig,
+    DiGraPVQATrainer,
     FAREConfig,
     FARETrainer,
     GRACEConfig,
@@ -75,6 +77,8 @@ JOBS = {
     # GRACE: DDP and ZeRO-2 only (ZeRO-3 is refused); curvature_interval 1 re-allocates the ranks every step
     "grace": ("open_clip", GRACEConfig, GRACETrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
                                                        "curvature_interval": 1}, True),
+    # DiGraP for VQA: LoRA r2 on the tiny LLaVA's q / v, the answer CE on the training attack's images (shapes-VQA)
+    "digrap_vqa": ("llava:tiny", DiGraPVQAConfig, DiGraPVQATrainer, {"lora_r": 2, "adversarial": True}, False),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }
@@ -103,7 +107,7 @@ def weight_space_summary(trainer):
 
 
 # SGD learning rates: large enough that 2 steps move every weight far beyond the comparison tolerance
-LR = {"fare_llava": 0.05, "grace": 0.05}
+LR = {"fare_llava": 0.05, "grace": 0.05, "digrap_vqa": 0.05}
 
 
 class Recorder:
@@ -192,6 +196,11 @@ def run_job(job, out, opts):
         extra = {"gradient_transforms": [EMAGradient(), GradientLog()], "post_step_constraints": [L2Ball(0.05)]}
     args = config_class(**kw)
     data = TensorImageDataset(n=16, size=model.image_size)
+    if getattr(trainer_class, "trains_on_answers", False):  # VQA items (images, questions, answers)
+        from vlmrobust.data.shapes_vqa import ShapesVQA
+        from vlmrobust.vlm_recipe_main import VQAPixels
+
+        data = VQAPixels(ShapesVQA(16, seed=0, image_size=model.image_size), model.preprocess)
     if needs_classnames:
         extra["classnames"] = data.classnames
     cls = type(f"Recorded{trainer_class.__name__}", (Recorder, trainer_class), {})

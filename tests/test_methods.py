@@ -92,7 +92,7 @@ def test_duplicate_or_inconsistent_registration_fails_loudly(methods):
         register_method("toy-2", ToyConfig, ToyTrainer)
     with pytest.raises(TypeError, match="must subclass RobustTrainingArguments"):
         register_method("toy-3", dict, ToyTrainer)
-    with pytest.raises(KeyError, match="Unknown method 'fair'. Known methods: adversarial, digrap, fare"):
+    with pytest.raises(KeyError, match="Unknown method 'fair'. Known methods: adversarial, digrap, digrap_vqa, fare"):
         resolve_method("fair")
 
 

@@ -12,6 +12,12 @@ partitioned) as on 1 process, also for the `digrap` method with LoRA adapters (m
 (ω, its Adam moments, the previous component) survives a kill and resume under ZeRO-3. Observed: ω and γ equal to
 1e-6, weights within the tolerances below.
 
+The `digrap_vqa@digrap` job is the `digrap_vqa` method (LoRA r2 on the tiny LLaVA's language model, DiGraP with ω
+from 0.5, the answer cross-entropy of PGD images of shapes-VQA): under DDP and ZeRO-2 the same merged weights,
+adapters, hook gradients and ω as on 1 process (it refuses ZeRO-3). Planted bug, checked once by hand: the loss
+summed instead of averaged over the batch misses the merged weights by 3e-6 (3 x atol; the check stops at that
+file).
+
 The `@ws` jobs add the weight-space hooks (L2-SP from the config, a stateful transform, a gradient log and an L2 ball
 around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and ZeRO-3 (also with every parameter
 partitioned) they must give the 1-process weights, the transform must see the same full gradients exactly once per
@@ -58,6 +64,9 @@ GRACE = ["grace", "grace@ga2"]  # DDP and ZeRO-2 (GRACE refuses ZeRO-3): its LAR
 WS = ["fare@ws", "at@ws"]  # weight-space hooks on FARE's encoder and on AT's encoder + head
 # the shipped weight-space methods (3 steps each): DiGraP's projection and learned ω, FTP's learned radius, SPD
 WS_METHODS = ["fare@digrap", "at@digrap", "fare@ftp", "fare@spd", "digrap_lora@digrap"]  # + the digrap method, LoRA
+# the digrap_vqa method (LoRA on the tiny LLaVA's language model, adversarial images): DDP and ZeRO-2 (it refuses
+# ZeRO-3, like grace_vqa)
+DIGRAP_VQA = ["digrap_vqa@digrap"]
 TIMINGS: dict[str, float] = {}
 
 
@@ -209,12 +218,12 @@ def test_methods_refuse_unsupported_zero_stages(tiny_open_clip_dir, image_datase
     with pytest.raises(ValueError, match="Stage2Only does not support DeepSpeed ZeRO-3; supported: .*ZeRO-2"):
         Stage2Only(model, args, train_dataset=image_dataset)
     # every shipped method supports every stage (tested below with 2 processes), except GRACE and its LVLM variant
-    # (same two-pass step): DDP and ZeRO-2
+    # (same two-pass step) and DiGraP's LVLM method (its recipe evaluates the in-memory model): DDP and ZeRO-2
     from vlmrobust.trainers import METHODS
 
     for name in METHODS.names():
         stages = METHODS.get(name).trainer_class.supported_zero_stages
-        assert stages == (0, 2) if name in ("grace", "grace_vqa") else 3 in stages, name
+        assert stages == (0, 2) if name in ("grace", "grace_vqa", "digrap_vqa") else 3 in stages, name
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
@@ -297,7 +306,7 @@ def reference(tmp_path_factory, env):
     """Every job on 1 process, global batch 4, with the untrained weights saved too (launched with single_gpu.yaml,
     which on a machine without GPUs runs on the CPU; fp32, as the runs it is compared with)."""
     out = tmp_path_factory.mktemp("ref_1proc")
-    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS, "grace"], env, config="single_gpu.yaml",
+    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS, "grace", *DIGRAP_VQA], env, config="single_gpu.yaml",
              launch_args=("--mixed_precision", "no"), extra=["--save_init"])
     for job in [*ALL, "grace"]:
         assert info(out / job)["world_size"] == 1
@@ -317,6 +326,11 @@ def _check_ws(run, ref, jobs=WS):
 
 def _check_ws_methods(run, ref, jobs=(*WS_METHODS, "at@digrap@ga2")):
     """Same weights, gradients, and per-tensor ω / γ / SPD decay count as the 1-process run."""
+    _check_ws_jobs(run, ref, jobs)
+    assert any(0 < w < 1 or w == 1.0 for w in info(ref / "at-digrap")["weight_space"]["omega"].values())
+
+
+def _check_ws_jobs(run, ref, jobs):
     for job in jobs:
         d = job.replace("@", "-")
         assert_same_training(ref / d.replace("-ga2", ""), run / d)
@@ -324,7 +338,16 @@ def _check_ws_methods(run, ref, jobs=(*WS_METHODS, "at@digrap@ga2")):
         assert want.keys() == got.keys() and want, (job, got)
         for key, value in want.items():
             assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, dict) else value), (job, key)
-    assert any(0 < w < 1 or w == 1.0 for w in info(ref / "at-digrap")["weight_space"]["omega"].values())
+
+
+def _check_digrap_vqa(run, ref, stage):
+    """digrap_vqa: same adapters (merged checkpoint and unmerged extra weights), gradients and ω as 1 process."""
+    job = DIGRAP_VQA[0].replace("@", "-")
+    assert (info(run / job)["world_size"], info(run / job)["zero_stage"]) == (2, stage)
+    assert_trained(ref / job)
+    _check_ws_jobs(run, ref, DIGRAP_VQA)
+    omega = info(ref / job)["weight_space"]["omega"]
+    assert omega and all(".lora_" in n for n in omega) and any(w != 0.5 for w in omega.values())
 
 
 def _check_ga(run, ref, job):
@@ -336,8 +359,8 @@ def _check_ga(run, ref, job):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(reference, env, tmp_path):
-    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2", *GRACE], env,
-             config="cpu_multi.yaml")
+    run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2", *GRACE,
+                        *DIGRAP_VQA], env, config="cpu_multi.yaml")
     for job in [*ALL, "grace"]:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, 0), job
         assert_same_training(reference / job, tmp_path / job)
@@ -345,6 +368,7 @@ def test_ddp_two_processes_match_one(reference, env, tmp_path):
     _check_ws_methods(tmp_path, reference)
     for job in ("fare", "at", "grace"):
         _check_ga(tmp_path, reference, job)
+    _check_digrap_vqa(tmp_path, reference, 0)
 
 
 def _plain_loaders_read(ckpt_dir, saved_file):
@@ -370,7 +394,7 @@ def _plain_loaders_read(ckpt_dir, saved_file):
 @pytest.mark.parametrize("stage,config", [(2, "cpu_deepspeed_zero2.yaml"), (3, "cpu_deepspeed_zero3.yaml")])
 def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, tmp_path):
     jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"] + (
-        GRACE if stage == 2 else [])
+        [*GRACE, *DIGRAP_VQA] if stage == 2 else [])
     if stage == 3:
         jobs.append("fare_llava@ckpt")  # activation checkpointing of an LVLM tower under ZeRO-3
     # the last job (with the weight-space hooks, so their state must come back too) is killed (every rank, os._exit)
@@ -386,6 +410,7 @@ def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, 
     if stage == 2:
         assert info(tmp_path / "grace")["zero_stage"] == 2
         assert_same_training(reference / "grace", tmp_path / "grace")
+        _check_digrap_vqa(tmp_path, reference, 2)
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     _check_ws_methods(tmp_path, reference)
     if stage == 3:

@@ -1,17 +1,17 @@
 """The body of `recipes/digrap_vqa.py`: LoRA fine-tuning of an LVLM (LLaVA, Qwen-VL) on VQA with DiGraP
-(arXiv 2502.15895) or a baseline (vanilla, L2-SP, FTP, SPD; WiSE-FT of the LoRA delta), evaluated in distribution and
-under two distribution shifts.
+(arXiv 2502.15895) or a baseline (vanilla, L2-SP, FTP, SPD, LP-FT; WiSE-FT of the LoRA delta), evaluated in
+distribution and under two distribution shifts.
 
 Offline (`shapes-vqa`): the tiny random fixture is first taught shapes-VQA on every colour and shape (`sft_steps`,
 the stand-in for pretraining; 0 for a real checkpoint), then LoRA-fine-tuned on the in-distribution part only
 (`id_colours` × `id_shapes`). Evaluation: ID (held-out questions of the same part), near OOD (unseen colours, seen
-shapes), far OOD (unseen colours and shapes), clean VQA accuracy. The training loop is `finetune_vqa` (one process;
-no DDP / DeepSpeed yet) with the weight-space hooks between backward and step.
+shapes), far OOD (unseen colours and shapes), clean VQA accuracy. The LoRA stage is `DiGraPVQATrainer` (method
+`digrap_vqa`, a `transformers.Trainer`: one process, DDP or DeepSpeed ZeRO-2 under `accelerate launch`); the
+evaluations run on the main process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .trainers.base_config import RobustTrainingArguments
+from .trainers.digrap_vqa_config import DiGraPVQAConfig
 
 
 @dataclass
@@ -62,43 +62,6 @@ class VQAFinetuneScriptArguments:
     eval_batch_size: int = field(default=50, metadata={"help": "Evaluation batch size."})
 
 
-@dataclass
-class DiGraPVQAConfig(RobustTrainingArguments):
-    """LoRA fine-tuning of an LVLM's language model on VQA answers with a weight-space method.
-
-    Uses `output_dir`, `seed`, `max_steps`, `per_device_train_batch_size`, `learning_rate`, `weight_decay` and the
-    weight-space arguments (`weight_space`, `digrap_*`, `l2sp_lambda`, `ftp_*`, `spd_*`) of
-    `RobustTrainingArguments`; the attack arguments are unused.
-
-    Args:
-        lora_r (`int`, *optional*, defaults to 4): LoRA rank (LLaVA-1.5 in FRAMES-VQA: 4 on q / v).
-        lora_alpha (`float`, *optional*): LoRA α; defaults to 2r.
-        lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`): attention projections of
-            the language model to adapt.
-        lp_steps (`int`, *optional*, defaults to 0): LP-FT (Kumar et al., arXiv 2202.10054): first train the language
-            model's output head alone (the linear probe: every other weight frozen) for this many steps at
-            `lp_learning_rate`, then fine-tune the LoRA adapters *and* the probed head (θ₀ of the head = the probed
-            head for the weight-space hooks). 0: no probe, the head stays frozen.
-        lp_learning_rate (`float`, *optional*, defaults to 1e-3): the probe's AdamW learning rate.
-    """
-
-    method: str = field(default="digrap_vqa", metadata={"help": "Method name (not a registered trainer)."})
-    weight_space: str = field(default="digrap", metadata={"help": "'digrap', 'none', 'l2sp', 'ftp', 'spd'."})
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank."})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)."})
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                           metadata={"help": "Language-model projections to adapt."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (warm-up 10%, cosine)."})
-    max_steps: int = field(default=300, metadata={"help": "LoRA fine-tuning steps."})
-    lp_steps: int = field(default=0, metadata={"help": "LP-FT: output-head probe steps before LoRA (0: none)."})
-    lp_learning_rate: float = field(default=1e-3, metadata={"help": "LP-FT: the probe's learning rate."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.lp_steps < 0:
-            raise ValueError(f"lp_steps must be >= 0, got {self.lp_steps}.")
-
-
 def shapes_splits(script: VQAFinetuneScriptArguments, model, seed: int) -> dict:
     """train / id / near / far `ShapesVQA` sets (disjoint seeds), and `sft` (every colour and shape)."""
     from .data.shapes_vqa import ShapesVQA
@@ -116,23 +79,6 @@ def shapes_splits(script: VQAFinetuneScriptArguments, model, seed: int) -> dict:
     }
 
 
-@contextlib.contextmanager
-def lora_scale(model, alpha: float):
-    """WiSE-FT of a LoRA model (arXiv 2109.01903): every LoRA layer's delta scaled by `alpha` (W₀ + α·s·B·A, the
-    interpolation of the merged weights), restored on exit."""
-    layers = [m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict) and hasattr(m, "lora_A")]
-    saved = [dict(m.scaling) for m in layers]
-    try:
-        for m in layers:
-            for k in m.scaling:
-                m.scaling[k] = m.scaling[k] * float(alpha)
-        yield model
-    finally:
-        for m, s in zip(layers, saved):
-            m.scaling.clear()
-            m.scaling.update(s)
-
-
 def prepare(script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig) -> tuple:
     """The model before LoRA (the offline fixture taught shapes-VQA on every colour and shape when `sft_steps`) and
     the data splits; returns `(model, data, timings)`."""
@@ -142,9 +88,9 @@ def prepare(script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig) -> tuple:
     tiny = tiny_fixture_kwargs(LVLMScriptArguments(model_name_or_path=script.model_name_or_path,
                                                    tiny_image_size=script.tiny_image_size,
                                                    tiny_hidden=script.tiny_hidden))
-    load = {"device": "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"}
+    load = {"device": args.device}  # this process's device (the training arguments chose it)
     if args.bf16 and not tiny:
-        load["torch_dtype"] = torch.bfloat16  # LoRA adapters train in the base's dtype here (no autocast)
+        load["torch_dtype"] = torch.bfloat16  # the frozen base in bf16; PEFT keeps the adapters in fp32
     model = create_model(script.model_name_or_path, **tiny, **load)
     data, timings = shapes_splits(script, model, args.seed), {}
     if script.sft_steps > 0:
@@ -158,26 +104,31 @@ def prepare(script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig) -> tuple:
 
 
 def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: DiGraPVQAConfig,
-                  timings: dict | None = None, save: bool = True, eval_before: bool = True) -> dict:
-    """LoRA on `model` (in place), eval → [LP-FT's probe of the output head → eval] → fine-tune with the
-    weight-space hooks → eval (ID / near / far, WiSE-FT α) → [save the adapters and `results.json` to
-    `output_dir`]; returns the summary (`eval_before=False` skips the first evaluation, e.g. when comparing
-    several methods from one model)."""
-    from .eval.vqa import evaluate_vqa
-    from .models.lvlm_base import apply_lora, lora_config
-    from .optim import GradientTransform, ReferenceWeights, WeightSpaceRunner, build_weight_space
-    from .utils.io import atomic_write_json
-    from .vlm_recipe_main import finetune_vqa
+                  timings: dict | None = None, save: bool = True, eval_before: bool = True,
+                  resume_from_checkpoint=None) -> dict:
+    """LoRA on `model` (in place) through `DiGraPVQATrainer`: eval → [LP-FT's probe of the output head → eval] →
+    fine-tune with the weight-space hooks → eval (ID / near / far, WiSE-FT α) → [save the merged checkpoint, the
+    adapters and `results.json` to `output_dir`]; returns the summary (`eval_before=False` skips the first
+    evaluation, e.g. when comparing several methods from one model). Evaluations run on the main process only;
+    the other processes get a summary without results."""
+    from accelerate import PartialState
 
+    from .eval.vqa import evaluate_vqa
+    from .models.lora import lora_scale
+    from .trainers.digrap_vqa_trainer import DiGraPVQATrainer
+    from .utils.io import atomic_write_json
+    from .vlm_recipe_main import VQAPixels
+
+    state = PartialState()
     t_start, timings = time.time(), dict(timings or {})
-    with torch.random.fork_rng():
-        torch.manual_seed(args.seed)  # the same adapters for the same seed
-        model.model = apply_lora(model.model, lora_config(lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-                                                          target_modules=args.lora_target_modules))
+    trainer = DiGraPVQATrainer(model, args, train_dataset=VQAPixels(data["train"], model.preprocess))
     candidates = data["sft"].answer_candidates()
 
     def evaluate(name: str) -> dict:
+        if not state.is_main_process:
+            return {}
         t0 = time.time()
+        model.model.eval()
         out = {split: evaluate_vqa(model, data[split], epsilons=(), answer_mode="rank", candidates=candidates,
                                    batch_size=script.eval_batch_size, seed=args.seed, desc=f"{name} {split}")
                ["clean"] for split in ("id", "near", "far")}
@@ -185,62 +136,61 @@ def lora_finetune(model, data: dict, script: VQAFinetuneScriptArguments, args: D
         print(f"[eval {name}] " + ", ".join(f"{k} {100 * v:.1f}" for k, v in out.items()))
         return out
 
+    model.to(args.device)
     results = {"before": evaluate("before")} if eval_before else {}
-    head = model.model.get_output_embeddings() if args.lp_steps else None
-    if head is not None:  # LP-FT: probe the output head on the frozen model, then fine-tune LoRA + the probed head
-        t0, adapters = time.time(), [p for p in model.parameters() if p.requires_grad]
-        model.requires_grad_(False)
-        head.requires_grad_(True)
-        finetune_vqa(model, data["train"], steps=args.lp_steps, batch_size=args.per_device_train_batch_size,
-                     lr=args.lp_learning_rate, weight_decay=args.weight_decay, seed=args.seed, log_every=0)
-        for p in adapters:
-            p.requires_grad_(True)
+    if args.lp_steps:  # LP-FT: probe the output head on the frozen model, evaluate it, then fine-tune from it
+        t0 = time.time()
+        trainer.linear_probe(resumed=resume_from_checkpoint not in (None, False))
         timings["lp_s"] = round(time.time() - t0, 1)
         results["probed"] = evaluate("probed")
-    hooks = build_weight_space(args)  # θ₀: the trainable tensors now (LoRA adapters: 0; an LP-FT head: the probe)
-    reference = (ReferenceWeights(model, trainable_only=True) if any(h.needs_reference for h in hooks) else None)
-    runner = WeightSpaceRunner([h for h in hooks if isinstance(h, GradientTransform)],
-                               [h for h in hooks if not isinstance(h, GradientTransform)], reference)
     t0 = time.time()
-    losses = finetune_vqa(model, data["train"], steps=args.max_steps, batch_size=args.per_device_train_batch_size,
-                          lr=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed,
-                          log_every=args.logging_steps if args.logging_steps >= 1 else 0,
-                          weight_space=runner if runner else None)
+    train_out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     timings["train_s"] = round(time.time() - t0, 1)
     results["after"] = evaluate("after")
     for alpha in script.wise_alphas:
         with lora_scale(model, alpha):
             results[f"wise-ft α={alpha:g}"] = evaluate(f"wise-ft α={alpha:g}")
-    summary = {"method": args.method, "weight_space": args.weight_space, "lp_steps": args.lp_steps,
-               "model": script.model_name_or_path, "eval_samples": script.eval_samples, "seed": args.seed,
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"method": args.method, "weight_space": args.weight_space, "adversarial": args.adversarial,
+               "lp_steps": args.lp_steps, "model": script.model_name_or_path, "eval_samples": script.eval_samples,
+               "seed": args.seed, "world_size": args.world_size,
                "splits": {"id": [script.id_colours, script.id_shapes], "near": [script.near_colours, script.id_shapes],
                           "far": [script.far_colours, script.far_shapes]},
-               "results": results, "final_loss": losses[-1] if losses else None,
-               "omega": next((h.omegas() for h in hooks if hasattr(h, "omegas")), None),
+               "results": results if state.is_main_process else {},
+               "final_loss": losses[-1] if losses else None, "train_loss": train_out.training_loss,
+               "omega": next((h.omegas() for h in trainer.weight_space.hooks if hasattr(h, "omegas")), None),
                "timings": {**timings, "total_s": round(time.time() - t_start, 1)}}
     if save:
         out = Path(args.output_dir)
-        model.save_pretrained(out, **args.to_vlmrobust_dict())  # PEFT adapter layout
-        if head is not None:  # LP-FT: the fine-tuned head is not part of the adapters
-            from safetensors.torch import save_file
-
-            save_file({"weight": head.weight.detach().cpu().contiguous()}, str(out / "lp_ft_head.safetensors"))
-        if runner:
-            runner.save(out)
-        atomic_write_json(out / "results.json", summary)
+        trainer.save_model(str(out))  # merged native weights + the unmerged adapters (vlmrobust_extra.safetensors)
+        base = script.model_name_or_path.split(":", 1)[-1]
+        trainer.save_adapter(out / "adapter", None if base.startswith("tiny") else base)  # PEFT's layout
+        if state.is_main_process:
+            trainer.weight_space.save(out)
+            atomic_write_json(out / "results.json", summary)
+    state.wait_for_everyone()
     return summary
 
 
 def run_lvlm_digrap_recipe(argv=None) -> dict:
     """Parse `(VQAFinetuneScriptArguments, DiGraPVQAConfig)`, then [SFT] → LoRA → eval → fine-tune with the
-    weight-space hooks → eval (ID / near / far, and WiSE-FT α) → save the adapters → `results.json`."""
+    weight-space hooks (`DiGraPVQATrainer`) → eval (ID / near / far, and WiSE-FT α) → save → `results.json`.
+    Under `accelerate launch` every process runs the same seeded SFT and trains its share of each batch."""
     from transformers import set_seed
 
+    from .recipe_main import guard_output_dir
     from .script_utils import RecipeParser
+    from .trainers.digrap_vqa_trainer import DiGraPVQATrainer
+    from .utils.distributed import check_zero_stage
 
     script, args = RecipeParser((VQAFinetuneScriptArguments, DiGraPVQAConfig)).parse_args_and_config(argv)
+    resume = guard_output_dir(args)
+    _ = args.device  # the training arguments set up the process group (CPU / GPU, DDP / DeepSpeed) first
+    # refuse an unsupported ZeRO stage before the model loads and the SFT stage runs (ZeRO-3 would partition it)
+    check_zero_stage(args, DiGraPVQATrainer.supported_zero_stages, "DiGraPVQATrainer (method digrap_vqa)")
     set_seed(args.seed)
     model, data, timings = prepare(script, args)
-    summary = lora_finetune(model, data, script, args, timings)
-    print(json.dumps({k: v for k, v in summary.items() if k in ("results", "timings")}, indent=1))
+    summary = lora_finetune(model, data, script, args, timings, resume_from_checkpoint=resume)
+    if summary["results"]:
+        print(json.dumps({k: v for k, v in summary.items() if k in ("results", "timings")}, indent=1))
     return summary

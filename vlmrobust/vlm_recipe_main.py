@@ -21,11 +21,12 @@ from torch.utils.data import Dataset
 
 # -- supervised fine-tuning on VQA (teacher-forced answer CE) ---------------------------------------------------------
 def finetune_vqa(model, dataset, *, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-                 weight_decay: float = 0.0, seed: int = 0, log_every: int = 50, weight_space=None) -> list[float]:
+                 weight_decay: float = 0.0, seed: int = 0, log_every: int = 50) -> list[float]:
     """Fine-tune an LVLM's trainable parameters on VQA answers (prompt / image tokens masked); returns the losses.
 
-    A plain AdamW loop with linear warm-up (10%) and cosine decay: enough for the offline fixtures and for LoRA
-    smoke runs. Parameters with `requires_grad=False` (e.g. everything but LoRA adapters) stay frozen.
+    A plain one-process AdamW loop with linear warm-up (10%) and cosine decay: the offline fixtures' stand-in for
+    pretraining (the recipes' `sft_steps`); the methods train through their `RobustTrainer`. Parameters with
+    `requires_grad=False` stay frozen.
 
     Args:
         model (`LVLM`): the model to train in place.
@@ -36,9 +37,6 @@ def finetune_vqa(model, dataset, *, steps: int = 300, batch_size: int = 32, lr: 
         weight_decay (`float`, *optional*, defaults to 0.0): AdamW weight decay.
         seed (`int`, *optional*, defaults to 0): data order.
         log_every (`int`, *optional*, defaults to 50): print the mean loss every n steps (0: silent).
-        weight_space (`vlmrobust.optim.WeightSpaceRunner`, *optional*): weight-space hooks (DiGraP, L2-SP, FTP, SPD):
-            its gradient transforms run after each backward, before clipping and the step; its constraints after
-            the step. One process (this loop has no DDP / DeepSpeed).
     """
     import math
 
@@ -63,12 +61,8 @@ def finetune_vqa(model, dataset, *, steps: int = 300, batch_size: int = 32, lr: 
             loss = model.answer_loss(pixels, batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if weight_space is not None:
-                weight_space.after_backward(model)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            if weight_space is not None:
-                weight_space.after_step(model)
             sched.step()
             losses.append(loss.item())
             step += 1

@@ -1,14 +1,19 @@
-"""LoRA (PEFT) on a CLIP's vision tower, and merging it back into the backend's native layout.
+"""LoRA (PEFT) for every trainer: adapters on a CLIP's vision tower or an LVLM, merging them back into the backend's
+native layout, and WiSE-FT of a LoRA delta.
 
-`add_vision_lora` adapts the linear layers of `model.image_encoder.tower` in place (PEFT's `LoraModel`, like
-`get_peft_model` without the wrapper), so the image encoder, the attacks and the Trainer see the adapted tower
-unchanged. `merge_lora_state_dict` turns a state dict holding PEFT's keys into the plain keys of the backend with the
-merged weights `W + ΔW`, ΔW from PEFT's own `get_delta_weight` (what its `merge_and_unload` adds); plain open_clip /
-`CLIPModel.from_pretrained` load the result.
+Two ways to add adapters to a CLIP tower: `add_vision_lora` wraps `model.image_encoder.tower` in PEFT's `LoraModel`
+(GRACE, whose weight perturbation reads its layers), `inject_lora` injects them into any module in place with a seeded
+initialisation (DiGraP on CLIP); `add_lvlm_lora` adapts an LVLM's language model (and optionally its image side).
+`merge_lora_state_dict` turns a state dict holding PEFT's keys into the plain keys of the backend with the merged
+weights `W + ΔW`, ΔW from PEFT's own `get_delta_weight` (what its `merge_and_unload` adds) or `scaling·B·A` from the
+state dict alone; plain open_clip / `CLIPModel.from_pretrained` / transformers load the result. `lora_scale`
+evaluates `W₀ + α·ΔW` (WiSE-FT of the adapters) without touching the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -83,7 +88,21 @@ def lora_deltas(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor]) -> dict:
+_LORA_A_KEY = re.compile(r"^(?P<prefix>.*)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
+
+
+def lora_deltas_from_state_dict(state_dict: Mapping[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """`{layer name: scaling·B·A}` (float32) of every LoRA layer in a state dict with PEFT's keys (linear layers)."""
+    out = {}
+    for key, a in state_dict.items():
+        m = _LORA_A_KEY.match(key)
+        if m is not None:
+            b = state_dict[f"{m['prefix']}.lora_B.{m['adapter']}.weight"]
+            out[m["prefix"]] = scaling * (b.float() @ a.float())
+    return out
+
+
+def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor] | float) -> dict:
     """Plain keys and merged weights from a state dict with PEFT's LoRA keys.
 
     For each LoRA layer `p` (a key of `deltas`, in the state dict's naming): `p.weight = p.base_layer.weight + ΔW`
@@ -92,11 +111,15 @@ def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], deltas: Mappin
 
     Args:
         state_dict (`Mapping[str, torch.Tensor]`): tensors keyed as in the adapted model.
-        deltas (`Mapping[str, torch.Tensor]`): LoRA layer name -> ΔW (`lora_deltas`), named as in `state_dict`.
+        deltas (`Mapping[str, torch.Tensor]` or `float`): LoRA layer name -> ΔW (`lora_deltas`), named as in
+            `state_dict`; or the scaling α / r, and ΔW = scaling·B·A of each layer's adapters in `state_dict`
+            (`lora_deltas_from_state_dict`: linear layers, one adapter each).
 
     Returns:
         `dict[str, torch.Tensor]`: the state dict of the un-adapted model.
     """
+    if isinstance(deltas, (int, float)):
+        deltas = lora_deltas_from_state_dict(state_dict, float(deltas))
     out = dict(state_dict)
     for p, delta in deltas.items():
         if f"{p}.base_layer.weight" not in out:
@@ -161,3 +184,73 @@ def add_lvlm_lora(model, r: int, alpha: float | None = None, dropout: float = 0.
     cfg = LoraConfig(r=int(r), lora_alpha=float(alpha if alpha is not None else 2 * r), lora_dropout=float(dropout),
                      target_modules=lvlm_lora_pattern(lm_targets, vision), bias="none")
     return LoraModel(model.model, cfg, ADAPTER)
+
+
+#: Linear layers `inject_lora` targets by default, per tower family (the first family with a match is used): HF
+#: CLIP's attention projections; open_clip's MLP (open_clip's `nn.MultiheadAttention` reads `out_proj.weight`
+#: directly, so a LoRA wrapper of it would never run)
+DEFAULT_TARGETS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj", "out_proj"), ("c_fc", "c_proj"))
+
+
+def default_lora_targets(module: nn.Module) -> list[str]:
+    """The `DEFAULT_TARGETS` family present in `module` (names of its `nn.Linear` layers, last component)."""
+    linear = {n.rsplit(".", 1)[-1] for n, m in module.named_modules() if type(m) is nn.Linear}
+    for family in DEFAULT_TARGETS:
+        found = [t for t in family if t in linear]
+        if found:
+            return found
+    raise ValueError(f"No default LoRA target in this module (nn.Linear layers: {sorted(linear)[:8]}); pass "
+                     "lora_target_modules.")
+
+
+def inject_lora(module: nn.Module, r: int, alpha: float | None = None, dropout: float = 0.0,
+                target_modules: list[str] | None = None, seed: int = 0) -> nn.Module:
+    """Add PEFT LoRA adapters to `module` in place (`peft.inject_adapter_in_model`); only the adapters train.
+
+    Args:
+        module (`nn.Module`): e.g. a CLIP image tower.
+        r (`int`): rank (> 0).
+        alpha (`float`, *optional*): LoRA α (scaling α / r); defaults to 2r.
+        dropout (`float`, *optional*, defaults to 0.0): dropout on the adapters' input.
+        target_modules (`list[str]`, *optional*): names of the `nn.Linear` layers to adapt; defaults to
+            `default_lora_targets(module)`.
+        seed (`int`, *optional*, defaults to 0): seed of the adapters' random initialisation (drawn under
+            `torch.random.fork_rng`, so the global RNG is untouched): the same run builds the same adapters again,
+            which a resume checks.
+
+    Returns:
+        `nn.Module`: `module`, with `...<target>.lora_A.default.weight` / `lora_B` parameters (B = 0: the function is
+        unchanged) and every other parameter frozen.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if r <= 0:
+        raise ValueError(f"LoRA rank must be > 0, got {r}.")
+    targets = list(target_modules) if target_modules else default_lora_targets(module)
+    config = LoraConfig(r=int(r), lora_alpha=float(alpha if alpha is not None else 2 * r), lora_dropout=dropout,
+                        target_modules=targets)
+    module.requires_grad_(False)
+    devices = [p.device for p in module.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return inject_adapter_in_model(config, module)
+
+
+@contextlib.contextmanager
+def lora_scale(model: nn.Module, alpha: float):
+    """WiSE-FT of a LoRA model (arXiv 2109.01903): every PEFT LoRA layer's delta inside `model` scaled by `alpha`
+    (`W₀ + α·s·B·A`, the interpolation of the merged weights with the base), restored on exit."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}.")
+    layers = [m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict) and hasattr(m, "lora_A")]
+    saved = [dict(m.scaling) for m in layers]
+    try:
+        for m in layers:
+            for k in m.scaling:
+                m.scaling[k] = m.scaling[k] * alpha
+        yield model
+    finally:
+        for m, s in zip(layers, saved):
+            m.scaling.clear()
+            m.scaling.update(s)

@@ -15,6 +15,8 @@ from .base_config import RobustTrainingArguments
 from .base_trainer import RobustTrainer, frozen_copy, image_collator
 from .digrap_config import DiGraPConfig
 from .digrap_trainer import DiGraPTrainer
+from .digrap_vqa_config import DiGraPVQAConfig
+from .digrap_vqa_trainer import DiGraPVQATrainer
 from .fare_config import FAREConfig
 from .fare_trainer import FARETrainer, fare_distance
 from .grace_config import GRACEConfig
@@ -32,7 +34,8 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "CLIP_BACKENDS", "LVLM_BACKENDS", "METHODS", "AdversarialConfig", "AdversarialTrainer", "CosineClassifier",
-    "DiGraPConfig", "DiGraPTrainer", "EpsilonSchedule", "FAREConfig", "FARETrainer", "GRACEConfig", "GRACETrainer",
+    "DiGraPConfig", "DiGraPTrainer", "DiGraPVQAConfig", "DiGraPVQATrainer", "EpsilonSchedule", "FAREConfig",
+    "FARETrainer", "GRACEConfig", "GRACETrainer",
     "Method", "RAdaptConfig", "RAdaptTrainer", "RobustTrainer",
     "RobustTrainingArguments", "TeCoAConfig", "TeCoATrainer",
     "fare_distance", "frozen_copy", "image_collator", "load_config", "register_method", "resolve_method",

@@ -84,6 +84,8 @@ class RobustTrainer(AttackLoop, Trainer):
         needs_reference (`bool`): the method reads θ₀ (FARE's frozen target encoder). The trainer then keeps
             `self.reference`, a `ReferenceWeights` snapshot of the trained module; it keeps it too when a weight-space
             hook needs θ₀, and it is the same object for every consumer.
+        reference_trainable_only (`bool`): θ₀ keeps only the tensors that train (a table, no module view): for LoRA on
+            a large frozen base (no copy of the base), when nothing runs θ₀ as a module.
 
     Args:
         model (`VisionLanguageModel`): the full model (e.g. from `create_model`). Only the module returned by
@@ -108,6 +110,7 @@ class RobustTrainer(AttackLoop, Trainer):
     loss_is_scaled_for_ga = False
     supported_zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     needs_reference: bool = False
+    reference_trainable_only: bool = False
 
     def __init__(self, model: VisionLanguageModel, args: RobustTrainingArguments, train_dataset=None,
                  data_collator: Callable | None = None,
@@ -124,7 +127,8 @@ class RobustTrainer(AttackLoop, Trainer):
         constraints = [*(h for h in hooks if isinstance(h, PostStepConstraint)), *post_step_constraints]
         # θ₀, taken before the Trainer (and DeepSpeed ZeRO-3) sees the model, and never registered inside it
         wanted = self.needs_reference or any(getattr(h, "needs_reference", False) for h in (*transforms, *constraints))
-        self.reference: ReferenceWeights | None = ReferenceWeights(trainable) if wanted else None
+        self.reference: ReferenceWeights | None = (
+            ReferenceWeights(trainable, trainable_only=self.reference_trainable_only) if wanted else None)
         self.weight_space = WeightSpaceRunner(transforms, constraints, self.reference)
         if args.activation_checkpointing or args.gradient_checkpointing:
             attach_activation_checkpointing(trainable)

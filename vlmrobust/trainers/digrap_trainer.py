@@ -10,7 +10,7 @@ from torch import nn
 
 from ..attacks import ce_loss
 from ..layout import EXTRA_WEIGHTS_NAME
-from ..models.lora_inject import inject_lora, merge_lora_state_dict
+from ..models.lora import inject_lora, merge_lora_state_dict
 from ..optim import is_lora_adapter
 from ..utils.io import atomic_save_safetensors
 from .adversarial_trainer import CosineClassifier
