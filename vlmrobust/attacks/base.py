@@ -8,6 +8,7 @@ found them, and returns points inside the ε-ball intersected with the [0, 1] bo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ def per_sample_norm(delta: Tensor, norm: str) -> Tensor:
 
 def _infer_input_dtype(model: Any, images: Tensor) -> torch.dtype:
     if isinstance(model, nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
+        # lazily: the first floating tensor decides, without listing every parameter and buffer of the model
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
             if tensor.is_floating_point():
                 return tensor.dtype
     return images.dtype if images.is_floating_point() else torch.float32
