@@ -80,7 +80,8 @@ def toolkit_step(method_name, model, dataset, batch, steps, warmup, device, over
 
 
 def flops_per_image(method_name, model, dataset, device) -> int:
-    """FLOPs of one eager fp32 step of the method's trainer at batch 2 (loss + backward), per image."""
+    """FLOPs of one eager fp32 step of the method's trainer at batch 2, per image: its `training_step` (loss and
+    backward, and every further pass of the step, e.g. GRACE's second pass at θ + Δ; not the optimizer)."""
     from vlmrobust.trainers import METHODS
 
     method = METHODS.get(method_name)
@@ -93,9 +94,10 @@ def flops_per_image(method_name, model, dataset, device) -> int:
     x = torch.stack([dataset[i]["pixel_values"] for i in range(2)]).to(device)
     y = torch.tensor([dataset[i]["labels"] for i in range(2)], device=device)
 
+    trainer.current_gradient_accumulation_steps = 1  # (set by the Trainer's loop otherwise)
+
     def step():
-        loss = trainer.compute_loss(enc, {"pixel_values": x, "labels": y})
-        loss.backward()
+        trainer.training_step(enc, {"pixel_values": x, "labels": y})
 
     return pm.count_flops(step) // 2
 
