@@ -6,7 +6,9 @@ and the APGD-CE-100 robust-accuracy pass, each against a plain fp32 PyTorch step
 
 Training rows go through the method's own trainer (`METHODS[name]`: config class, trainer class, its trainer
 arguments), with the toolkit's defaults (on a GPU: bf16 autocast, compiled CLIP encoder, fused AdamW; on the CPU:
-plain fp32); methods registered later (GRACE, DiGraP) are picked up by name with no change here. Each row reports
+plain fp32); every registered method of `DEFAULT_METHODS` is picked up by name, and its plain twin from
+`perf_models.PLAIN_STEPS` (FARE, TeCoA, DiGraP, GRACE; tests/test_perf_twins.py checks that the DiGraP and GRACE
+twins compute the trainer's loss and gradients). Each row reports
 images/s (each training image once, median step), FLOPs per image counted with `torch.utils.flop_counter` on one
 eager fp32 step of the same trainer (batch 2), MFU against the card's dense bf16 peak (named), peak memory, and the
 plain fp32 twin's images/s and the ratio. Rows run in priority order under a time budget (`--budget-s`); a row that
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import os
 import platform
@@ -77,7 +80,8 @@ def toolkit_step(method_name, model, dataset, batch, steps, warmup, device, over
 
 
 def flops_per_image(method_name, model, dataset, device) -> int:
-    """FLOPs of one eager fp32 step of the method's trainer at batch 2 (loss + backward), per image."""
+    """FLOPs of one eager fp32 step of the method's trainer at batch 2, per image: its `training_step` (loss and
+    backward, and every further pass of the step, e.g. GRACE's second pass at θ + Δ; not the optimizer)."""
     from vlmrobust.trainers import METHODS
 
     method = METHODS.get(method_name)
@@ -90,9 +94,10 @@ def flops_per_image(method_name, model, dataset, device) -> int:
     x = torch.stack([dataset[i]["pixel_values"] for i in range(2)]).to(device)
     y = torch.tensor([dataset[i]["labels"] for i in range(2)], device=device)
 
+    trainer.current_gradient_accumulation_steps = 1  # (set by the Trainer's loop otherwise)
+
     def step():
-        loss = trainer.compute_loss(enc, {"pixel_values": x, "labels": y})
-        loss.backward()
+        trainer.training_step(enc, {"pixel_values": x, "labels": y})
 
     return pm.count_flops(step) // 2
 
@@ -137,7 +142,7 @@ def train_row(spec, ctx) -> dict:
         _free(device)
         if plain is not None:
             model = make().float()
-            kw = {"classnames": dataset.classnames} if method == "tecoa" else {}
+            kw = {"classnames": dataset.classnames} if "classnames" in inspect.signature(plain).parameters else {}
             p = plain(model, batches(dataset, pb, device), ctx["plain_steps"], ctx["plain_warmup"], device, **kw)
             plain_times += p["step_times_s"]
             # toolkit / plain of this repeat (adjacent in time: the same background load), per image

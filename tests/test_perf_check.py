@@ -29,7 +29,7 @@ def test_gpu_check_smoke_runs_every_row(tmp_path):
     assert towers == {"tiny llava tower", "tiny qwen tower"}
     for r in rows:
         assert r["img_per_s"] > 0
-        if r["method"] in ("fare", "tecoa", "eval apgd-ce"):  # those with a plain twin (perf_models.PLAIN_STEPS)
+        if r["method"] in ("fare", "tecoa", "digrap", "grace", "eval apgd-ce"):  # with a plain twin (PLAIN_STEPS)
             assert r["ratio_vs_plain_fp32"] > 0
         if r["method"] != "eval apgd-ce":
             assert r["gflop_per_image"] > 0 and r["peak_mem_gib"] > 0

@@ -170,3 +170,32 @@ def test_compiled_step_matches_fp32(method, tiny_open_clip_dir, image_dataset, t
     assert trainer.compiled
     assert list(trainer.model.state_dict()) == list(eager.model.state_dict())  # compiled in place: same keys
     assert_close_step((l1, g1), (l0, g0), loss_rtol=1e-5, grad_rtol=1e-4)
+
+
+def test_the_nonfinite_check_is_exact_elementwise():
+    """`_all_finite`'s gradient check (one foreach max-|g| per dtype, no per-tensor Python ops) flags exactly the
+    gradients with a NaN or ±inf element, in any dtype, and never large finite ones."""
+    from vlmrobust.trainers.base_trainer import _max_abs_finite
+
+    a, b = torch.randn(5, 5), torch.randn(3)
+    assert bool(_max_abs_finite([a, b]))
+    assert bool(_max_abs_finite([torch.full((4,), 3e38), b]))  # a norm would overflow; the max does not
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert not bool(_max_abs_finite([a, torch.tensor([1.0, bad])]))
+        assert not bool(_max_abs_finite([a.double(), torch.tensor([bad, 0.0]).half(), b.bfloat16()]))
+
+
+def test_unwrapped_is_remembered_per_wrapper(tiny_open_clip_dir, tmp_path):
+    """`unwrapped` caches the last answer of `accelerator.unwrap_model` (two module walks a step otherwise) and
+    asks again for another wrapper."""
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    trainer = FARETrainer(model, FAREConfig(output_dir=str(tmp_path), **{k: v for k, v in BASE.items()}))
+    calls = []
+    real = trainer.accelerator.unwrap_model
+    trainer.accelerator.unwrap_model = lambda m, **k: calls.append(m) or real(m, **k)
+    enc = trainer.model
+    assert trainer.unwrapped(enc) is enc and trainer.unwrapped(enc) is enc
+    assert len(calls) <= 1
+    wrapper = torch.nn.Sequential(enc)
+    trainer.unwrapped(wrapper)
+    assert calls[-1] is wrapper

@@ -159,3 +159,26 @@ def test_autoattack_hands_per_image_seeds_to_its_apgd_components():
     whole = run(torch.arange(6))
     assert not torch.equal(whole, x)
     torch.testing.assert_close(torch.cat([run(torch.arange(3)), run(torch.arange(3, 6))]), whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 4 / 255), ("L2", 0.5)])
+def test_per_image_starts_are_each_images_own_seeded_draw(norm, eps):
+    """The per-image random start (one re-seeded generator, draws written in place, arithmetic on the whole batch) is
+    bitwise the per-row definition: row i is drawn by a fresh generator seeded from its own seed."""
+    x = torch.rand(6, 3, 32, 32)
+    seeds = torch.tensor([3, 99, 2**40, 7, 123456789, 3])
+    for k in (0, 2):
+        atk = build_attack("pgd", lambda z: z.flatten(1)[:, :3], norm=norm, eps=eps, sample_seeds=seeds)
+        atk._init_index, atk._init_round = None, k
+        got = atk._per_sample_init(x)
+        rows = []
+        for s in seeds.tolist():
+            g = torch.Generator().manual_seed((s * 1_000_003 + k * 7_919) % (2**63 - 1))
+            if norm == "Linf":
+                rows.append((torch.rand(x.shape[1:], generator=g) * 2 - 1) * eps)
+            else:
+                direction = torch.randn(x.shape[1:], generator=g)
+                radius = eps * torch.rand((), generator=g) ** (1.0 / x[0].numel())
+                rows.append(direction / (direction.norm() + 1e-12) * radius)
+        assert torch.equal(got, torch.stack(rows))
+        assert torch.equal(got[0], got[5])  # the same seed, the same start, wherever the image sits

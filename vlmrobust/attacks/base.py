@@ -8,6 +8,7 @@ found them, and returns points inside the ε-ball intersected with the [0, 1] bo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ def per_sample_norm(delta: Tensor, norm: str) -> Tensor:
 
 def _infer_input_dtype(model: Any, images: Tensor) -> torch.dtype:
     if isinstance(model, nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
+        # lazily: the first floating tensor decides, without listing every parameter and buffer of the model
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
             if tensor.is_floating_point():
                 return tensor.dtype
     return images.dtype if images.is_floating_point() else torch.float32
@@ -397,17 +399,24 @@ class Attack:
         seeds = self.sample_seeds if self._init_index is None else self.sample_seeds[self._init_index.cpu()]
         k, self._init_round = self._init_round, self._init_round + 1
         d = x[0].numel()
-        rows = []
-        for s in seeds.tolist():
-            g = torch.Generator(device=x.device)
+        # one generator, re-seeded per row (a seeded generator's stream depends on its seed only), each row's draws
+        # written in place; the arithmetic then runs once on the whole batch (element-wise: the same values)
+        g = torch.Generator(device=x.device)
+        draws = torch.empty(x.shape, device=x.device)
+        if self.norm != "Linf":
+            radii, norms = torch.empty(x.shape[0], device=x.device), torch.empty(x.shape[0], device=x.device)
+        for i, s in enumerate(seeds.tolist()):
             g.manual_seed((int(s) * 1_000_003 + k * 7_919) % (2**63 - 1))
             if self.norm == "Linf":
-                rows.append((torch.rand(x.shape[1:], generator=g, device=x.device) * 2 - 1) * self.eps)
+                torch.rand(x.shape[1:], generator=g, device=x.device, out=draws[i])
             else:
-                direction = torch.randn(x.shape[1:], generator=g, device=x.device)
-                radius = self.eps * torch.rand((), generator=g, device=x.device) ** (1.0 / d)
-                rows.append(direction / (direction.norm() + 1e-12) * radius)
-        return torch.stack(rows)
+                torch.randn(x.shape[1:], generator=g, device=x.device, out=draws[i])
+                torch.rand((), generator=g, device=x.device, out=radii[i])
+                norms[i] = draws[i].norm()  # per row, as the row's own reduction (bitwise the same as before)
+        if self.norm == "Linf":
+            return (draws * 2 - 1) * self.eps
+        radius = self.eps * radii ** (1.0 / d)
+        return draws / self._view(norms + 1e-12, draws) * self._view(radius, draws)
 
     def _step_direction(self, grad: Tensor) -> Tensor:
         """Steepest-ascent direction of unit norm: sign for L∞, normalised gradient for L2."""

@@ -88,13 +88,19 @@ class WeightSpaceRunner:
             grad = get_full_grad(p)
             if grad is None:  # a parameter the loss does not reach (no .grad without DeepSpeed)
                 continue
-            g = grad.float() / grad_scale if grad_scale != 1.0 else grad.float().clone()
+            # the parameter's own fp32, unscaled .grad is transformed in place (no copy in, none out); a gathered
+            # (ZeRO) or cast / unscaled gradient is a copy and is written back
+            in_place = bool(active) and grad is p.grad and grad.dtype == torch.float32 and grad_scale == 1.0
+            if in_place:
+                g = grad
+            else:
+                g = grad.float() / grad_scale if grad_scale != 1.0 else grad.float().clone()
             theta = get_full_param(p).to(g.device)
             for t in active:
                 g = t.transform(name, theta, g, self._ref(t, name, g.device))
             for c in watching:
                 c.observe(name, theta, g, self._ref(c, name, g.device))
-            if active:
+            if active and not (in_place and g is grad):
                 set_full_grad(p, (g * grad_scale if grad_scale != 1.0 else g).to(grad.dtype))
 
     def after_step(self, module: nn.Module) -> None:

@@ -181,7 +181,14 @@ class RobustTrainer(AttackLoop, Trainer):
         return data
 
     def unwrapped(self, model: nn.Module) -> nn.Module:
-        return self.accelerator.unwrap_model(model)
+        """`accelerator.unwrap_model(model)`, remembered for the last wrapper asked about: unwrapping walks every
+        submodule (accelerate looks for compiled regions), twice per training step otherwise."""
+        cached = getattr(self, "_unwrapped_cache", None)
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        inner = self.accelerator.unwrap_model(model)
+        self._unwrapped_cache = (model, inner)
+        return inner
 
     def compute_loss_context_manager(self):
         """HF's context (accelerate's autocast covers the wrapped model only) plus bf16 autocast over the whole
@@ -245,7 +252,9 @@ class RobustTrainer(AttackLoop, Trainer):
         if not self.is_deepspeed_enabled and self._loss_scale() == 1.0:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if grads:
-                ok = ok.to(grads[0].device) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+                # max |g| per tensor (one foreach call, no per-tensor Python ops): finite iff every element is (NaN
+                # propagates through the max, and the max of finite values cannot overflow)
+                ok = ok.to(grads[0].device) & _max_abs_finite(grads)
         bad = (~ok).float().reshape(1).to(self.args.device)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
@@ -370,6 +379,16 @@ class RobustTrainer(AttackLoop, Trainer):
         if missing:
             raise ValueError(f"Checkpoint {ckpt} lacks {len(missing)} trained tensors, e.g. {missing[:3]}.")
         model.load_state_dict(sd, strict=False)
+
+
+def _max_abs_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every element of `tensors` is finite, as a 0-dim bool tensor on their device (no host sync)."""
+    by_dtype: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    for t in tensors:
+        by_dtype[(t.device, t.dtype)].append(t)
+    oks = [torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all() for ts in by_dtype.values()]
+    device = tensors[0].device
+    return torch.stack([o.to(device) for o in oks]).all()
 
 
 def _saved_key(native: str, saved: Mapping) -> str | None:

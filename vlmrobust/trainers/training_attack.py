@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from .performance import frozen_parameters
 _OPTIONAL = {"alpha": "attack_step_size", "momentum": "attack_momentum", "momentum_style": "attack_momentum_style"}
 
 
-def _keywords(builder: Callable) -> set[str]:
+@functools.lru_cache(maxsize=64)
+def _keywords(builder: Callable) -> frozenset[str]:
     """Keyword arguments `builder` takes by name; a class's `__init__(*args, **kwargs)` takes its parents' too."""
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     names: set[str] = set()
@@ -27,7 +29,7 @@ def _keywords(builder: Callable) -> set[str]:
         names |= {p.name for p in params if p.kind in kinds}
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             break
-    return names
+    return frozenset(names)
 
 
 def training_attack_kwargs(args, *, eps: float, loss_fn: Callable, seed: int, random_start: bool,
