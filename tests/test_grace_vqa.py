@@ -1,12 +1,18 @@
 """GRACE on the tiny LVLMs (LLaVA, Qwen2-VL): a few two-pass steps, the pooled projected image features the Gram
-volume reads, the λ = 0 reduction to a plain adversarial LoRA step, the merged checkpoint through plain
-transformers, and the recipe end to end.
+volume reads, the Gram-volume gradient on the image-side LoRA, the λ = 0 and ρ = 0 reductions to a plain adversarial
+LoRA step, resuming, the merged checkpoint through plain transformers, and the recipe end to end.
 
 Planted bugs, checked once by hand on the tiny LLaVA (each makes the named test fail):
 * the Gram features taken from the first image token instead of the mean over image tokens: pooled projected
   features.
 * the second pass run outside `awp.perturbed()` (at θ instead of θ + Δ): a few GRACE steps (LAR loss = CE).
 * merged checkpoint written without the LoRA deltas: merged checkpoint reloads with plain transformers.
+* the Gram features detached (`gram_volume(f_clean.detach(), f_adv.detach(), f_wp.detach())`): Gram-volume gradient
+  reaches the image-side LoRA (assertion with λ_LAR = 1, autograd error with λ_LAR = 0).
+* the LAR CE on the clean instead of the adversarial images: ρ = 0 reduction (and λ = 0: the first-pass CE scaled).
+* the LAR-AWP state, or the adapters, not restored on resume: resume equals the uninterrupted run (ranks differ;
+  the merged-weight check refuses the checkpoint). The merged-weight check skipped for LLaVA's legacy key layout
+  (as before the `_saved_key` mapping in `GRACETrainer._load_from_checkpoint`): resume on another base refused.
 (The shared step machinery, SAM reference, accumulation exactness and perturbation removal: tests/test_grace.py.)
 """
 
@@ -157,15 +163,15 @@ def _image_side(name: str) -> bool:
     return any(s in name for s in ("multi_modal_projector", "vision_tower", "visual."))
 
 
-@pytest.mark.parametrize("spec,vision", [("llava:tiny", "projector"), ("qwen_vl:tiny", "projector"),
-                                         ("llava:tiny", "tower")])
-def test_gram_volume_gradient_reaches_the_image_side_lora(spec, vision, tmp_path):
-    """λ_LAR = 0, λ_GV ∈ {0, 1, 2}, one step from the same start: the gradient the optimizer gets differs from the
-    λ_GV = 0 one by λ_GV·∇L_GV, non-zero on every projector LoRA tensor (and on the tower's with `tower`) and zero on
-    the language model's (the pooled projected features do not read it); λ_GV = 0 adds nothing (no second pass)."""
+@pytest.mark.parametrize("spec,vision,lar", [("llava:tiny", "projector", 0.0), ("llava:tiny", "projector", 1.0),
+                                             ("qwen_vl:tiny", "projector", 1.0), ("llava:tiny", "tower", 1.0)])
+def test_gram_volume_gradient_reaches_the_image_side_lora(spec, vision, lar, tmp_path):
+    """λ_GV ∈ {0, 1, 2} at a fixed λ_LAR, one step from the same start: the gradient the optimizer gets differs from
+    the λ_GV = 0 one by λ_GV·∇L_GV, non-zero on every projector LoRA tensor (and on the tower's with `tower`) and zero
+    on the language model's (the pooled projected features do not read it); λ_GV = 0 adds nothing."""
     grads, seen = {}, {}
     for gv in (0.0, 1.0, 2.0):
-        _, trainer = make(spec, tmp_path / f"gv{gv}", cls=GradRecording, max_steps=1, lambda_lar=0.0, lambda_gv=gv,
+        _, trainer = make(spec, tmp_path / f"gv{gv}", cls=GradRecording, max_steps=1, lambda_lar=lar, lambda_gv=gv,
                           lora_vision=vision)
         trainer.train()
         (grads[gv],), seen[gv] = trainer.grads, trainer.seen[0][0]
