@@ -122,22 +122,37 @@ def lvlm_table(root: Path) -> str:
             lines.append(f"<!-- missing: {row} in {OUT}/{name}/results.json -->")
             continue
         dataset = data["suite"]["datasets"][0]["name"]
-        summary = data["summary"]["models"][row]["vqa"][dataset]  # {"clean", "robust": {attack: {ε: acc}}}
+        summary = data["summary"]["models"][row]["vqa"][dataset]  # {"clean", "robust": {attack: {ε: acc}}, "ci95"}
         attack, by_eps = next(iter(summary["robust"].items()))
         clean, robust = summary["clean"], {float(k): v for k, v in by_eps.items()}
+        ci = summary.get("ci95", {})
+        ci_robust = {float(k): v for k, v in ci.get("robust", {}).get(attack, {}).items()}
         eps_all = eps_all or sorted(robust)
-        rows.append((label, clean, robust))
-        entry = data["suite"]["datasets"][0]
-        notes.add(f"seed {data['run']['config'].get('seed')}, {attack}, {entry['n_samples']} held-out questions")
+        rows.append((label, (clean, ci.get("clean")), {e: (v, ci_robust.get(e)) for e, v in robust.items()}))
+        run, entry = data["run"], data["suite"]["datasets"][0]
+        notes.add(f"seed {run['config'].get('seed')}, {attack}, {entry['n_samples']} held-out questions, chance "
+                  f"(majority answer per question type) {100 * summary['chance']:.1f}")
+        timings = run.get("timings", {})
+        if row == "after":
+            sft = f" (SFT {timings['sft_s']} s)" if "sft_s" in timings else ""
+            notes.add(f"{name}: {run['config'].get('max_steps')} steps, {timings.get('total_s')} s in all{sft}")
     if not rows:
         return "\n".join(lines)
     head = (["model", "clean"] + [f"robust {format_eps(e)}" for e in eps_all]
             + [f"HM(clean, robust {format_eps(e)})" for e in eps_all])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, clean, robust in rows:
-        cells = [clean] + [robust.get(e) for e in eps_all] + [harmonic_mean(clean, robust[e]) for e in eps_all]
-        out.append(f"| {label} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
-    return "\n".join(lines + out) + f"\n\n({'; '.join(sorted(notes))}; VQA accuracy in %)"
+
+    def cell(v, ci=None):
+        if v is None:
+            return "–"
+        return f"{100 * v:.1f}" + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else "")
+
+    for label, (clean, clean_ci), robust in rows:
+        cells = ([cell(clean, clean_ci)] + [cell(*robust[e]) if e in robust else "–" for e in eps_all]
+                 + [cell(harmonic_mean(clean, robust[e][0])) for e in eps_all])
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + out) + (f"\n\n({'; '.join(sorted(notes))}; VQA accuracy in %, with its Wilson 95% "
+                                      "interval over the questions (conservative for VQA's soft scores))")
 
 
 def main(argv=None) -> None:
