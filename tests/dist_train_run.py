@@ -59,6 +59,8 @@ from vlmrobust.trainers import (  # noqa: E402
     TeCoAConfig,
     TeCoATrainer,
 )
+from vlmrobust.trainers.grace_vqa_config import GRACEVQAConfig  # noqa: E402
+from vlmrobust.trainers.grace_vqa_trainer import GRACEVQATrainer  # noqa: E402
 from vlmrobust.utils.distributed import launched_on_cpu, outside_zero3_init  # noqa: E402
 
 OPEN_CLIP_DIR = os.environ.get("VLMROBUST_TEST_OPEN_CLIP_DIR")
@@ -75,6 +77,14 @@ JOBS = {
     # GRACE: DDP and ZeRO-2 only (ZeRO-3 is refused); curvature_interval 1 re-allocates the ranks every step
     "grace": ("open_clip", GRACEConfig, GRACETrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
                                                        "curvature_interval": 1}, True),
+    # GRACE on the tiny LLaVA (LoRA on the language model's q/v and the projector, trained on shapes-VQA answers)
+    "grace_vqa": ("llava:tiny", GRACEVQAConfig, GRACEVQATrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
+                                                                  "curvature_interval": 1}, False),
+    # ... with the Gram term alone in the second pass (λ_LAR = 0): it reads the projector only, so DDP sees the
+    # language model's LoRA unused in the last backward (its gradient is the first pass's, accumulated locally)
+    "grace_vqa_gv": ("llava:tiny", GRACEVQAConfig, GRACEVQATrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
+                                                                     "curvature_interval": 1, "lambda_lar": 0.0},
+                     False),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }
@@ -103,7 +113,25 @@ def weight_space_summary(trainer):
 
 
 # SGD learning rates: large enough that 2 steps move every weight far beyond the comparison tolerance
-LR = {"fare_llava": 0.05, "grace": 0.05}
+LR = {"fare_llava": 0.05, "grace": 0.05, "grace_vqa": 0.05, "grace_vqa_gv": 0.05}
+
+
+class VQAItems(torch.utils.data.Dataset):
+    """Shapes-VQA items (`pixel_values` at the model's resolution, `question`, `answers`) for trainers that train on
+    answers (`trains_on_answers`: GRACE's LVLM trainer)."""
+
+    def __init__(self, model, n=16):
+        from vlmrobust.data.shapes_vqa import ShapesVQA
+
+        self.data, self.preprocess = ShapesVQA(n, seed=0), model.preprocess
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        item = self.data[i]
+        return {"pixel_values": self.preprocess(item["image"]), "question": item["question"],
+                "answers": item["answers"]}
 
 
 class Recorder:
@@ -191,7 +219,10 @@ def run_job(job, out, opts):
         kw.update(weight_space="l2sp", l2sp_lambda=1.0)
         extra = {"gradient_transforms": [EMAGradient(), GradientLog()], "post_step_constraints": [L2Ball(0.05)]}
     args = config_class(**kw)
-    data = TensorImageDataset(n=16, size=model.image_size)
+    if getattr(trainer_class, "trains_on_answers", False):
+        data = VQAItems(model)
+    else:
+        data = TensorImageDataset(n=16, size=model.image_size)
     if needs_classnames:
         extra["classnames"] = data.classnames
     cls = type(f"Recorded{trainer_class.__name__}", (Recorder, trainer_class), {})

@@ -283,6 +283,14 @@ def test_registered_and_config_checks(tmp_path):
         vqa_args(tmp_path, lora_vision="none")
     with pytest.raises(ValueError, match="not a 'open_clip' model|not a 'hf-clip' model|not a"):
         GRACEVQATrainer(create_model("vlmrobust:tiny-digits-clip"), vqa_args(tmp_path))
+    from pathlib import Path
+
+    args = vqa_args(tmp_path)  # ZeRO-3 refused at start, naming the supported stages (DDP / ZeRO-2: tests/test_scale.py)
+    args.deepspeed = str(Path(__file__).parent.parent / "recipes/ds_configs/zero3.json")  # read by the check only
+    model = create_model("llava:tiny")
+    with pytest.raises(ValueError, match=r"GRACEVQATrainer does not support DeepSpeed ZeRO-3; supported: no "
+                                         r"DeepSpeed / DDP, ZeRO-2\. Launch with another accelerate config"):
+        GRACEVQATrainer(model, args, train_dataset=Items(model))
 
 
 def test_recipe_end_to_end_on_tiny_llava(tmp_path):
