@@ -9,7 +9,8 @@ Planted bugs, checked once by hand on the tiny LLaVA (each makes the named test 
 * merged checkpoint written without the LoRA deltas: merged checkpoint reloads with plain transformers.
 * the Gram features detached (`gram_volume(f_clean.detach(), f_adv.detach(), f_wp.detach())`): Gram-volume gradient
   reaches the image-side LoRA (assertion with λ_LAR = 1, autograd error with λ_LAR = 0).
-* the LAR CE on the clean instead of the adversarial images: ρ = 0 reduction (and λ = 0: the first-pass CE scaled).
+* the LAR CE on the clean instead of the adversarial images: ρ = 0 reduction. The first-pass CE scaled by 1.5: λ = 0
+  reduction.
 * the LAR-AWP state, or the adapters, not restored on resume: resume equals the uninterrupted run (ranks differ;
   the merged-weight check refuses the checkpoint). The merged-weight check skipped for LLaVA's legacy key layout
   (as before the `_saved_key` mapping in `GRACETrainer._load_from_checkpoint`): resume on another base refused.
