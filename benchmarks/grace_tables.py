@@ -9,9 +9,12 @@ the three fit in minutes on a loaded 2-core machine; they run in parallel); the 
 
 Shapes-VQA (tiny LVLMs): vanilla LoRA (`--lambda_lar 0 --lambda_gv 0`: the same adversarial LoRA step without the
 weight perturbation and the Gram term) against GRACE, both from the same shapes-VQA fine-tuned starting point
-(`recipes/grace_vqa.py`, `LVLM_COMMON`); clean and robust VQA accuracy and their harmonic mean.
+(`recipes/grace_vqa.py`, `LVLM_COMMON`); clean and robust VQA accuracy (with Wilson 95% intervals) and their
+harmonic mean. `lvlm`: the tiny LLaVA (`quickstart_grace_llava.yaml`), `qwen`: the tiny Qwen2-VL
+(`quickstart_grace_qwen_vl.yaml`).
 
     python benchmarks/grace_tables.py --run          # runs whatever results.json is missing, then prints
+    python benchmarks/grace_tables.py --run --only lvlm   # one table (clip | lvlm | qwen)
     python benchmarks/grace_tables.py                # prints from outputs/grace-cmp/*/results.json
 """
 
@@ -49,6 +52,16 @@ LVLM_RUNS = {  # the GRACE run starts from the shapes-VQA fine-tuned model the L
 LVLM_ROWS = [("llava-lora", "before", "tiny LLaVA, shapes-VQA fine-tuned (start)"),
              ("llava-lora", "after", "+ vanilla adversarial LoRA (λ_LAR = λ_GV = 0)"),
              ("llava-grace", "after", "+ GRACE (LoRA, LAR-AWP + Gram volume)")]
+QWEN_RUNS = {  # the same on the tiny Qwen2-VL (112 px, 16 image tokens)
+    "qwen-lora": ("recipes/grace_vqa.py", "recipes/configs/quickstart_grace_qwen_vl.yaml",
+                  ["--lambda_lar", "0", "--lambda_gv", "0"]),
+    "qwen-grace": ("recipes/grace_vqa.py", "recipes/configs/quickstart_grace_qwen_vl.yaml",
+                   ["--model_name_or_path", f"qwen_vl:{OUT}/qwen-lora/sft", "--sft_steps", "0", "--eval_before",
+                    "false"]),
+}
+QWEN_ROWS = [("qwen-lora", "before", "tiny Qwen2-VL, shapes-VQA fine-tuned (start)"),
+             ("qwen-lora", "after", "+ vanilla adversarial LoRA (λ_LAR = λ_GV = 0)"),
+             ("qwen-grace", "after", "+ GRACE (LoRA, LAR-AWP + Gram volume)")]
 
 
 def run_missing(root: Path, runs: dict, common: list[str], parallel: bool = False) -> None:
@@ -114,9 +127,9 @@ def clip_table(root: Path) -> str:
     return "\n".join(lines + out) + f"\n\n({'; '.join(sorted(notes))}; HM = harmonic mean of ID, OOD, robust at ε)"
 
 
-def lvlm_table(root: Path) -> str:
+def lvlm_table(root: Path, table_rows=LVLM_ROWS) -> str:
     lines, rows, eps_all, notes = [], [], None, set()
-    for name, row, label in LVLM_ROWS:
+    for name, row, label in table_rows:
         data = _load(root, name)
         if data is None or row not in data.get("run", {}).get("rows", []):
             lines.append(f"<!-- missing: {row} in {OUT}/{name}/results.json -->")
@@ -159,17 +172,23 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default=".", help="folder the recipes run in")
     p.add_argument("--run", action="store_true", help="run the recipes whose results.json is missing first")
-    p.add_argument("--only", choices=["clip", "lvlm"], help="one of the two tables")
+    p.add_argument("--only", choices=["clip", "lvlm", "qwen"], help="one of the tables (lvlm: tiny LLaVA, qwen: tiny "
+                                                                    "Qwen2-VL)")
     args = p.parse_args(argv)
     root = Path(args.root)
-    if args.run and args.only != "lvlm":
+    tables = [args.only] if args.only else ["clip", "lvlm", "qwen"]
+    if args.run and "clip" in tables:
         run_missing(root, CLIP_RUNS, CLIP_COMMON, parallel=True)
-    if args.run and args.only != "clip":
+    if args.run and "lvlm" in tables:
         run_missing(root, LVLM_RUNS, LVLM_COMMON)
-    if args.only != "lvlm":
+    if args.run and "qwen" in tables:
+        run_missing(root, QWEN_RUNS, LVLM_COMMON)
+    if "clip" in tables:
         print("GRACE digits comparison:\n\n" + clip_table(root) + "\n")
-    if args.only != "clip":
+    if "lvlm" in tables:
         print("GRACE shapes-VQA (tiny LLaVA):\n\n" + lvlm_table(root) + "\n")
+    if "qwen" in tables:
+        print("GRACE shapes-VQA (tiny Qwen2-VL):\n\n" + lvlm_table(root, QWEN_ROWS) + "\n")
 
 
 if __name__ == "__main__":
