@@ -15,6 +15,7 @@ harmonic mean. `lvlm`: the tiny LLaVA (`quickstart_grace_llava.yaml`), `qwen`: t
 
     python benchmarks/grace_tables.py --run          # runs whatever results.json is missing, then prints
     python benchmarks/grace_tables.py --run --only lvlm   # one table (clip | lvlm | qwen)
+    python benchmarks/grace_tables.py --run --only lvlm --seeds 0 1 2   # + mean ± std over seeds (OUT/seed<k>/)
     python benchmarks/grace_tables.py                # prints from outputs/grace-cmp/*/results.json
 """
 
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from vlmrobust.eval.results import load_results
 from vlmrobust.eval.tables import format_eps
@@ -168,27 +171,77 @@ def lvlm_table(root: Path, table_rows=LVLM_ROWS) -> str:
                                       "interval over the questions (conservative for VQA's soft scores))")
 
 
+def seeded(runs: dict, seed: int) -> dict:
+    """`runs` for another seed: `--seed <seed>`, results under `OUT/seed<seed>/` (seed 0 keeps the plain folders)."""
+    if seed == 0:
+        return runs
+    return {f"seed{seed}/{name}": (recipe, config, [a.replace(f"{OUT}/", f"{OUT}/seed{seed}/") for a in extra]
+                                   + ["--seed", str(seed)])
+            for name, (recipe, config, extra) in runs.items()}
+
+
+def lvlm_seed_table(root: Path, table_rows, seeds: list[int]) -> str:
+    """Mean ± sample std over `seeds` of each LVLM cell (each seed: its own SFT, training draws, held-out questions
+    and attack starts)."""
+    lines, rows, eps_all, n_q = [], [], None, set()
+    for name, row, label in table_rows:
+        per_seed = []
+        for seed in seeds:
+            folder = name if seed == 0 else f"seed{seed}/{name}"
+            data = _load(root, folder)
+            if data is None or row not in data.get("run", {}).get("rows", []):
+                lines.append(f"<!-- missing: {row} in {OUT}/{folder}/results.json -->")
+                continue
+            dataset = data["suite"]["datasets"][0]["name"]
+            summary = data["summary"]["models"][row]["vqa"][dataset]
+            robust = {float(k): v for k, v in next(iter(summary["robust"].values())).items()}
+            eps_all = eps_all or sorted(robust)
+            n_q.add(data["suite"]["datasets"][0]["n_samples"])
+            per_seed.append([summary["clean"]] + [robust[e] for e in eps_all]
+                            + [harmonic_mean(summary["clean"], robust[e]) for e in eps_all])
+        if len(per_seed) == len(seeds):
+            rows.append((label, torch.tensor(per_seed, dtype=torch.float64) * 100))
+    if not rows:
+        return "\n".join(lines)
+    head = (["model", "clean"] + [f"robust {format_eps(e)}" for e in eps_all]
+            + [f"HM(clean, robust {format_eps(e)})" for e in eps_all])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, t in rows:
+        mean, std = t.mean(0), t.std(0) if len(seeds) > 1 else torch.zeros(t.shape[1])
+        out.append(f"| {label} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(mean.tolist(), std.tolist()))
+                   + " |")
+    return "\n".join(lines + out) + (f"\n\n(mean ± sample std over seeds {', '.join(map(str, seeds))}; "
+                                      f"{'/'.join(map(str, sorted(n_q)))} held-out questions per seed; VQA accuracy in %)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default=".", help="folder the recipes run in")
     p.add_argument("--run", action="store_true", help="run the recipes whose results.json is missing first")
     p.add_argument("--only", choices=["clip", "lvlm", "qwen"], help="one of the tables (lvlm: tiny LLaVA, qwen: tiny "
                                                                     "Qwen2-VL)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="LVLM tables: also mean ± std over these seeds")
     args = p.parse_args(argv)
     root = Path(args.root)
     tables = [args.only] if args.only else ["clip", "lvlm", "qwen"]
     if args.run and "clip" in tables:
         run_missing(root, CLIP_RUNS, CLIP_COMMON, parallel=True)
-    if args.run and "lvlm" in tables:
-        run_missing(root, LVLM_RUNS, LVLM_COMMON)
-    if args.run and "qwen" in tables:
-        run_missing(root, QWEN_RUNS, LVLM_COMMON)
+    for seed in args.seeds if args.run else []:
+        if "lvlm" in tables:
+            run_missing(root, seeded(LVLM_RUNS, seed), LVLM_COMMON)
+        if "qwen" in tables:
+            run_missing(root, seeded(QWEN_RUNS, seed), LVLM_COMMON)
     if "clip" in tables:
         print("GRACE digits comparison:\n\n" + clip_table(root) + "\n")
     if "lvlm" in tables:
         print("GRACE shapes-VQA (tiny LLaVA):\n\n" + lvlm_table(root) + "\n")
     if "qwen" in tables:
         print("GRACE shapes-VQA (tiny Qwen2-VL):\n\n" + lvlm_table(root, QWEN_ROWS) + "\n")
+    if args.seeds != [0]:
+        for name, rows in (("lvlm", LVLM_ROWS), ("qwen", QWEN_ROWS)):
+            if name in tables:
+                print(f"GRACE shapes-VQA ({'tiny LLaVA' if name == 'lvlm' else 'tiny Qwen2-VL'}), over seeds:\n\n"
+                      + lvlm_seed_table(root, rows, args.seeds) + "\n")
 
 
 if __name__ == "__main__":
