@@ -61,6 +61,8 @@ from vlmrobust.trainers import (  # noqa: E402
     TeCoAConfig,
     TeCoATrainer,
 )
+from vlmrobust.trainers.grace_vqa_config import GRACEVQAConfig  # noqa: E402
+from vlmrobust.trainers.grace_vqa_trainer import GRACEVQATrainer  # noqa: E402
 from vlmrobust.utils.distributed import launched_on_cpu, outside_zero3_init  # noqa: E402
 
 OPEN_CLIP_DIR = os.environ.get("VLMROBUST_TEST_OPEN_CLIP_DIR")
@@ -79,6 +81,14 @@ JOBS = {
                                                        "curvature_interval": 1}, True),
     # DiGraP for VQA: LoRA r2 on the tiny LLaVA's q / v, the answer CE on the training attack's images (shapes-VQA)
     "digrap_vqa": ("llava:tiny", DiGraPVQAConfig, DiGraPVQATrainer, {"lora_r": 2, "adversarial": True}, False),
+    # GRACE on the tiny LLaVA (LoRA on the language model's q/v and the projector, trained on shapes-VQA answers)
+    "grace_vqa": ("llava:tiny", GRACEVQAConfig, GRACEVQATrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
+                                                                  "curvature_interval": 1}, False),
+    # ... with the Gram term alone in the second pass (λ_LAR = 0): it reads the projector only, so DDP sees the
+    # language model's LoRA unused in the last backward (its gradient is the first pass's, accumulated locally)
+    "grace_vqa_gv": ("llava:tiny", GRACEVQAConfig, GRACEVQATrainer, {"lora_r": 4, "awp_max_rank": 2, "awp_rho": 0.5,
+                                                                     "curvature_interval": 1, "lambda_lar": 0.0},
+                     False),
     "fare_llava": ("llava:tiny", FAREConfig, FARETrainer, {}, False),
     "fare_qwen_vl": ("qwen_vl:tiny", FAREConfig, FARETrainer, {}, False),
 }
@@ -107,7 +117,7 @@ def weight_space_summary(trainer):
 
 
 # SGD learning rates: large enough that 2 steps move every weight far beyond the comparison tolerance
-LR = {"fare_llava": 0.05, "grace": 0.05, "digrap_vqa": 0.05}
+LR = {"fare_llava": 0.05, "grace": 0.05, "digrap_vqa": 0.05, "grace_vqa": 0.05, "grace_vqa_gv": 0.05}
 
 
 class Recorder:

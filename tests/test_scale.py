@@ -23,6 +23,12 @@ around θ₀ as post-step constraint; tests/ws_hooks.py): under DDP, ZeRO-2 and 
 partitioned) they must give the 1-process weights, the transform must see the same full gradients exactly once per
 optimizer step, and their state must survive a kill and resume.
 
+The GRACE jobs (DDP and ZeRO-2; ZeRO-3 is refused, `test_methods_refuse_unsupported_zero_stages`) run its two-pass
+step on the tiny open_clip CLIP (`grace`) and, LoRA on the language model and the projector trained on shapes-VQA
+answers, on the tiny LLaVA (`grace_vqa`, also with λ_LAR = 0: `grace_vqa_gv`). Planted bug, checked once by hand:
+the LVLM second pass's feature, answer and perturbed-feature passes as three forwards of the DDP wrapper (as before
+`LVLMAnswerModule(compute=...)`) fail under DDP ("Expected to mark a variable ready only once").
+
 Equality holds because the attack's random start is keyed to each image's position in the global batch
 (`attack_seed_scope="sample"`), so it does not depend on how the batch is split over processes / micro-batches.
 
@@ -61,6 +67,8 @@ CONFIGS = ROOT / "recipes" / "accelerate_configs"
 RUNNER = HERE / "dist_train_run.py"
 ALL = ["fare", "tecoa", "at", "trades", "radapt", "fare_llava", "fare_qwen_vl"]
 GRACE = ["grace", "grace@ga2"]  # DDP and ZeRO-2 (GRACE refuses ZeRO-3): its LAR-AWP ascent uses the full gradient
+# GRACE's LVLM trainer on the tiny LLaVA (the same stages), also with the Gram term alone in the second pass
+GRACE_VQA = ["grace_vqa", "grace_vqa@ga2", "grace_vqa_gv"]
 WS = ["fare@ws", "at@ws"]  # weight-space hooks on FARE's encoder and on AT's encoder + head
 # the shipped weight-space methods (3 steps each): DiGraP's projection and learned ω, FTP's learned radius, SPD
 WS_METHODS = ["fare@digrap", "at@digrap", "fare@ftp", "fare@spd", "digrap_lora@digrap"]  # + the digrap method, LoRA
@@ -306,9 +314,9 @@ def reference(tmp_path_factory, env):
     """Every job on 1 process, global batch 4, with the untrained weights saved too (launched with single_gpu.yaml,
     which on a machine without GPUs runs on the CPU; fp32, as the runs it is compared with)."""
     out = tmp_path_factory.mktemp("ref_1proc")
-    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS, "grace", *DIGRAP_VQA], env, config="single_gpu.yaml",
-             launch_args=("--mixed_precision", "no"), extra=["--save_init"])
-    for job in [*ALL, "grace"]:
+    run_jobs(out, [*ALL, "fare@adam", *WS, *WS_METHODS, "grace", "grace_vqa", "grace_vqa_gv", *DIGRAP_VQA], env,
+             config="single_gpu.yaml", launch_args=("--mixed_precision", "no"), extra=["--save_init"])
+    for job in [*ALL, "grace", "grace_vqa", "grace_vqa_gv"]:
         assert info(out / job)["world_size"] == 1
         assert_trained(out / job)
     for job in WS:
@@ -360,13 +368,13 @@ def _check_ga(run, ref, job):
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(reference, env, tmp_path):
     run_jobs(tmp_path, [*ALL, "fare@ga2", "at@ga2", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2", *GRACE,
-                        *DIGRAP_VQA], env, config="cpu_multi.yaml")
-    for job in [*ALL, "grace"]:
+                        *GRACE_VQA, *DIGRAP_VQA], env, config="cpu_multi.yaml")
+    for job in [*ALL, "grace", "grace_vqa", "grace_vqa_gv"]:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, 0), job
         assert_same_training(reference / job, tmp_path / job)
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     _check_ws_methods(tmp_path, reference)
-    for job in ("fare", "at", "grace"):
+    for job in ("fare", "at", "grace", "grace_vqa"):
         _check_ga(tmp_path, reference, job)
     _check_digrap_vqa(tmp_path, reference, 0)
 
@@ -394,7 +402,7 @@ def _plain_loaders_read(ckpt_dir, saved_file):
 @pytest.mark.parametrize("stage,config", [(2, "cpu_deepspeed_zero2.yaml"), (3, "cpu_deepspeed_zero3.yaml")])
 def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, tmp_path):
     jobs = [*ALL, "fare@ga2", "at@ga2", "fare@bf16", *WS, "fare@ws@ga2", *WS_METHODS, "at@digrap@ga2"] + (
-        [*GRACE, *DIGRAP_VQA] if stage == 2 else [])
+        [*GRACE, *GRACE_VQA, *DIGRAP_VQA] if stage == 2 else [])
     if stage == 3:
         jobs.append("fare_llava@ckpt")  # activation checkpointing of an LVLM tower under ZeRO-3
     # the last job (with the weight-space hooks, so their state must come back too) is killed (every rank, os._exit)
@@ -405,11 +413,12 @@ def test_zero_two_processes_match_one_and_resume(stage, config, reference, env, 
     for job in ALL:
         assert (info(tmp_path / job)["world_size"], info(tmp_path / job)["zero_stage"]) == (2, stage), job
         assert_same_training(reference / job, tmp_path / job)
-    for job in ("fare", "at", *(["grace"] if stage == 2 else [])):
+    for job in ("fare", "at", *(["grace", "grace_vqa"] if stage == 2 else [])):
         _check_ga(tmp_path, reference, job)
     if stage == 2:
-        assert info(tmp_path / "grace")["zero_stage"] == 2
-        assert_same_training(reference / "grace", tmp_path / "grace")
+        for job in ("grace", "grace_vqa", "grace_vqa_gv"):
+            assert info(tmp_path / job)["zero_stage"] == 2, job
+            assert_same_training(reference / job, tmp_path / job)
         _check_digrap_vqa(tmp_path, reference, 2)
     _check_ws(tmp_path, reference, [*WS, "fare@ws@ga2"])
     _check_ws_methods(tmp_path, reference)

@@ -36,7 +36,9 @@ class LVLMAnswerModule(nn.Module):
     """An LVLM's transformers model as the Trainer's module (what DDP / DeepSpeed wrap).
 
     `module(pixels, batch)` is the per-sample teacher-forced answer CE of `batch` (`LVLM.answer_loss`);
-    `module(pixels)` the pooled projected image features (`pooled_image_features`).
+    `module(pixels)` the pooled projected image features (`pooled_image_features`); `module(compute=fn)` is
+    `fn(module)`: several passes in one forward of the wrapper (DDP prepares its reducer at each forward from that
+    forward's graph alone, so one backward must follow one forward when the passes read different parameters).
     """
 
     def __init__(self, model):
@@ -44,7 +46,9 @@ class LVLMAnswerModule(nn.Module):
         self.lvlm = model.model
         self.__dict__["vlm"] = model  # not a sub-module: its parameters are `lvlm`'s
 
-    def forward(self, pixels: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor | None = None, batch: dict | None = None, *, compute=None) -> torch.Tensor:
+        if compute is not None:
+            return compute(self)
         if batch is None:
             return pooled_image_features(self.vlm, pixels)
         return self.vlm.answer_loss(pixels, batch)
@@ -110,7 +114,15 @@ class GRACEVQATrainer(GRACETrainer):
         return (loss, {"adversarial_images": x_adv}) if return_outputs else loss
 
     def perturbed_loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, batch: dict) -> torch.Tensor:
-        """`λ_LAR·CE_{θ+Δ}(x_adv) + λ_GV·L_GV` on the pooled projected image features (Δ as currently set)."""
+        """`λ_LAR·CE_{θ+Δ}(x_adv) + λ_GV·L_GV` on the pooled projected image features (Δ as currently set).
+
+        Its passes run inside one forward of the (DDP / DeepSpeed) wrapped module: with DDP's
+        `find_unused_parameters` (the Trainer's default for a plain module) a projector-only feature pass after the
+        language-model pass would otherwise mark the language model's LoRA ready before its gradient arrives.
+        """
+        return model(compute=lambda m: self._perturbed_terms(m, x, x_adv, batch))
+
+    def _perturbed_terms(self, model, x: torch.Tensor, x_adv: torch.Tensor, batch: dict) -> torch.Tensor:
         a = self.args
         loss = torch.zeros((), device=x.device)
         if a.lambda_gv > 0:
