@@ -429,5 +429,68 @@ def test_an_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp
         ds[bad]
     ds.bad_images = "skip"
     items = [ds[i] for i in range(len(ds))]
-    assert sum(it is None for it in items) == 1 and ds.skipped == 1
+    assert sum(not it for it in items) == 1 and ds.skipped == 1
     assert image_collator(items)["pixel_values"].shape[0] == len(ds) - 1
+
+
+
+def _corrupt_folder_dataset(root: Path, image_size: int):
+    import datasets
+
+    from vlmrobust.data.classification import build_classification_dataset, default_image_transform
+
+    _folder_with_a_corrupt_image(root)
+    rows = datasets.load_dataset("imagefolder", data_dir=str(root), split="train")
+    return build_classification_dataset(rows, name=f"imagefolder:{root}", split="train",
+                                        transform=default_image_transform(image_size), templates="simple")
+
+
+def test_training_with_bad_images_skip_reports_the_skipped_file_and_fail_names_it(tiny_open_clip_dir, tmp_path,
+                                                                                   capsys):
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    ds = _corrupt_folder_dataset(tmp_path / "imgs", model.image_size)
+    # fail (the default): the run stops at the unreadable image, naming its file
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
+        fare(tiny_open_clip_dir, ds, tmp_path / "fail").train()
+    # skip: 2 epochs over the 4 images (one unreadable) train on the other 3; the file is counted once, reported in
+    # the training metrics, the trainer log and once on screen
+    trainer = FARETrainer(model, fare_args(tmp_path / "skip", bad_images="skip"), train_dataset=ds)
+    capsys.readouterr()
+    out = trainer.train()
+    assert trainer.state.global_step == 2 and ds.bad_images == "skip"
+    assert out.metrics["skipped_images"] == 1
+    (name,) = out.metrics["skipped_image_files"]
+    assert name.endswith("dog/1.png") and "imagefolder:" in name
+    assert trainer.state.log_history[-1]["skipped_images"] == 1
+    printed = capsys.readouterr().out
+    assert printed.count("unreadable training image(s) skipped") == 1
+    assert "bad_images='skip': 1 unreadable training image(s) skipped: imagefolder:" in printed
+
+
+def test_bad_images_option_is_validated_and_parsed_from_the_command_line(tmp_path):
+    from vlmrobust.script_utils import RecipeParser, ScriptArguments
+
+    with pytest.raises(ValueError, match=r"bad_images must be 'fail' .* or 'skip' .* got 'ignore'"):
+        fare_args(tmp_path, bad_images="ignore")
+    assert fare_args(tmp_path).bad_images == "fail"
+    parser = RecipeParser((ScriptArguments, FAREConfig))
+    argv = ["--output_dir", str(tmp_path / "o"), "--use_cpu", "true", "--bad_images", "skip"]
+    _, args = parser.parse_args_and_config(argv)
+    assert args.bad_images == "skip"
+    with pytest.raises(ValueError, match="bad_images must be"):
+        parser.parse_args_and_config(argv[:-1] + ["skp"])
+
+
+def test_bad_images_skip_on_a_dataset_that_cannot_skip_warns(tiny_open_clip_dir, image_dataset, tmp_path):
+    with pytest.warns(UserWarning, match=r"bad_images='skip' has no effect on this training set"):
+        fare(tiny_open_clip_dir, image_dataset, tmp_path, bad_images="skip")
+
+
+def test_evaluation_refuses_a_skipped_image_naming_it(tiny_open_clip_dir, tmp_path):
+    from vlmrobust.eval.zero_shot import _collate
+
+    ds = _corrupt_folder_dataset(tmp_path / "imgs", 8)
+    ds.bad_images = "skip"
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png under bad_images='skip': "
+                                         r"evaluation does not skip"):
+        _collate([ds[i] for i in range(len(ds))])

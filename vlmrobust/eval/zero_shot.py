@@ -98,9 +98,14 @@ def _subset(dataset: Dataset, n_samples: int | None, seed: int) -> Dataset:
 
 
 def _collate(batch):
-    if any(b is None for b in batch):  # a skipped unreadable image would shift every point after it
-        raise ValueError("An unreadable image was skipped (bad_images='skip'), but evaluation scores every point of "
-                         "its subset by position: remove or replace the file, or use bad_images='fail' to name it.")
+    from ..data.classification import is_skipped
+
+    skipped = [getattr(b, "where", "an unreadable image") for b in batch if is_skipped(b)]
+    if skipped:  # a skipped unreadable image would shift every point after it, and change n
+        raise ValueError(f"Unreadable image {'; '.join(skipped)} under bad_images='skip': evaluation does not skip "
+                         "images (its accuracy is over a fixed, seeded set of n points, the same for every model and "
+                         "budget, and every cell is keyed to it). Remove or replace the file, or evaluate with "
+                         "bad_images='fail' (the default) to stop at the first unreadable image, named.")
     return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor(
         [int(b["labels"]) for b in batch], dtype=torch.long)
 
