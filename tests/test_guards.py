@@ -433,7 +433,6 @@ def test_an_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp
     assert image_collator(items)["pixel_values"].shape[0] == len(ds) - 1
 
 
-
 def _corrupt_folder_dataset(root: Path, image_size: int):
     import datasets
 
@@ -494,3 +493,35 @@ def test_evaluation_refuses_a_skipped_image_naming_it(tiny_open_clip_dir, tmp_pa
     with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png under bad_images='skip': "
                                          r"evaluation does not skip"):
         _collate([ds[i] for i in range(len(ds))])
+
+
+def test_clip_recipe_with_bad_images_skip_records_the_skipped_file_in_results_json(tiny_open_clip_dir, tmp_path,
+                                                                                    capsys):
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import fare_clip
+
+    from vlmrobust.eval import load_results
+
+    root = tmp_path / "data"
+    _folder_with_a_corrupt_image(root / "train")
+    for cls in ("cat", "dog"):  # a readable test split: evaluation never skips
+        (root / "test" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (30 * i, 60, 90)).save(root / "test" / cls / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", f"local-dir:{tiny_open_clip_dir}", "--dataset_name", f"imagefolder:{root}",
+            "--templates", "simple", "--output_dir", str(out), "--use_cpu", "true", "--disable_tqdm", "true",
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no",
+            "--logging_steps", "1", "--attack_steps", "1", "--eval_before", "false", "--eval_max_samples", "4",
+            "--eval_epsilons", "4/255", "--eval_attack", "apgd-ce", "--eval_attack_steps", "1",
+            "--bad_images", "skip"]
+    fare_clip.main(argv)
+    metrics = load_results(out)["run"]["train_metrics"]
+    assert metrics["skipped_images"] == 1 and metrics["skipped_image_files"][0].endswith("dog/1.png")
+    assert capsys.readouterr().out.count("unreadable training image(s) skipped") == 1
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
+        fare_clip.main([*argv[:-1], "fail", "--overwrite_output_dir", "true"])
