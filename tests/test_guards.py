@@ -485,14 +485,60 @@ def test_bad_images_skip_on_a_dataset_that_cannot_skip_warns(tiny_open_clip_dir,
         fare(tiny_open_clip_dir, image_dataset, tmp_path, bad_images="skip")
 
 
-def test_evaluation_refuses_a_skipped_image_naming_it(tiny_open_clip_dir, tmp_path):
+def test_evaluation_never_drops_a_point_mid_run_naming_the_file(tmp_path):
     from vlmrobust.eval.zero_shot import _collate
 
     ds = _corrupt_folder_dataset(tmp_path / "imgs", 8)
     ds.bad_images = "skip"
-    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png under bad_images='skip': "
-                                         r"evaluation does not skip"):
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png met during evaluation: an "
+                                         r"evaluation never drops a point mid-run.*--bad-images skip"):
         _collate([ds[i] for i in range(len(ds))])
+
+
+def _corrupt_suite(root: Path, **entry) -> dict:
+    return {"name": "corrupt", "datasets": [{
+        "name": "pets", "source": f"imagefolder:{root}", "split": "train", "templates": "simple", "batch_size": 4,
+        "attacks": [{"attack": "apgd-ce", "eps": ["4/255"], "steps": 1}], **entry}]}
+
+
+def test_eval_suite_bad_images_skip_leaves_the_file_out_and_records_it(tiny_open_clip_dir, tmp_path):
+    from vlmrobust.eval import load_suite, run_suite
+    from vlmrobust.eval.tasks.classification import unpack_mask
+
+    root = tmp_path / "imgs"
+    _folder_with_a_corrupt_image(root)
+    model = f"local-dir:{tiny_open_clip_dir}"
+    # fail (the default): stops at the unreadable image, naming it
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
+        run_suite([model], load_suite(_corrupt_suite(root)), tmp_path / "fail", device="cpu", progress=False)
+    res = run_suite([model], load_suite(_corrupt_suite(root, bad_images="skip")), tmp_path / "skip", device="cpu",
+                    progress=False)
+    cells = [c for c in res["cells"].values() if c["dataset"] == "pets"]
+    assert {c["kind"] for c in cells} == {"clean", "attack"}
+    for c in cells:  # n counts the 3 readable images; each cell says how many were left out, and which
+        assert c["n"] == 3 and c["skipped_images"] == 1 and c["skipped_image_files"][0].endswith("dog/1.png")
+    clean = next(c for c in cells if c["kind"] == "clean")
+    assert clean["accuracy"] == pytest.approx(unpack_mask(clean["correct"], 3).float().sum().item() / 3)
+    # the CLI flag does the same for every classification dataset of the suite (and is part of the fingerprints)
+    again = run_suite([model], load_suite(_corrupt_suite(root)), tmp_path / "skip", device="cpu", progress=False,
+                      bad_images="skip")
+    assert again["last_run"] == {"computed_cells": 0, "reused_cells": 2}
+
+
+def test_bad_images_eval_flag_and_suite_field_are_validated(tmp_path, capsys):
+    from vlmrobust.cli import make_parser
+    from vlmrobust.eval import SuiteError, load_suite, run_suite
+
+    base = ["eval", "--model", "m", "--suite", "digits", "--output", str(tmp_path)]
+    assert make_parser().parse_args(base).bad_images is None
+    assert make_parser().parse_args([*base, "--bad-images", "skip"]).bad_images == "skip"
+    with pytest.raises(SystemExit):
+        make_parser().parse_args([*base, "--bad-images", "ignore"])
+    assert "invalid choice: 'ignore'" in capsys.readouterr().err
+    with pytest.raises(SuiteError, match=r"datasets\[0\]\.bad_images: must be 'fail' .* or 'skip' .* got 'ignore'"):
+        load_suite(_corrupt_suite(tmp_path, bad_images="ignore"))
+    with pytest.raises(ValueError, match="bad_images must be 'fail'"):
+        run_suite(["m"], load_suite(_corrupt_suite(tmp_path)), tmp_path / "o", bad_images="ignore")
 
 
 def test_clip_recipe_with_bad_images_skip_records_the_skipped_file_in_results_json(tiny_open_clip_dir, tmp_path,

@@ -166,8 +166,27 @@ class ClassificationDataset(Dataset):
                 return SkippedImage(where)
             raise ValueError(f"Unreadable image {where}: {type(err).__name__}: {err}. Remove or replace the file; a "
                              "training run can leave such images out with --bad_images skip (bad_images='skip': "
-                             "each is skipped, counted and reported; evaluation never skips).") from None
+                             "each is skipped, counted and reported); an evaluation suite with bad_images: skip "
+                             "(vlmrobust eval --bad-images skip) leaves them out before any cell, n counting the "
+                             "rest.") from None
         return {"pixel_values": pixels, "labels": int(row[self.label_column])}
+
+    def without_unreadable(self) -> ClassificationDataset:
+        """The same dataset less its unreadable images (each decoded and transformed once to find them), with
+        `skipped_images`: the names of those left out (`"<source> (split s) row i, file <path>"`), in order. What
+        an evaluation with `bad_images: skip` scores: a fixed set, the same for every model and budget."""
+        mode, self.bad_images = self.bad_images, "skip"
+        try:
+            items = [(i, self[i]) for i in range(len(self))]
+        finally:
+            self.bad_images = mode
+        keep = [i for i, item in items if not is_skipped(item)]
+        out = ClassificationDataset(self.data.select(keep) if len(keep) < len(self) else self.data,
+                                    image_column=self.image_column, label_column=self.label_column,
+                                    classnames=self.classnames, templates=self.templates, transform=self.transform,
+                                    name=self.name, split=self.split)
+        out.skipped_images = [item.where for _, item in items if isinstance(item, SkippedImage)]
+        return out
 
     def _file_of(self, index: int) -> str:
         try:

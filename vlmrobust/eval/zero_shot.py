@@ -102,10 +102,11 @@ def _collate(batch):
 
     skipped = [getattr(b, "where", "an unreadable image") for b in batch if is_skipped(b)]
     if skipped:  # a skipped unreadable image would shift every point after it, and change n
-        raise ValueError(f"Unreadable image {'; '.join(skipped)} under bad_images='skip': evaluation does not skip "
-                         "images (its accuracy is over a fixed, seeded set of n points, the same for every model and "
-                         "budget, and every cell is keyed to it). Remove or replace the file, or evaluate with "
-                         "bad_images='fail' (the default) to stop at the first unreadable image, named.")
+        raise ValueError(f"Unreadable image {'; '.join(skipped)} met during evaluation: an evaluation never drops a "
+                         "point mid-run (its accuracy is over a fixed set of n points, the same for every model, "
+                         "attack and budget). Remove or replace the file, or let the suite leave unreadable images "
+                         "out before any cell (`bad_images: skip` on the dataset, or `vlmrobust eval --bad-images "
+                         "skip`: n counts the rest and every cell records how many were skipped).")
     return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor(
         [int(b["labels"]) for b in batch], dtype=torch.long)
 
