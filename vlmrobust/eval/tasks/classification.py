@@ -166,7 +166,7 @@ def _bad_images(ctx: Ctx, value: Any, where: str) -> str:
 
 def _skipped_record(run: DatasetRun) -> dict:
     """`skipped_images` (how many unreadable images were left out) and the first files, under `bad_images: skip`."""
-    if run.spec.bad_images != "skip":
+    if getattr(run.spec, "bad_images", "fail") != "skip":
         return {}
     names = list(getattr(run.data, "skipped_images", []))
     return {"skipped_images": len(names), "skipped_image_files": names[:5]}
@@ -233,12 +233,12 @@ class ClassificationTask(EvalTask):
         return {"source": spec.source, "split": spec.split, "n_samples": spec.n_samples, "seed": spec.seed,
                 "classnames": spec.classnames, "templates": spec.templates, "image_column": spec.image_column,
                 "label_column": spec.label_column, "data_dir": spec.data_dir,
-                **({"bad_images": "skip"} if spec.bad_images == "skip" else {})}
+                **({"bad_images": "skip"} if getattr(spec, "bad_images", "fail") == "skip" else {})}
 
     # -- cells --------------------------------------------------------------------------------------------------------
     def load(self, spec, model):
         data = load_suite_dataset(spec, model)
-        if spec.bad_images == "skip" and hasattr(data, "without_unreadable"):
+        if getattr(spec, "bad_images", "fail") == "skip" and hasattr(data, "without_unreadable"):
             data = data.without_unreadable()
             if data.skipped_images:
                 logger.warning("%s: %d unreadable image(s) left out (bad_images: skip), n = %d: %s", spec.name,
