@@ -83,3 +83,28 @@ def test_vqa_suite_cell_counts_nonfinite_questions_as_broken(llava, monkeypatch,
     assert cell["n_nonfinite"] == 1 and cell["nonfinite_questions"] == [target]
     assert cell["scores"] == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
     assert cell["accuracy"] == pytest.approx(5 / 6)
+
+
+def test_captioning_scores_a_nonfinite_image_zero_and_reports_it(llava, monkeypatch):
+    import vlmrobust.eval.caption as caption
+    from vlmrobust.data.shapes_captions import ShapesCaptions
+    from vlmrobust.metrics import cider_status
+
+    if not cider_status()[0]:
+        pytest.skip(cider_status()[1])
+    model = llava[0]
+    ds = ShapesCaptions(4, seed=0, transform=model.preprocess)
+    x = torch.stack([torch.as_tensor(ds[i]["pixel_values"]) for i in range(4)]).float()
+    _nan_for(model, monkeypatch, x[[1]])
+
+    def fixed_scores(model, scorer, pixels, prompts, ids, max_new_tokens):  # every caption scores 50 CIDEr
+        assert torch.isfinite(pixels).all()  # never captioned from a NaN image
+        return [50.0] * len(ids), ["a caption"] * len(ids)
+
+    monkeypatch.setattr(caption, "caption_scores", fixed_scores)
+    with pytest.warns(RuntimeWarning, match=r"NaN / Inf for 1 images; each is counted as broken"):
+        res = caption.evaluate_captioning(model, ds, [EPS], steps=2, n_references=1, batch_size=4, max_new_tokens=3)
+    assert res["per_image"]["clean"] == [50.0] * 4
+    assert res["per_image"]["8/255"] == [50.0, 0.0, 50.0, 50.0]
+    assert res["captions"]["8/255"][1] == "" and res["nonfinite"] == {"8/255": 1}
+    assert res["robust"]["8/255"] == pytest.approx(37.5)
