@@ -554,20 +554,26 @@ def test_clip_recipe_with_bad_images_skip_records_the_skipped_file_in_results_js
 
     root = tmp_path / "data"
     _folder_with_a_corrupt_image(root / "train")
-    for cls in ("cat", "dog"):  # a readable test split: evaluation never skips
+    for cls in ("cat", "dog"):  # the test split: 4 readable images and a corrupt one
         (root / "test" / cls).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (8, 8), (30 * i, 60, 90)).save(root / "test" / cls / f"{i}.png")
+    (root / "test" / "cat" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "run"
     argv = ["--model_name_or_path", f"local-dir:{tiny_open_clip_dir}", "--dataset_name", f"imagefolder:{root}",
             "--templates", "simple", "--output_dir", str(out), "--use_cpu", "true", "--disable_tqdm", "true",
             "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no",
-            "--logging_steps", "1", "--attack_steps", "1", "--eval_before", "false", "--eval_max_samples", "4",
+            "--logging_steps", "1", "--attack_steps", "1", "--eval_before", "false", "--eval_max_samples", "8",
             "--eval_epsilons", "4/255", "--eval_attack", "apgd-ce", "--eval_attack_steps", "1",
             "--bad_images", "skip"]
     fare_clip.main(argv)
-    metrics = load_results(out)["run"]["train_metrics"]
+    results = load_results(out)
+    metrics = results["run"]["train_metrics"]
     assert metrics["skipped_images"] == 1 and metrics["skipped_image_files"][0].endswith("dog/1.png")
+    # the recipe's evaluation takes the same setting: the corrupt test image is left out before any cell
+    for cell in results["cells"].values():
+        assert cell["n"] == 4 and cell["skipped_images"] == 1, cell["kind"]
+        assert cell["skipped_image_files"][0].endswith("cat/9.png")
     assert capsys.readouterr().out.count("unreadable training image(s) skipped") == 1
     with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
         fare_clip.main([*argv[:-1], "fail", "--overwrite_output_dir", "true"])
