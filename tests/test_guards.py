@@ -453,10 +453,13 @@ def test_training_with_bad_images_skip_reports_the_skipped_file_and_fail_names_i
         fare(tiny_open_clip_dir, ds, tmp_path / "fail").train()
     # skip: 2 epochs over the 4 images (one unreadable) train on the other 3; the file is counted once, reported in
     # the training metrics, the trainer log and once on screen
-    trainer = FARETrainer(model, fare_args(tmp_path / "skip", bad_images="skip"), train_dataset=ds)
+    # (one DataLoader worker process: the names come back with the batches)
+    trainer = FARETrainer(model, fare_args(tmp_path / "skip", bad_images="skip", dataloader_num_workers=1),
+                          train_dataset=ds)
     capsys.readouterr()
     out = trainer.train()
     assert trainer.state.global_step == 2 and ds.bad_images == "skip"
+    assert trainer.args.dataloader_num_workers == 1 and getattr(ds, "skipped", 0) == 0  # read in the worker
     assert out.metrics["skipped_images"] == 1
     (name,) = out.metrics["skipped_image_files"]
     assert name.endswith("dog/1.png") and "imagefolder:" in name
