@@ -469,6 +469,21 @@ def test_training_with_bad_images_skip_reports_the_skipped_file_and_fail_names_i
     assert "bad_images='skip': 1 unreadable training image(s) skipped: imagefolder:" in printed
 
 
+def test_skipped_images_survive_a_resume(tiny_open_clip_dir, tmp_path):
+    from vlmrobust.trainers.base_trainer import SKIPPED_IMAGES_NAME
+
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    ds = _corrupt_folder_dataset(tmp_path / "imgs", model.image_size)
+    args = fare_args(tmp_path / "run", bad_images="skip", save_strategy="steps", save_steps=1)
+    FARETrainer(model, args, train_dataset=ds).train()
+    saved = json.loads((tmp_path / "run" / "checkpoint-2" / SKIPPED_IMAGES_NAME).read_text())
+    assert len(saved) == 1 and saved[0].endswith("dog/1.png")
+    # resumed at the end: no batch is read again, the count comes from the checkpoint
+    again = FARETrainer(create_model(f"local-dir:{tiny_open_clip_dir}"), args, train_dataset=ds)
+    out = again.train(resume_from_checkpoint=True)
+    assert out.metrics["skipped_images"] == 1 and out.metrics["skipped_image_files"] == saved
+
+
 def test_bad_images_option_is_validated_and_parsed_from_the_command_line(tmp_path):
     from vlmrobust.script_utils import RecipeParser, ScriptArguments
 

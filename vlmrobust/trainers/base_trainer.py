@@ -51,6 +51,10 @@ from .training_attack import AttackLoop, check_training_attack
 __all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "image_collator", "require_vlm"]
 
 
+#: the unreadable images skipped before a checkpoint (`bad_images='skip'`), kept in it for a resumed run's report
+SKIPPED_IMAGES_NAME = "vlmrobust_skipped_images.json"
+
+
 def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
     """Stack `pixel_values` (and `labels` when present) of dataset items. Skipped unreadable images
     (`bad_images='skip'`) are dropped; where any were, the batch carries their names as `skipped_images` (a list of
@@ -380,12 +384,21 @@ class RobustTrainer(AttackLoop, Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
             self.weight_space.save(output_dir)
+            if self.skipped_image_names:  # bad_images='skip': a resumed run keeps counting from here
+                from ..utils.io import atomic_write_json
+
+                atomic_write_json(Path(output_dir) / SKIPPED_IMAGES_NAME, sorted(self.skipped_image_names))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             names = [n for n, _ in self.unwrapped(self.model).named_parameters()]
             self.weight_space.load(checkpoint, names)
+            skipped = Path(checkpoint) / SKIPPED_IMAGES_NAME
+            if skipped.is_file():
+                import json
+
+                self.skipped_image_names.update(json.loads(skipped.read_text()))
 
     # -- saving / loading ------------------------------------------------------------------------------------------
     def _native_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
