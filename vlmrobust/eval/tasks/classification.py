@@ -8,6 +8,8 @@ Dataset-entry keys (besides the shared ones)::
       templates: openai_imagenet       # set name | list | {file: ...}
       image_column: null               # columns of a Hub / parquet source
       label_column: null
+      bad_images: fail                 # an unreadable image: fail (stop, naming it) | skip (left out before any
+                                       # cell; n = the readable rest; cells record skipped_images and the files)
       attacks:
         - attack: [apgd-ce, apgd-t]    # one registered attack, or several: worst case per sample
           norm: Linf                   # Linf | L2
