@@ -30,12 +30,15 @@ class AnswerLoss:
         self.model = model
         self.batch = batch
         self.sign = -1.0 if targeted else 1.0
-        #: per sample of the full batch: some evaluated loss was NaN / Inf (set on the first call)
+        #: per sample of the full batch: some evaluated loss was NaN / Inf (set on the first call; on the loss's
+        #: device, read once after the attack)
         self.nonfinite: Tensor | None = None
 
     def __call__(self, pixels: Tensor) -> Tensor:
         loss = self.sign * self.model.answer_loss(pixels, self.batch)
-        bad = ~torch.isfinite(loss.detach()).reshape(loss.shape[0], -1).all(dim=1).cpu()
+        if loss.dim() == 0:  # not per sample: nothing to attribute
+            return loss
+        bad = ~torch.isfinite(loss.detach()).reshape(loss.shape[0], -1).all(dim=1)  # on device: no host sync
         if self.nonfinite is None:
             self.nonfinite = bad
         elif bad.shape == self.nonfinite.shape:  # APGD evaluates the whole batch (no per-sample early stop here)
@@ -79,7 +82,7 @@ def attack_answers(model, pixels: Tensor, questions: Sequence[str], answers: Seq
     res = atk.perturb(pixels, dummy)
     res.loss = res.loss * fn.sign
     res.x_adv = res.x_max_loss
-    bad = fn.nonfinite if fn.nonfinite is not None else torch.zeros(pixels.shape[0], dtype=torch.bool)
+    bad = fn.nonfinite.cpu() if fn.nonfinite is not None else torch.zeros(pixels.shape[0], dtype=torch.bool)
     bad = bad | ~torch.isfinite(res.loss.detach()).cpu()
     bad = bad | ~torch.isfinite(res.x_adv.detach()).reshape(pixels.shape[0], -1).all(dim=1).cpu()
     res.nonfinite = bad
