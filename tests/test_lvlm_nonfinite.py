@@ -108,3 +108,14 @@ def test_captioning_scores_a_nonfinite_image_zero_and_reports_it(llava, monkeypa
     assert res["per_image"]["8/255"] == [50.0, 0.0, 50.0, 50.0]
     assert res["captions"]["8/255"][1] == "" and res["nonfinite"] == {"8/255": 1}
     assert res["robust"]["8/255"] == pytest.approx(37.5)
+
+
+def test_evaluate_vqa_counts_nonfinite_questions_as_broken(llava, monkeypatch):
+    import vlmrobust.eval.vqa as vqa
+
+    model, ds, x, *_ = llava
+    monkeypatch.setattr(vqa, "vqa_accuracy", lambda pred, refs: 1.0)  # every finite question stays robust
+    _nan_for(model, monkeypatch, x[[0]])
+    with pytest.warns(RuntimeWarning, match=r"vqa \(VQA accuracy\): .*NaN / Inf for 1 questions"):
+        res = vqa.evaluate_vqa(model, ds, [EPS], steps=2, batch_size=4, answer_mode="rank")
+    assert res["clean"] == 1.0 and res["robust"]["8/255"] == 0.75 and res["nonfinite"] == {"8/255": 1}
