@@ -119,3 +119,28 @@ def test_evaluate_vqa_counts_nonfinite_questions_as_broken(llava, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"vqa \(VQA accuracy\): .*NaN / Inf for 1 questions"):
         res = vqa.evaluate_vqa(model, ds, [EPS], steps=2, batch_size=4, answer_mode="rank")
     assert res["clean"] == 1.0 and res["robust"]["8/255"] == 0.75 and res["nonfinite"] == {"8/255": 1}
+
+
+def test_caption_suite_cell_counts_nonfinite_images_as_broken(llava, monkeypatch, tmp_path):
+    import vlmrobust.eval.caption as caption
+    from vlmrobust.data.sources import load_caption_dataset
+    from vlmrobust.eval import load_suite, run_suite
+    from vlmrobust.metrics import cider_status
+
+    if not cider_status()[0]:
+        pytest.skip(cider_status()[1])
+    model = llava[0]
+    monkeypatch.setattr(caption, "caption_scores",  # every caption scores 50 CIDEr
+                        lambda model, scorer, pixels, prompts, ids, n: ([50.0] * len(ids), ["a caption"] * len(ids)))
+    suite = load_suite({"name": "tiny-caption", "datasets": [{
+        "name": "caps", "task": "caption", "source": "shapes-caption", "n_samples": 4, "batch_size": 4,
+        "caption": {"max_new_tokens": 3},
+        "attacks": [{"attack": "apgd", "eps": ["8/255"], "steps": 2, "n_references": 1}]}]})
+    item = load_caption_dataset(suite.datasets[0], model)[3]
+    img = item["pixel_values"] if "pixel_values" in item else model.preprocess(item["image"])
+    _nan_for(model, monkeypatch, torch.as_tensor(img).float().unsqueeze(0))
+    with pytest.warns(RuntimeWarning, match=r"NaN / Inf for 1 images; each is counted as broken"):
+        res = run_suite({"llava:tiny": model}, suite, tmp_path, device="cpu", progress=False)
+    cell = next(c for c in res["cells"].values() if c["kind"] == "caption_attack")
+    assert cell["n_nonfinite"] == 1 and cell["nonfinite_images"] == [3]
+    assert cell["scores"] == [50.0, 50.0, 50.0, 0.0] and cell["captions"][3] == ""
