@@ -429,5 +429,169 @@ def test_an_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp
         ds[bad]
     ds.bad_images = "skip"
     items = [ds[i] for i in range(len(ds))]
-    assert sum(it is None for it in items) == 1 and ds.skipped == 1
+    assert sum(not it for it in items) == 1 and ds.skipped == 1
     assert image_collator(items)["pixel_values"].shape[0] == len(ds) - 1
+
+
+def _corrupt_folder_dataset(root: Path, image_size: int):
+    import datasets
+
+    from vlmrobust.data.classification import build_classification_dataset, default_image_transform
+
+    _folder_with_a_corrupt_image(root)
+    rows = datasets.load_dataset("imagefolder", data_dir=str(root), split="train")
+    return build_classification_dataset(rows, name=f"imagefolder:{root}", split="train",
+                                        transform=default_image_transform(image_size), templates="simple")
+
+
+def test_training_with_bad_images_skip_reports_the_skipped_file_and_fail_names_it(tiny_open_clip_dir, tmp_path,
+                                                                                   capsys):
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    ds = _corrupt_folder_dataset(tmp_path / "imgs", model.image_size)
+    # fail (the default): the run stops at the unreadable image, naming its file
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
+        fare(tiny_open_clip_dir, ds, tmp_path / "fail").train()
+    # skip: 2 epochs over the 4 images (one unreadable) train on the other 3; the file is counted once, reported in
+    # the training metrics, the trainer log and once on screen
+    # (one DataLoader worker process: the names come back with the batches)
+    trainer = FARETrainer(model, fare_args(tmp_path / "skip", bad_images="skip", dataloader_num_workers=1),
+                          train_dataset=ds)
+    capsys.readouterr()
+    out = trainer.train()
+    assert trainer.state.global_step == 2 and ds.bad_images == "skip"
+    assert trainer.args.dataloader_num_workers == 1 and getattr(ds, "skipped", 0) == 0  # read in the worker
+    assert out.metrics["skipped_images"] == 1
+    (name,) = out.metrics["skipped_image_files"]
+    assert name.endswith("dog/1.png") and "imagefolder:" in name
+    assert trainer.state.log_history[-1]["skipped_images"] == 1
+    printed = capsys.readouterr().out
+    assert printed.count("unreadable training image(s) skipped") == 1
+    assert "bad_images='skip': 1 unreadable training image(s) skipped: imagefolder:" in printed
+
+
+def test_skipped_images_survive_a_resume(tiny_open_clip_dir, tmp_path):
+    from vlmrobust.trainers.base_trainer import SKIPPED_IMAGES_NAME
+
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    ds = _corrupt_folder_dataset(tmp_path / "imgs", model.image_size)
+    args = fare_args(tmp_path / "run", bad_images="skip", save_strategy="steps", save_steps=1)
+    FARETrainer(model, args, train_dataset=ds).train()
+    saved = json.loads((tmp_path / "run" / "checkpoint-2" / SKIPPED_IMAGES_NAME).read_text())
+    assert len(saved) == 1 and saved[0].endswith("dog/1.png")
+    # resumed at the end: no batch is read again, the count comes from the checkpoint
+    again = FARETrainer(create_model(f"local-dir:{tiny_open_clip_dir}"), args, train_dataset=ds)
+    out = again.train(resume_from_checkpoint=True)
+    assert out.metrics["skipped_images"] == 1 and out.metrics["skipped_image_files"] == saved
+
+
+def test_bad_images_option_is_validated_and_parsed_from_the_command_line(tmp_path):
+    from vlmrobust.script_utils import RecipeParser, ScriptArguments
+
+    with pytest.raises(ValueError, match=r"bad_images must be 'fail' .* or 'skip' .* got 'ignore'"):
+        fare_args(tmp_path, bad_images="ignore")
+    assert fare_args(tmp_path).bad_images == "fail"
+    parser = RecipeParser((ScriptArguments, FAREConfig))
+    argv = ["--output_dir", str(tmp_path / "o"), "--use_cpu", "true", "--bad_images", "skip"]
+    _, args = parser.parse_args_and_config(argv)
+    assert args.bad_images == "skip"
+    with pytest.raises(ValueError, match="bad_images must be"):
+        parser.parse_args_and_config(argv[:-1] + ["skp"])
+
+
+def test_bad_images_skip_on_a_dataset_that_cannot_skip_warns(tiny_open_clip_dir, image_dataset, tmp_path):
+    with pytest.warns(UserWarning, match=r"bad_images='skip' has no effect on this training set"):
+        fare(tiny_open_clip_dir, image_dataset, tmp_path, bad_images="skip")
+
+
+def test_evaluation_never_drops_a_point_mid_run_naming_the_file(tmp_path):
+    from vlmrobust.eval.zero_shot import _collate
+
+    ds = _corrupt_folder_dataset(tmp_path / "imgs", 8)
+    ds.bad_images = "skip"
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png met during evaluation: an "
+                                         r"evaluation never drops a point mid-run.*--bad-images skip"):
+        _collate([ds[i] for i in range(len(ds))])
+
+
+def _corrupt_suite(root: Path, **entry) -> dict:
+    return {"name": "corrupt", "datasets": [{
+        "name": "pets", "source": f"imagefolder:{root}", "split": "train", "templates": "simple", "batch_size": 4,
+        "attacks": [{"attack": "apgd-ce", "eps": ["4/255"], "steps": 1}], **entry}]}
+
+
+def test_eval_suite_bad_images_skip_leaves_the_file_out_and_records_it(tiny_open_clip_dir, tmp_path):
+    from vlmrobust.eval import load_suite, run_suite
+    from vlmrobust.eval.tasks.classification import unpack_mask
+
+    root = tmp_path / "imgs"
+    _folder_with_a_corrupt_image(root)
+    model = f"local-dir:{tiny_open_clip_dir}"
+    # fail (the default): stops at the unreadable image, naming it
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
+        run_suite([model], load_suite(_corrupt_suite(root)), tmp_path / "fail", device="cpu", progress=False)
+    res = run_suite([model], load_suite(_corrupt_suite(root, bad_images="skip")), tmp_path / "skip", device="cpu",
+                    progress=False)
+    cells = [c for c in res["cells"].values() if c["dataset"] == "pets"]
+    assert {c["kind"] for c in cells} == {"clean", "attack"}
+    for c in cells:  # n counts the 3 readable images; each cell says how many were left out, and which
+        assert c["n"] == 3 and c["skipped_images"] == 1 and c["skipped_image_files"][0].endswith("dog/1.png")
+    clean = next(c for c in cells if c["kind"] == "clean")
+    assert clean["accuracy"] == pytest.approx(unpack_mask(clean["correct"], 3).float().sum().item() / 3)
+    # the CLI flag does the same for every classification dataset of the suite (and is part of the fingerprints)
+    again = run_suite([model], load_suite(_corrupt_suite(root)), tmp_path / "skip", device="cpu", progress=False,
+                      bad_images="skip")
+    assert again["last_run"] == {"computed_cells": 0, "reused_cells": 2}
+
+
+def test_bad_images_eval_flag_and_suite_field_are_validated(tmp_path, capsys):
+    from vlmrobust.cli import make_parser
+    from vlmrobust.eval import SuiteError, load_suite, run_suite
+
+    base = ["eval", "--model", "m", "--suite", "digits", "--output", str(tmp_path)]
+    assert make_parser().parse_args(base).bad_images is None
+    assert make_parser().parse_args([*base, "--bad-images", "skip"]).bad_images == "skip"
+    with pytest.raises(SystemExit):
+        make_parser().parse_args([*base, "--bad-images", "ignore"])
+    assert "invalid choice: 'ignore'" in capsys.readouterr().err
+    with pytest.raises(SuiteError, match=r"datasets\[0\]\.bad_images: must be 'fail' .* or 'skip' .* got 'ignore'"):
+        load_suite(_corrupt_suite(tmp_path, bad_images="ignore"))
+    with pytest.raises(ValueError, match="bad_images must be 'fail'"):
+        run_suite(["m"], load_suite(_corrupt_suite(tmp_path)), tmp_path / "o", bad_images="ignore")
+
+
+def test_clip_recipe_with_bad_images_skip_records_the_skipped_file_in_results_json(tiny_open_clip_dir, tmp_path,
+                                                                                    capsys):
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import fare_clip
+
+    from vlmrobust.eval import load_results
+
+    root = tmp_path / "data"
+    _folder_with_a_corrupt_image(root / "train")
+    for cls in ("cat", "dog"):  # the test split: 4 readable images and a corrupt one
+        (root / "test" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (30 * i, 60, 90)).save(root / "test" / cls / f"{i}.png")
+    (root / "test" / "cat" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", f"local-dir:{tiny_open_clip_dir}", "--dataset_name", f"imagefolder:{root}",
+            "--templates", "simple", "--output_dir", str(out), "--use_cpu", "true", "--disable_tqdm", "true",
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no",
+            "--logging_steps", "1", "--attack_steps", "1", "--eval_before", "false", "--eval_max_samples", "8",
+            "--eval_epsilons", "4/255", "--eval_attack", "apgd-ce", "--eval_attack_steps", "1",
+            "--bad_images", "skip"]
+    fare_clip.main(argv)
+    results = load_results(out)
+    metrics = results["run"]["train_metrics"]
+    assert metrics["skipped_images"] == 1 and metrics["skipped_image_files"][0].endswith("dog/1.png")
+    # the recipe's evaluation takes the same setting: the corrupt test image is left out before any cell
+    for cell in results["cells"].values():
+        assert cell["n"] == 4 and cell["skipped_images"] == 1, cell["kind"]
+        assert cell["skipped_image_files"][0].endswith("cat/9.png")
+    assert capsys.readouterr().out.count("unreadable training image(s) skipped") == 1
+    with pytest.raises(ValueError, match=r"Unreadable image imagefolder:.*dog/1\.png"):
+        fare_clip.main([*argv[:-1], "fail", "--overwrite_output_dir", "true"])

@@ -53,6 +53,10 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="reuse finished cells of an existing results.json (default: on)")
     ev.add_argument("--skip-missing", action="store_true", help="skip datasets that cannot be loaded")
+    ev.add_argument("--bad-images", choices=("fail", "skip"), default=None,
+                    help="an unreadable image in a classification dataset: 'fail' (stop, naming the file; the "
+                         "default) or 'skip' (leave it out: n counts the rest, each cell records how many were "
+                         "skipped); overrides the suite's bad_images")
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     ev.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -143,7 +147,8 @@ def _eval(args: argparse.Namespace) -> int:
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
     res = run_suite(args.model, args.suite, args.output, device=args.device, bf16=args.bf16,
                     n_samples=args.n_samples, batch_size=args.batch_size, datasets=datasets, resume=args.resume,
-                    skip_missing=args.skip_missing, num_workers=args.num_workers, progress=not args.no_progress)
+                    skip_missing=args.skip_missing, num_workers=args.num_workers, progress=not args.no_progress,
+                    bad_images=args.bad_images)
     print(console_summary(res.get("summary", {})))
     run = res.get("last_run", {})
     print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused from an earlier run. "

@@ -64,7 +64,7 @@ def run_clip_recipe(method, argv=None) -> dict:
     train_ds, _ = load_datasets(script, model, seed=args.seed)
     timings = {}
     evaluate = recipe_evaluator(script, args.output_dir, seed=args.seed, bf16=args.bf16, device=state.device,
-                                progress=not args.disable_tqdm)
+                                progress=not args.disable_tqdm, bad_images=args.bad_images)
     if script.eval_before and state.is_main_process:
         evaluate("before", model)
         timings["eval_before_s"] = evaluate.seconds["before"]

@@ -145,8 +145,9 @@ def resolve_classnames(spec: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def recipe_suite(script: ScriptArguments, seed: int = 0) -> dict:
-    """The recipe's evaluation as a one-dataset suite (its eval split, subset, ε grid and attacks)."""
+def recipe_suite(script: ScriptArguments, seed: int = 0, bad_images: str = "fail") -> dict:
+    """The recipe's evaluation as a one-dataset suite (its eval split, subset, ε grid and attacks; `bad_images`,
+    the training config's, says whether unreadable evaluation images are left out before any cell)."""
     from .attacks import ATTACKS
     from .eval.protocol import generated_suite
 
@@ -163,17 +164,19 @@ def recipe_suite(script: ScriptArguments, seed: int = 0) -> dict:
         templates=script.templates or None, name=f"recipe-{script.dataset_name.replace('|', '_')}",
         corruptions=None if script.eval_corruptions == "none" else {
             "types": script.eval_corruptions, "severities": list(script.eval_corruption_severities),
-            "n_samples": script.eval_corruption_samples, "seed": seed, "reference": "none"})
+            "n_samples": script.eval_corruption_samples, "seed": seed, "reference": "none"},
+        bad_images=bad_images)
 
 
 def recipe_evaluator(script: ScriptArguments, output_dir: str | Path, *, seed: int = 0, bf16: bool = False,
-                     device=None, progress: bool = True):
+                     device=None, progress: bool = True, bad_images: str = "fail"):
     """A `SuiteEvaluator` for the recipe's evaluation: every row (before / after, paradigms, guide) runs through the
     suite runner on `recipe_suite`, worst case per point over the attacks, into `<output_dir>` (`results.json` in the
     one results format, `report.md`, plots, `suite.yaml`)."""
     from .eval.protocol import SuiteEvaluator
 
-    return SuiteEvaluator(recipe_suite(script, seed), Path(output_dir), bf16=bf16, device=device, progress=progress)
+    return SuiteEvaluator(recipe_suite(script, seed, bad_images), Path(output_dir), bf16=bf16, device=device,
+                          progress=progress)
 
 
 def reload_spec(model, path: str | Path) -> str:

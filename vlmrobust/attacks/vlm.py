@@ -30,9 +30,20 @@ class AnswerLoss:
         self.model = model
         self.batch = batch
         self.sign = -1.0 if targeted else 1.0
+        #: per sample of the full batch: some evaluated loss was NaN / Inf (set on the first call; on the loss's
+        #: device, read once after the attack)
+        self.nonfinite: Tensor | None = None
 
     def __call__(self, pixels: Tensor) -> Tensor:
-        return self.sign * self.model.answer_loss(pixels, self.batch)
+        loss = self.sign * self.model.answer_loss(pixels, self.batch)
+        if loss.dim() == 0:  # not per sample: nothing to attribute
+            return loss
+        bad = ~torch.isfinite(loss.detach()).reshape(loss.shape[0], -1).all(dim=1)  # on device: no host sync
+        if self.nonfinite is None:
+            self.nonfinite = bad
+        elif bad.shape == self.nonfinite.shape:  # APGD evaluates the whole batch (no per-sample early stop here)
+            self.nonfinite |= bad
+        return loss
 
 
 def _identity_loss(out: Tensor, target: Tensor) -> Tensor:
@@ -59,7 +70,9 @@ def attack_answers(model, pixels: Tensor, questions: Sequence[str], answers: Seq
 
     Returns:
         `AttackResult`: `x_max_loss` holds the images with the highest (untargeted) / lowest (targeted) CE found;
-        `loss` is that CE (sign restored, so it is always the plain cross-entropy).
+        `loss` is that CE (sign restored, so it is always the plain cross-entropy). Its extra attribute `nonfinite`
+        (bool `[B]`, CPU) marks the images for which some evaluated loss, the loss returned or the adversarial
+        image was NaN / Inf: the attack's outcome there is unknown, and [`ensemble_attack`] scores them 0.
     """
     batch = model.build_batch(list(questions), list(answers), image_hw=tuple(pixels.shape[-2:]))
     fn = AnswerLoss(model, batch, targeted=targeted)
@@ -69,13 +82,17 @@ def attack_answers(model, pixels: Tensor, questions: Sequence[str], answers: Seq
     res = atk.perturb(pixels, dummy)
     res.loss = res.loss * fn.sign
     res.x_adv = res.x_max_loss
+    bad = fn.nonfinite.cpu() if fn.nonfinite is not None else torch.zeros(pixels.shape[0], dtype=torch.bool)
+    bad = bad | ~torch.isfinite(res.loss.detach()).cpu()
+    bad = bad | ~torch.isfinite(res.x_adv.detach()).reshape(pixels.shape[0], -1).all(dim=1).cpu()
+    res.nonfinite = bad
     return res
 
 
 def ensemble_attack(model, pixels: Tensor, questions: Sequence[str], references: Sequence[Sequence[str]], *,
                     eps: float, score_fn: Callable[[Tensor, Tensor], Tensor], steps: int = 100, norm: str = "Linf",
                     targets: Sequence[str] = (), max_references: int | None = None, seed: int = 0,
-                    floor: float | None = 0.0) -> tuple[Tensor, Tensor]:
+                    floor: float | None = 0.0, nonfinite_out: list[int] | None = None) -> tuple[Tensor, Tensor]:
     """The FARE paper's ensemble: one untargeted run per distinct reference answer, one targeted run per target
     string, and per image the adversarial image with the lowest score (the worst case).
 
@@ -94,6 +111,10 @@ def ensemble_attack(model, pixels: Tensor, questions: Sequence[str], references:
         max_references (`int`, *optional*): attack at most this many distinct references per image.
         floor (`float`, *optional*, defaults to 0.0): the lowest possible score (0 for an accuracy); images already
             at it are not attacked again. `None` attacks every image in every run.
+        nonfinite_out (`list[int]`, *optional*): receives the batch positions of the images where a run met a NaN /
+            Inf loss or adversarial image. Such an image counts as broken, as the classification attacks count it:
+            its score is 0 (the run's outcome is unknown, so it is never counted robust) and it is not scored on the
+            non-finite image (its kept image is the clean one). The caller reports how many.
 
     Returns:
         `(x_worst, score_worst)`: per image, the worst images found and their scores.
@@ -103,6 +124,7 @@ def ensemble_attack(model, pixels: Tensor, questions: Sequence[str], references:
     from ..metrics import normalize_answer
 
     best_x = pixels.detach().clone()
+    broken = torch.zeros(len(questions), dtype=torch.bool)
     best_score = score_fn(best_x, torch.arange(len(questions))).detach().float().cpu()
     distinct = []
     for refs in references:
@@ -126,11 +148,21 @@ def ensemble_attack(model, pixels: Tensor, questions: Sequence[str], references:
         idx = active.nonzero().flatten()
         sub_q = [questions[i] for i in idx.tolist()]
         sub_s = [strings[i] for i in idx.tolist()]
-        res = attack_answers(model, pixels[idx.to(pixels.device)], sub_q, sub_s, eps=eps, steps=steps, norm=norm,
+        sub_x = pixels[idx.to(pixels.device)]
+        res = attack_answers(model, sub_x, sub_q, sub_s, eps=eps, steps=steps, norm=norm,
                              targeted=targeted, seed=seed + k)
-        score = score_fn(res.x_adv, idx).detach().float().cpu()
+        bad = res.nonfinite
+        x_adv = res.x_adv
+        if bad.any():  # score a finite stand-in (the clean image), then count the image as broken
+            x_adv = torch.where(bad.to(x_adv.device).view(-1, *([1] * (x_adv.dim() - 1))), sub_x, x_adv)
+            broken[idx[bad]] = True
+        score = score_fn(x_adv, idx).detach().float().cpu()
+        score[bad] = 0.0
         better = score < best_score[idx]
         upd = idx[better]
-        best_x[upd.to(best_x.device)] = res.x_adv[better.to(res.x_adv.device)]
+        best_x[upd.to(best_x.device)] = x_adv[better.to(x_adv.device)]
         best_score[upd] = score[better]
+    best_score[broken] = torch.clamp(best_score[broken], max=0.0)
+    if nonfinite_out is not None:
+        nonfinite_out.extend(broken.nonzero().flatten().tolist())
     return best_x, best_score

@@ -49,6 +49,63 @@ def default_image_transform(image_size: int = 224) -> Transform:
     )
 
 
+#: what an unreadable / corrupt image does: "fail" (raise naming the row and the file) or "skip" (drop the item,
+#: counted and reported)
+BAD_IMAGES = ("fail", "skip")
+
+
+def check_bad_images(mode: str, where: str = "bad_images") -> str:
+    """`mode` if it is one of [`BAD_IMAGES`], else a `ValueError` saying what each value does."""
+    if mode not in BAD_IMAGES:
+        raise ValueError(f"{where} must be 'fail' (an unreadable image stops the run, naming its file) or 'skip' "
+                         f"(each unreadable image is left out, counted and reported), got {mode!r}.")
+    return mode
+
+
+class SkippedImage:
+    """A dataset item whose image could not be read under `bad_images='skip'`: falsy, and naming where it was
+    (`"<source> (split s) row i, file <path>"`). The collators drop it; the training collator passes the names on
+    (`skipped_images` in the batch) so that the trainer counts them, also from DataLoader worker processes."""
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"SkippedImage({self.where!r})"
+
+    def __reduce__(self):
+        return (SkippedImage, (self.where,))
+
+
+def is_skipped(item) -> bool:
+    """True for a dataset item left out as unreadable (a [`SkippedImage`], or `None` from older datasets)."""
+    return item is None or isinstance(item, SkippedImage)
+
+
+def apply_bad_images(dataset, mode: str) -> bool:
+    """Set `bad_images = mode` on `dataset`, or on the dataset(s) it wraps (`Subset.dataset`, `ConcatDataset.datasets`);
+    True when some dataset takes the setting (one that reads image files: [`ClassificationDataset`])."""
+    check_bad_images(mode)
+    todo, seen, took = [dataset], set(), False
+    while todo:
+        d = todo.pop()
+        if d is None or id(d) in seen:
+            continue
+        seen.add(id(d))
+        if isinstance(getattr(type(d), "bad_images", None), str):
+            d.bad_images = mode
+            took = True
+            continue
+        todo.append(getattr(d, "dataset", None))
+        todo.extend(getattr(d, "datasets", None) or [])
+    return took
+
+
 class ClassificationDataset(Dataset):
     """A labelled image dataset whose items are `{"pixel_values": Tensor[3, H, W] in [0, 1], "labels": int}`.
 
@@ -89,11 +146,12 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    #: an unreadable / corrupt image: "fail" (raise naming the row and file) or "skip" (the item is None, which the
-    #: collators drop; `skipped` counts them in this process)
+    #: an unreadable / corrupt image: "fail" (raise naming the row and file) or "skip" (the item is a
+    #: [`SkippedImage`], which the collators drop; `skipped` counts them in this process). Set by the training
+    #: config's `bad_images` (see [`apply_bad_images`]).
     bad_images: str = "fail"
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int] | None:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int] | SkippedImage:
         try:
             row = self.data[int(index)]
             image = row[self.image_column]
@@ -105,10 +163,30 @@ class ClassificationDataset(Dataset):
             if self.bad_images == "skip":
                 self.skipped = getattr(self, "skipped", 0) + 1
                 logger.warning("Skipping unreadable image %s: %s (%d skipped so far).", where, err, self.skipped)
-                return None
-            raise ValueError(f"Unreadable image {where}: {type(err).__name__}: {err}. Remove or replace the file, or "
-                             "skip such images (bad_images='skip': each is skipped, counted and reported).") from None
+                return SkippedImage(where)
+            raise ValueError(f"Unreadable image {where}: {type(err).__name__}: {err}. Remove or replace the file; a "
+                             "training run can leave such images out with --bad_images skip (bad_images='skip': "
+                             "each is skipped, counted and reported); an evaluation suite with bad_images: skip "
+                             "(vlmrobust eval --bad-images skip) leaves them out before any cell, n counting the "
+                             "rest.") from None
         return {"pixel_values": pixels, "labels": int(row[self.label_column])}
+
+    def without_unreadable(self) -> ClassificationDataset:
+        """The same dataset less its unreadable images (each decoded and transformed once to find them), with
+        `skipped_images`: the names of those left out (`"<source> (split s) row i, file <path>"`), in order. What
+        an evaluation with `bad_images: skip` scores: a fixed set, the same for every model and budget."""
+        mode, self.bad_images = self.bad_images, "skip"
+        try:
+            items = [(i, self[i]) for i in range(len(self))]
+        finally:
+            self.bad_images = mode
+        keep = [i for i, item in items if not is_skipped(item)]
+        out = ClassificationDataset(self.data.select(keep) if len(keep) < len(self) else self.data,
+                                    image_column=self.image_column, label_column=self.label_column,
+                                    classnames=self.classnames, templates=self.templates, transform=self.transform,
+                                    name=self.name, split=self.split)
+        out.skipped_images = [item.where for _, item in items if isinstance(item, SkippedImage)]
+        return out
 
     def _file_of(self, index: int) -> str:
         try:
@@ -133,8 +211,8 @@ class ClassificationDataset(Dataset):
 
 def collate_classification(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Stack items of [`ClassificationDataset`] or [`DigitsDataset`] into `{"pixel_values", "labels"}` tensors
-    (skipped unreadable images, `None`, dropped)."""
-    batch = [item for item in batch if item is not None]
+    (skipped unreadable images, [`SkippedImage`], dropped)."""
+    batch = [item for item in batch if not is_skipped(item)]
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "labels": torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long),

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from ..metrics import CorpusCider, cider_status
-from .vqa import _key
+from .vqa import _key, warn_nonfinite
 
 
 def caption_scores(model, scorer: CorpusCider, pixels: torch.Tensor, prompts: Sequence[str], ids: Sequence,
@@ -39,7 +39,8 @@ def caption_scores(model, scorer: CorpusCider, pixels: torch.Tensor, prompts: Se
 def attack_captions(model, scorer: CorpusCider, pixels: torch.Tensor, prompts: Sequence[str],
                     references: Sequence[Sequence[str]], ids: Sequence, *, eps: float, steps: int = 100,
                     norm: str = "Linf", n_references: int | None = 5, seed: int = 0, max_new_tokens: int = 20,
-                    start: tuple[Sequence[float], Sequence[str]] | None = None) -> tuple[list[float], list[str]]:
+                    start: tuple[Sequence[float], Sequence[str]] | None = None,
+                    nonfinite_out: list[int] | None = None) -> tuple[list[float], list[str]]:
     """The ensemble attack on one batch: per image the lowest CIDEr (and its caption) over the clean image and one
     APGD run per reference caption (at most `n_references`).
 
@@ -55,6 +56,8 @@ def attack_captions(model, scorer: CorpusCider, pixels: torch.Tensor, prompts: S
         max_new_tokens (`int`, *optional*, defaults to 20): caption length.
         start (`tuple`, *optional*): scores and captions to start from (e.g. a smaller ε's worst case, whose images
             lie in this ball too); defaults to the clean captions.
+        nonfinite_out (`list[int]`, *optional*): receives the batch positions of images where an APGD run met a
+            NaN / Inf loss or image; those score 0 with an empty caption (see `ensemble_attack`).
 
     Returns:
         `(scores, captions)`: the per-image worst CIDEr ×100 and the caption that scored it.
@@ -83,8 +86,14 @@ def attack_captions(model, scorer: CorpusCider, pixels: torch.Tensor, prompts: S
                 best_sc[i], best_caps[i] = sc[j], caps[j]
         return torch.tensor(sc)
 
+    broken: list[int] = []
     _, worst = ensemble_attack(model, pixels, list(prompts), [list(r) for r in references], eps=eps, score_fn=score,
-                               steps=steps, norm=norm, max_references=n_references, seed=seed)
+                               steps=steps, norm=norm, max_references=n_references, seed=seed, nonfinite_out=broken)
+    for i in broken:  # the ensemble scored these 0 (a non-finite run): no caption stands for that score
+        if best_sc[i] > 0:
+            best_sc[i], best_caps[i] = 0.0, ""
+    if nonfinite_out is not None:
+        nonfinite_out.extend(broken)
     out = [float(v) for v in worst.tolist()]
     if any(abs(a - b) > 1e-3 for a, b in zip(out, best_sc)):  # bookkeeping check: both follow the same rule
         raise RuntimeError("caption bookkeeping diverged from the ensemble's worst case.")
@@ -147,6 +156,7 @@ def evaluate_captioning(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 
     model.eval()
     per: dict[str, list[float]] = {"clean": []}
     caps: dict[str, list[str]] = {"clean": []}
+    nonfinite: dict[str, int] = {}
     try:
         for s in range(0, n, batch_size):
             b = list(range(s, min(s + batch_size, n)))
@@ -158,9 +168,11 @@ def evaluate_captioning(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 
             caps["clean"] += cp
             prev = (sc, cp)
             for eps in eps_list:
+                broken: list[int] = []
                 sc_e, cp_e = attack_captions(model, scorer, pixels, [prompts[i] for i in b], [refs[i] for i in b], b,
                                              eps=eps, steps=steps, norm=norm, n_references=n_references, seed=seed,
-                                             max_new_tokens=max_new_tokens, start=prev)
+                                             max_new_tokens=max_new_tokens, start=prev, nonfinite_out=broken)
+                nonfinite[_key(eps)] = nonfinite.get(_key(eps), 0) + len(broken)
                 per.setdefault(_key(eps), []).extend(sc_e)
                 caps.setdefault(_key(eps), []).extend(cp_e)
                 prev = (sc_e, cp_e)
@@ -170,7 +182,11 @@ def evaluate_captioning(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 
     result.update(clean=mean["clean"], robust={k: v for k, v in mean.items() if k != "clean"},
                   per_image={k: [round(x, 4) for x in v] for k, v in per.items()}, captions=caps,
                   seconds=round(time.time() - t0, 1))
+    if any(nonfinite.values()):  # images scored 0 because an attack run went NaN / Inf, per budget
+        result["nonfinite"] = {k: v for k, v in nonfinite.items() if v}
+    warn_nonfinite(sum(nonfinite.values()), f"{desc} (CIDEr)", "images")
     return result
+
 
 
 __all__ = ["attack_captions", "caption_scores", "evaluate_captioning"]

@@ -66,7 +66,7 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
                     attacks: Sequence[str] = WORST_CASE_ATTACKS, norm: str = "Linf",
                     n_target_classes: int = N_TARGET_CLASSES, classnames: list[str] | None = None,
                     templates: str | list[str] | None = None, name: str = "recipe",
-                    corruptions: dict | None = None) -> dict:
+                    corruptions: dict | None = None, bad_images: str = "fail") -> dict:
     """A one-dataset suite mapping (for `load_suite`) that evaluates `dataset` under `attacks` at `epsilons`.
 
     Args:
@@ -75,6 +75,8 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
         attacks (`Sequence[str]`, *optional*, defaults to `WORST_CASE_ATTACKS`): worst case per point over these.
         corruptions (`dict`, *optional*): the dataset's `corruptions:` block (common corruptions as the OOD axis;
             the recipe's report then adds the ID / OOD / adversarial trade-off and its harmonic mean).
+        bad_images (`str`, *optional*, defaults to `"fail"`): `"skip"` leaves the evaluated subset's unreadable
+            images out before any cell (recorded in every cell); `"fail"` stops at the first, naming it.
     """
     entry: dict[str, Any] = {
         "name": dataset.replace("|", "_"), "source": dataset, "split": split, "n_samples": n_samples, "seed": seed,
@@ -84,6 +86,8 @@ def generated_suite(*, dataset: str, split: str = "test", n_samples: int | None 
                      "options": {"apgd-t": {"n_target_classes": n_target_classes}} if "apgd-t" in attacks else {}}]}
     if corruptions:
         entry["corruptions"] = dict(corruptions)
+    if bad_images != "fail":
+        entry["bad_images"] = bad_images
     desc = (f"{describe_attacks(attacks)} ({steps} iterations each"
             + (f", {n_target_classes} target classes" if "apgd-t" in attacks else "") + f"), {norm}, seed {seed}")
     return {"name": name, "description": desc, "datasets": [entry]}

@@ -168,6 +168,7 @@ def run_suite(
     progress: bool = True,
     report: bool = True,
     on_cell: CellCallback | None = None,
+    bad_images: str | None = None,
 ) -> dict:
     """Evaluate `models` on `suite`, writing `results.json` after every cell (and the report at the end).
 
@@ -188,6 +189,9 @@ def run_suite(
         progress (`bool`, *optional*, defaults to `True`): progress bars with ETA.
         report (`bool`, *optional*, defaults to `True`): write `report.md` and the plots at the end.
         on_cell (`Callable[[str, dict], None]`, *optional*): called after each computed cell is stored.
+        bad_images (`str`, *optional*): override every classification dataset's `bad_images`: "fail" (an unreadable
+            image stops the run, naming its file) or "skip" (left out before any cell, counted in every cell's
+            `skipped_images`, n = the readable rest); part of the cell fingerprints.
 
     Returns:
         The results dict (as written to `results.json`, format `vlmrobust.results/v2`), with a `summary` when
@@ -202,6 +206,12 @@ def run_suite(
         suite = load_suite(suite, n_samples=n_samples, batch_size=batch_size)
     elif n_samples is not None or batch_size is not None:
         raise ValueError("n_samples / batch_size overrides need a suite name or path, not a loaded Suite.")
+    if bad_images is not None:
+        if bad_images not in ("fail", "skip"):
+            raise ValueError(f"bad_images must be 'fail' (an unreadable image stops the run, naming its file) or "
+                             f"'skip' (left out, counted in every cell), got {bad_images!r}.")
+        suite = dataclasses.replace(suite, datasets=tuple(
+            dataclasses.replace(d, bad_images=bad_images) if hasattr(d, "bad_images") else d for d in suite.datasets))
     if datasets:
         unknown = [d for d in datasets if d not in {s.name for s in suite.datasets}]
         if unknown:

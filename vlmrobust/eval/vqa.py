@@ -74,6 +74,7 @@ def evaluate_vqa(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 / 255),
     t0 = time.time()
     scores: dict[str, list[float]] = defaultdict(list)
     types: list[str] = []
+    nonfinite: dict[str, int] = {}
     was_training = model.training
     model.eval()
     try:
@@ -93,13 +94,17 @@ def evaluate_vqa(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 / 255),
             clean = score(pixels, torch.arange(len(items)))
             scores["clean"] += clean.tolist()
             for eps in eps_list:
+                broken: list[int] = []
                 if ensemble:
                     _, worst = ensemble_attack(model, pixels, questions, refs, eps=eps, score_fn=score, steps=steps,
-                                               norm=norm, targets=targets, max_references=max_references, seed=seed)
+                                               norm=norm, targets=targets, max_references=max_references, seed=seed,
+                                               nonfinite_out=broken)
                 else:
                     _, worst = ensemble_attack(model, pixels, questions, [[majority_answer(r)] for r in refs],
-                                               eps=eps, score_fn=score, steps=steps, norm=norm, seed=seed)
+                                               eps=eps, score_fn=score, steps=steps, norm=norm, seed=seed,
+                                               nonfinite_out=broken)
                 scores[_key(eps)] += worst.tolist()
+                nonfinite[_key(eps)] = nonfinite.get(_key(eps), 0) + len(broken)
     finally:
         model.train(was_training)
     per_type: dict[str, dict[str, float]] = {}
@@ -107,7 +112,8 @@ def evaluate_vqa(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 / 255),
         mask = [i for i, x in enumerate(types) if x == t]
         per_type[t] = {k: round(sum(v[i] for i in mask) / len(mask), 4) for k, v in scores.items()}
     mean = {k: round(sum(v) / max(len(v), 1), 4) for k, v in scores.items()}
-    return {
+    warn_nonfinite(sum(nonfinite.values()), f"{desc} (VQA accuracy)")
+    result = {
         "metric": "vqa_accuracy", "desc": desc, "n": n, "clean": mean["clean"],
         "robust": {k: v for k, v in mean.items() if k != "clean"}, "per_type": per_type,
         "protocol": {"attack": "apgd", "loss": "teacher-forced answer CE (prompt masked)", "steps": steps,
@@ -115,9 +121,22 @@ def evaluate_vqa(model, dataset, epsilons: Sequence[float] = (2 / 255, 4 / 255),
                      "answer_mode": answer_mode, "seed": seed},
         "seconds": round(time.time() - t0, 1),
     }
+    if any(nonfinite.values()):  # questions scored 0 because an attack run went NaN / Inf, per budget
+        result["nonfinite"] = {k: v for k, v in nonfinite.items() if v}
+    return result
 
 
 def _key(eps: float) -> str:
     """'8/255'-style key for an L∞ budget that is a multiple of 1/255, else the float."""
     k = eps * 255
     return f"{round(k):g}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+def warn_nonfinite(count: int, where: str, what: str = "questions") -> None:
+    """One warning naming how many points an LVLM attack scored 0 because its loss or image went NaN / Inf."""
+    if count:
+        import warnings
+
+        warnings.warn(f"{where}: the attack's loss or adversarial image was NaN / Inf for {count} {what}; each is "
+                      "counted as broken (score 0), not robust. Check the model's numerics (dtype, overflow).",
+                      RuntimeWarning, stacklevel=3)

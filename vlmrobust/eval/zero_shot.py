@@ -98,9 +98,15 @@ def _subset(dataset: Dataset, n_samples: int | None, seed: int) -> Dataset:
 
 
 def _collate(batch):
-    if any(b is None for b in batch):  # a skipped unreadable image would shift every point after it
-        raise ValueError("An unreadable image was skipped (bad_images='skip'), but evaluation scores every point of "
-                         "its subset by position: remove or replace the file, or use bad_images='fail' to name it.")
+    from ..data.classification import is_skipped
+
+    skipped = [getattr(b, "where", "an unreadable image") for b in batch if is_skipped(b)]
+    if skipped:  # a skipped unreadable image would shift every point after it, and change n
+        raise ValueError(f"Unreadable image {'; '.join(skipped)} met during evaluation: an evaluation never drops a "
+                         "point mid-run (its accuracy is over a fixed set of n points, the same for every model, "
+                         "attack and budget). Remove or replace the file, or let the suite leave unreadable images "
+                         "out before any cell (`bad_images: skip` on the dataset, or `vlmrobust eval --bad-images "
+                         "skip`: n counts the rest and every cell records how many were skipped).")
     return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor(
         [int(b["labels"]) for b in batch], dtype=torch.long)
 

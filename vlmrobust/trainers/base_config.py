@@ -72,6 +72,11 @@ class RobustTrainingArguments(TrainingArguments):
         ftp_gamma_init (`float`, *optional*, defaults to 1e-8): FTP's radius on the first step.
         spd_lambda (`float`, *optional*, defaults to 1.0): SPD's decay strength λ (AdamSPD's `weight_decay`; set
             `weight_decay` 0 to match AdamSPD, whose decay replaces AdamW's).
+        bad_images (`str`, *optional*, defaults to `"fail"`): an unreadable / corrupt training image: `"fail"` stops
+            the run with an error naming the row and the file; `"skip"` leaves each one out of its batch, and the
+            run reports how many (and the first few files) in its training metrics (`results.json` → `run` →
+            `train_metrics`), the trainer log and once on screen at the end. Taken by the classification image
+            datasets (Hub, `imagefolder:`, `parquet:`, `webdataset:`); other training sets warn that it has no effect.
     """
 
     method: str = field(default="base", metadata={"help": "Method name in the METHODS registry."})
@@ -120,6 +125,9 @@ class RobustTrainingArguments(TrainingArguments):
     ftp_k: float = field(default=1.0, metadata={"help": "FTP: annealing factor of positive hypergradients."})
     ftp_gamma_init: float = field(default=1e-8, metadata={"help": "FTP: radius on the first step."})
     spd_lambda: float = field(default=1.0, metadata={"help": "SPD: decay strength lambda."})
+    bad_images: str = field(default="fail", metadata={
+        "help": "An unreadable / corrupt training image: 'fail' (stop, naming the file) or 'skip' (leave it out; "
+                "the count and the first files are reported at the end and in results.json)."})
 
     # Trainer defaults that suit image-only robust training
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep pixel_values/labels columns."})
@@ -155,6 +163,9 @@ class RobustTrainingArguments(TrainingArguments):
         if self.attack_seed is None:
             self.attack_seed = self.seed
         _ = self.epsilon_scheduler  # validates the schedule fields
+        from ..data.classification import check_bad_images
+
+        check_bad_images(self.bad_images)
         if self.nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}.")
         if self.max_steps == 0 or self.max_steps < -1:

@@ -51,15 +51,26 @@ from .training_attack import AttackLoop, check_training_attack
 __all__ = ["RobustTrainer", "attach_activation_checkpointing", "frozen_copy", "image_collator", "require_vlm"]
 
 
+#: the unreadable images skipped before a checkpoint (`bad_images='skip'`), kept in it for a resumed run's report
+SKIPPED_IMAGES_NAME = "vlmrobust_skipped_images.json"
+
+
 def image_collator(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack `pixel_values` (and `labels` when present) of dataset items (skipped unreadable images, `None`,
-    dropped)."""
-    features = [f for f in features if f is not None]
+    """Stack `pixel_values` (and `labels` when present) of dataset items. Skipped unreadable images
+    (`bad_images='skip'`) are dropped; where any were, the batch carries their names as `skipped_images` (a list of
+    strings the trainer takes out and counts before the batch reaches the model)."""
+    from ..data.classification import is_skipped
+
+    skipped = [getattr(f, "where", "an unreadable image") for f in features if is_skipped(f)]
+    features = [f for f in features if not is_skipped(f)]
     if not features:
-        raise ValueError("Every image of a training batch was unreadable (skipped): check the dataset.")
+        raise ValueError(f"Every image of a training batch was unreadable (skipped: {'; '.join(skipped[:3])}): "
+                         "check the dataset.")
     batch = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
     if "labels" in features[0]:
         batch["labels"] = torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long)
+    if skipped:
+        batch["skipped_images"] = skipped
     return batch
 
 
@@ -145,6 +156,10 @@ class RobustTrainer(AttackLoop, Trainer):
         self._attack_call = 0  # attack calls within the current micro-batch
         self._finite: torch.Tensor | None = None  # every loss of the current optimizer step finite (on device)
         self.skipped_steps: list[int] = []  # optimizer steps skipped for a non-finite loss / gradient
+        #: unreadable training images left out under `bad_images='skip'` on this process, by name (`"<source>
+        #: (split s) row i, file <path>"`): each counted once however many epochs meet it
+        self.skipped_image_names: set[str] = set()
+        self._apply_bad_images(args, train_dataset)
         if args.nonfinite_loss == "skip" and args.deepspeed:
             raise ValueError("nonfinite_loss='skip' is not supported under DeepSpeed (its engine steps the "
                              "optimizer itself): use 'stop' (the default).")
@@ -179,6 +194,40 @@ class RobustTrainer(AttackLoop, Trainer):
         if isinstance(data, torch.Tensor):
             return data.to(device=self.args.device)
         return data
+
+    #: how many skipped images are named in the report (all are counted)
+    max_named_skipped_images = 5
+
+    def _apply_bad_images(self, args, train_dataset) -> None:
+        """Hand `args.bad_images` to the training set (the datasets that read image files take it)."""
+        from ..data.classification import apply_bad_images
+
+        mode = getattr(args, "bad_images", "fail")
+        if train_dataset is not None and not apply_bad_images(train_dataset, mode) and mode == "skip":
+            import warnings
+
+            warnings.warn(f"bad_images='skip' has no effect on this training set ({type(train_dataset).__name__}): "
+                          "only classification image datasets (Hub, imagefolder:, parquet:, webdataset:) skip "
+                          "unreadable images; this one stops at the first, naming it.", UserWarning, stacklevel=3)
+
+    def _prepare_inputs(self, inputs):
+        if isinstance(inputs, Mapping) and "skipped_images" in inputs:  # from image_collator (bad_images='skip')
+            inputs = dict(inputs)
+            self.skipped_image_names.update(inputs.pop("skipped_images"))
+        return super()._prepare_inputs(inputs)
+
+    def skipped_images_report(self) -> dict | None:
+        """`{"skipped_images": n, "skipped_image_files": [the first few, sorted]}`: the distinct unreadable images
+        left out on every process, or None unless `bad_images='skip'`. Collective under DDP: every rank calls it."""
+        if getattr(self.args, "bad_images", "fail") != "skip":
+            return None
+        names = set(self.skipped_image_names)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            names = set(gather_object(sorted(names)))
+        return {"skipped_images": len(names),
+                "skipped_image_files": sorted(names)[:self.max_named_skipped_images]}
 
     def unwrapped(self, model: nn.Module) -> nn.Module:
         """`accelerator.unwrap_model(model)`, remembered for the last wrapper asked about: unwrapping walks every
@@ -319,6 +368,15 @@ class RobustTrainer(AttackLoop, Trainer):
         check_has_batches(self.args, self.train_dataset)
         out = super().train(resume_from_checkpoint=resume, **kwargs)
         check_steps_trained(self)
+        report = self.skipped_images_report()
+        if report is not None:  # bad_images='skip': the count (0 too) in the metrics, the log and once on screen
+            out.metrics.update(report)
+            self.state.log_history.append({**report, "step": self.state.global_step})
+            if self.is_world_process_zero():
+                n, names = report["skipped_images"], report["skipped_image_files"]
+                more = f" (first {len(names)})" if n > len(names) else ""
+                print(f"[vlmrobust] bad_images='skip': {n} unreadable training image(s) skipped"
+                      + (f"{more}: {'; '.join(names)}" if n else "") + ".")
         return out
 
     # -- checkpoints: the weight-space hooks' state beside the optimizer's ------------------------------------------
@@ -326,12 +384,21 @@ class RobustTrainer(AttackLoop, Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
             self.weight_space.save(output_dir)
+            if self.skipped_image_names:  # bad_images='skip': a resumed run keeps counting from here
+                from ..utils.io import atomic_write_json
+
+                atomic_write_json(Path(output_dir) / SKIPPED_IMAGES_NAME, sorted(self.skipped_image_names))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             names = [n for n, _ in self.unwrapped(self.model).named_parameters()]
             self.weight_space.load(checkpoint, names)
+            skipped = Path(checkpoint) / SKIPPED_IMAGES_NAME
+            if skipped.is_file():
+                import json
+
+                self.skipped_image_names.update(json.loads(skipped.read_text()))
 
     # -- saving / loading ------------------------------------------------------------------------------------------
     def _native_state_dict(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:

@@ -208,20 +208,25 @@ class CaptionTask(EvalTask):
 
     def _attack(self, run: DatasetRun, atk: CaptionAttackSpec, eps: float, parent: dict) -> dict:
         from ..caption import attack_captions
+        from ..vqa import warn_nonfinite
 
         scorer, lvlm = _cider(run), run.model
         scores = [float(v) for v in parent["scores"]]
         captions = list(parent["captions"])
         alive = [i for i, v in enumerate(scores) if v > 0]
+        nonfinite: list[int] = []  # images whose attack met a NaN / Inf loss or image: scored 0 (broken)
         was_training = lvlm.training
         lvlm.eval()
         t0 = time.perf_counter()
         try:
             for idx, pixels, prompts, refs, _ in batches(run, alive):
+                broken: list[int] = []
                 sc, caps = attack_captions(lvlm, scorer, pixels, prompts, refs, idx, eps=eps, steps=atk.steps,
                                            norm=atk.norm, n_references=atk.n_references, seed=atk.seed,
                                            max_new_tokens=run.spec.caption.max_new_tokens,
-                                           start=([scores[i] for i in idx], [captions[i] for i in idx]))
+                                           start=([scores[i] for i in idx], [captions[i] for i in idx]),
+                                           nonfinite_out=broken)
+                nonfinite += [idx[j] for j in broken]
                 for i, v, c in zip(idx, sc, caps):
                     if round(v, 4) < scores[i]:
                         scores[i], captions[i] = round(v, 4), c
@@ -229,11 +234,16 @@ class CaptionTask(EvalTask):
             lvlm.train(was_training)
         dt = time.perf_counter() - t0
         n = len(scores)
-        return {"kind": "caption_attack", "task": "caption", "metric": "cider", "model": run.model_name,
+        cell = {"kind": "caption_attack", "task": "caption", "metric": "cider", "model": run.model_name,
                 "dataset": run.spec.name, "attack": atk.label, "components": list(atk.components), "norm": atk.norm,
                 "eps": eps, "steps": atk.steps, "seed": atk.seed, "n_references": atk.n_references, "n": n,
                 "cider": sum(scores) / max(n, 1), "scores": scores, "captions": captions, "n_attacked": len(alive),
                 "attacked_images_per_s": round(len(alive) / dt, 3) if alive and dt > 0 else None}
+        if nonfinite:
+            cell["n_nonfinite"] = len(nonfinite)
+            cell["nonfinite_images"] = sorted(nonfinite)
+            warn_nonfinite(len(nonfinite), f"{run.spec.name} {atk.label} {atk.norm} eps {eps:g}", "images")
+        return cell
 
     # -- results ------------------------------------------------------------------------------------------------------
     def in_grid(self, cell: dict, dataset: dict) -> bool:

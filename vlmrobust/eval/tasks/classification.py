@@ -8,6 +8,8 @@ Dataset-entry keys (besides the shared ones)::
       templates: openai_imagenet       # set name | list | {file: ...}
       image_column: null               # columns of a Hub / parquet source
       label_column: null
+      bad_images: fail                 # an unreadable image: fail (stop, naming it) | skip (left out before any
+                                       # cell; n = the readable rest; cells record skipped_images and the files)
       attacks:
         - attack: [apgd-ce, apgd-t]    # one registered attack, or several: worst case per sample
           norm: Linf                   # Linf | L2
@@ -89,6 +91,9 @@ class ClassificationDataset(DatasetSpec):
     templates: Any = "openai_imagenet"
     image_column: str | None = None
     label_column: str | None = None
+    #: an unreadable image in the evaluated subset: "fail" (stop, naming the file) or "skip" (left out before
+    #: any cell: n counts the readable images, each cell records how many were skipped and the first files)
+    bad_images: str = "fail"
 
 
 _ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "options"}
@@ -153,10 +158,26 @@ def robust_accuracy(results: dict, model: str, dataset: str | None = None, attac
         components=tuple(c for c in atk["components"] if c not in skipped), skipped_components=tuple(sorted(skipped)))
 
 
+def _bad_images(ctx: Ctx, value: Any, where: str) -> str:
+    if value not in ("fail", "skip"):
+        raise ctx.fail(where, f"must be 'fail' (an unreadable image stops the evaluation, naming its file) or 'skip' "
+                              f"(unreadable images are left out, counted in every cell, and n is the rest), got "
+                              f"{value!r}.")
+    return value
+
+
+def _skipped_record(run: DatasetRun) -> dict:
+    """`skipped_images` (how many unreadable images were left out) and the first files, under `bad_images: skip`."""
+    if getattr(run.spec, "bad_images", "fail") != "skip":
+        return {}
+    names = list(getattr(run.data, "skipped_images", []))
+    return {"skipped_images": len(names), "skipped_image_files": names[:5]}
+
+
 class ClassificationTask(EvalTask):
     name = "classification"
     default = True
-    keys = frozenset({"classnames", "templates", "image_column", "label_column"})
+    keys = frozenset({"classnames", "templates", "image_column", "label_column", "bad_images"})
     default_keys = keys | {"attacks"}
     suite_keys = frozenset({"template_sets", "classname_sets"})
     cell_kinds = ("clean", "attack")
@@ -207,16 +228,24 @@ class ClassificationTask(EvalTask):
             templates=_name_list(ctx, entry.get("templates", "openai_imagenet"), sets["template_sets"],
                                  f"{where}.templates", "templates"),
             image_column=ctx.string(entry.get("image_column"), f"{where}.image_column", optional=True),
-            label_column=ctx.string(entry.get("label_column"), f"{where}.label_column", optional=True))
+            label_column=ctx.string(entry.get("label_column"), f"{where}.label_column", optional=True),
+            bad_images=_bad_images(ctx, entry.get("bad_images", "fail"), f"{where}.bad_images"))
 
     def data_config(self, spec: ClassificationDataset) -> dict:
         return {"source": spec.source, "split": spec.split, "n_samples": spec.n_samples, "seed": spec.seed,
                 "classnames": spec.classnames, "templates": spec.templates, "image_column": spec.image_column,
-                "label_column": spec.label_column, "data_dir": spec.data_dir}
+                "label_column": spec.label_column, "data_dir": spec.data_dir,
+                **({"bad_images": "skip"} if getattr(spec, "bad_images", "fail") == "skip" else {})}
 
     # -- cells --------------------------------------------------------------------------------------------------------
     def load(self, spec, model):
-        return load_suite_dataset(spec, model)
+        data = load_suite_dataset(spec, model)
+        if getattr(spec, "bad_images", "fail") == "skip" and hasattr(data, "without_unreadable"):
+            data = data.without_unreadable()
+            if data.skipped_images:
+                logger.warning("%s: %d unreadable image(s) left out (bad_images: skip), n = %d: %s", spec.name,
+                               len(data.skipped_images), len(data), "; ".join(data.skipped_images[:5]))
+        return data
 
     def run(self, run: DatasetRun) -> None:
         spec = run.spec
@@ -244,7 +273,8 @@ class ClassificationTask(EvalTask):
         return {"kind": "clean", "model": run.model_name, "dataset": spec.name, "n": len(correct),
                 "n_classes": len(data.classnames), "logit_scale": logit_scale_of(classifier(run)),
                 "accuracy": correct.float().mean().item(),
-                "correct": pack_mask(correct), "margins": [round(float(m), 5) for m in margins]}
+                "correct": pack_mask(correct), "margins": [round(float(m), 5) for m in margins],
+                **_skipped_record(run)}
 
     def _attack(self, run: DatasetRun, atk: AttackSpec, eps: float, alive: torch.Tensor, n: int,
                 n_classes: int) -> dict:
@@ -269,7 +299,7 @@ class ClassificationTask(EvalTask):
                 "logit_scale": logit_scale_of(classifier(run)), "norm": atk.norm, "eps": eps,
                 "steps": atk.steps, "seed": atk.seed, "n": n, "accuracy": robust.float().mean().item(),
                 "robust": pack_mask(robust), "n_attacked": len(idx), "broken_by": broken_by,
-                "attacked_images_per_s": round(len(idx) / dt, 3) if idx and dt > 0 else None}
+                "attacked_images_per_s": round(len(idx) / dt, 3) if idx and dt > 0 else None, **_skipped_record(run)}
 
     # -- results ------------------------------------------------------------------------------------------------------
     def in_grid(self, cell: dict, dataset: dict) -> bool:

@@ -306,12 +306,14 @@ class VQATask(EvalTask):
     def _attack(self, run: DatasetRun, atk: VQAAttackSpec, eps: float, parent: list[float], clean: dict) -> dict:
         from ...attacks.vlm import ensemble_attack
         from ...metrics import majority_answer
+        from ..vqa import warn_nonfinite
 
         scores = [float(v) for v in parent]
         alive = [i for i, v in enumerate(scores) if v > 0]
         # nested: the survivors of the smaller ε, packed; otherwise every dataset batch whole (the ensemble itself
         # skips the questions already at 0), as evaluate_vqa batches them
         attacked = alive if atk.nested_eps else list(range(len(scores)))
+        nonfinite: list[int] = []  # questions whose attack met a NaN / Inf loss or image: scored 0 (broken)
         lvlm = run.model
         was_training = lvlm.training
         lvlm.eval()
@@ -319,26 +321,35 @@ class VQATask(EvalTask):
         try:
             for idx, pixels, questions, refs, _ in batches(run, attacked):
                 score = self._score_fn(run, questions, refs)
+                broken: list[int] = []
                 if atk.ensemble:
                     _, worst = ensemble_attack(lvlm, pixels, questions, refs, eps=eps, score_fn=score,
                                                steps=atk.steps, norm=atk.norm, targets=atk.targets,
-                                               max_references=atk.max_references, seed=atk.seed)
+                                               max_references=atk.max_references, seed=atk.seed,
+                                               nonfinite_out=broken)
                 else:
                     _, worst = ensemble_attack(lvlm, pixels, questions, [[majority_answer(r)] for r in refs],
-                                               eps=eps, score_fn=score, steps=atk.steps, norm=atk.norm, seed=atk.seed)
+                                               eps=eps, score_fn=score, steps=atk.steps, norm=atk.norm, seed=atk.seed,
+                                               nonfinite_out=broken)
                 for i, w in zip(idx, worst.tolist()):
                     scores[i] = min(scores[i], round(float(w), 4))
+                nonfinite += [idx[j] for j in broken]
         finally:
             lvlm.train(was_training)
         dt = time.perf_counter() - t0
         n = len(scores)
-        return {"kind": "vqa_attack", "task": "vqa", "metric": "vqa_accuracy", "model": run.model_name,
+        cell = {"kind": "vqa_attack", "task": "vqa", "metric": "vqa_accuracy", "model": run.model_name,
                 "dataset": run.spec.name, "attack": atk.label, "components": list(atk.components), "norm": atk.norm,
                 "eps": eps, "steps": atk.steps, "seed": atk.seed, "ensemble": atk.ensemble,
                 "targets": list(atk.targets), "max_references": atk.max_references, "n": n,
                 "accuracy": sum(scores) / max(n, 1), "scores": scores, "n_attacked": len(alive),
                 "per_type": _per_type(scores, clean["question_types"]),
                 "attacked_questions_per_s": round(len(alive) / dt, 3) if alive and dt > 0 else None}
+        if nonfinite:
+            cell["n_nonfinite"] = len(nonfinite)
+            cell["nonfinite_questions"] = sorted(nonfinite)
+            warn_nonfinite(len(nonfinite), f"{run.spec.name} {atk.label} {atk.norm} eps {eps:g}")
+        return cell
 
     # -- results ------------------------------------------------------------------------------------------------------
     def in_grid(self, cell: dict, dataset: dict) -> bool:
