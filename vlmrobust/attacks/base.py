@@ -130,14 +130,17 @@ def eval_mode(model: Any) -> Iterator[None]:
         yield
         return
     # Restore per submodule, not just model.train(prev): a partly frozen model (e.g. BN kept in eval) must come
-    # back exactly as it was.
+    # back exactly as it was. One walk records the modes; a model already wholly in eval mode is left alone, and only
+    # the submodules whose mode changed are written back.
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(training for _, training in modes):
+        model.eval()
     try:
         yield
     finally:
         for module, training in modes:
-            module.training = training
+            if module.training != training:
+                module.training = training
 
 
 def cast_toward(x_adv: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -325,7 +328,7 @@ class Attack:
         return t.view(-1, *([1] * (like.dim() - 1)))
 
     def _forward(self, x_adv: Tensor) -> Any:
-        out = self.model(x_adv.to(self._model_dtype))
+        out = self.model(x_adv if x_adv.dtype == self._model_dtype else x_adv.to(self._model_dtype))
         # Losses in bf16 lose the small differences APGD's step-size schedule compares; compare in fp32.
         if isinstance(out, Tensor) and out.dtype in _LOW_PRECISION:
             out = out.float()

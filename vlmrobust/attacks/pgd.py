@@ -120,20 +120,30 @@ class PGD(Attack):
 
         # the max-loss point is only wanted by `perturb` and `return_max_loss`; the training call skips its bookkeeping
         track = self._full_result or self.return_max_loss
+        # hoisted out of the loop: the per-iteration Python cost is a visible share of a small model's step
+        loss_and_grad, loss_fn, step_direction = self._loss_and_grad, self.loss_fn, self._step_direction
+        alpha, eps, momentum = self.alpha, self.eps, self.momentum
+        sign_step = self.norm == "Linf" and velocity is None
         for _ in range(self.steps):
-            loss, grad, out = self._loss_and_grad(x, delta, target, self.loss_fn)
+            loss, grad, out = loss_and_grad(x, delta, target, loss_fn)
             if track:
                 keep_best(loss, delta, out)
+            if sign_step:
+                # δ ← Π(δ + α·sign(∇)) with δ updated in place (it is this loop's own tensor; `keep_best` keeps
+                # copies; ∇ may alias autograd's buffers, so its sign is a new tensor): the same float ops, in the same
+                # order, as `_project(x, delta + alpha * grad.sign())`
+                delta.add_(grad.sign().mul_(alpha)).clamp_(-eps, eps).add_(x).clamp_(0.0, 1.0).sub_(x)
+                continue
             if velocity is None:
-                step = self._step_direction(grad)
+                step = step_direction(grad)
             elif self.momentum_style == "fare":
-                velocity = self._step_direction(self.momentum * velocity + self._step_direction(grad))
+                velocity = step_direction(momentum * velocity + step_direction(grad))
                 step = velocity
             else:
                 l1 = grad.flatten(1).abs().sum(dim=1)
-                velocity = self.momentum * velocity + grad / self._view(l1 + 1e-12, grad)
-                step = self._step_direction(velocity)
-            delta = self._project(x, delta + self.alpha * step)
+                velocity = momentum * velocity + grad / self._view(l1 + 1e-12, grad)
+                step = step_direction(velocity)
+            delta = self._project(x, delta + alpha * step)
 
         last_pred = None
         # The last iterate has not been scored yet; one forward without graph does it, unless the caller only

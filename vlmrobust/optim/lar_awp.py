@@ -3,7 +3,10 @@
 Each perturbed layer gets a second low-rank branch `y = layer(x) + x·(B_awp·A_awp)ᵀ`, i.e. its weight `W` becomes
 `W + Δ` with `Δ = B_awp·A_awp` of rank `r_l`, set from the layer's curvature (`curvature.allocate_ranks`). The branch
 is a forward hook: the weights themselves are never written, so removing the perturbation is switching the branch off
-(nothing is subtracted, nothing needs restoring), and it works the same on a DeepSpeed / DDP-wrapped module.
+(nothing is subtracted, nothing needs restoring), and it works the same on a DeepSpeed / DDP-wrapped module. The hooks
+are attached only inside :meth:`probing` and :meth:`perturbed` (every other forward, e.g. the attack's, runs without
+them); `persistent_hooks=True` keeps them attached throughout, for a `torch.compile`d module (dynamo does not guard on
+module hooks: hooks added after compiling would be ignored).
 
 One SAM-style step (Foret et al., arXiv 2010.01412), as `GRACETrainer` drives it:
 
@@ -92,11 +95,14 @@ class LowRankWeightPerturbation:
         interval (`int`, *optional*, defaults to 1000): K, optimizer steps between rank re-allocations.
         radius (`str`, *optional*, defaults to `"global"`): `"global"` (‖Δ‖ over all layers = ρ) or `"layer"`
             (each perturbed layer's ‖Δ_l‖ = ρ).
+        persistent_hooks (`bool`, *optional*, defaults to `False`): keep the forward hooks attached at all times
+            (needed when the layers run inside a compiled module); by default they are attached on entering
+            :meth:`probing` / :meth:`perturbed` and removed on leaving it, so the other forwards pay nothing.
     """
 
     def __init__(self, layers: Mapping[str, nn.Module], *, rho: float = 0.05, max_rank: int = 4,
                  middle_rank: int | None = None, top_fraction: float = 0.2, bottom_fraction: float = 0.2,
-                 beta: float = 0.9, interval: int = 1000, radius: str = "global"):
+                 beta: float = 0.9, interval: int = 1000, radius: str = "global", persistent_hooks: bool = False):
         if not layers:
             raise ValueError("LowRankWeightPerturbation needs at least one layer.")
         if rho < 0:
@@ -116,7 +122,10 @@ class LowRankWeightPerturbation:
         self.grads: dict[str, torch.Tensor] = {}  # accumulated ∂L/∂W per layer (fp32)
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the current Δ = B·A per layer
         self.mode = "off"
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
+        self._hook_fns = {n: self._hook(n) for n in self.layers}
+        self.persistent_hooks = bool(persistent_hooks)
+        self._removed = False
+        self._handles: dict = self._attach(self.layers) if self.persistent_hooks else {}
 
     # -- the branch --------------------------------------------------------------------------------------------------
     def _hook(self, name: str):
@@ -135,13 +144,26 @@ class LowRankWeightPerturbation:
 
         return hook
 
+    def _attach(self, names) -> dict:
+        return {n: self.layers[n].register_forward_hook(self._hook_fns[n]) for n in names}
+
     @contextlib.contextmanager
     def _mode(self, mode: str) -> Iterator[None]:
         previous, self.mode = self.mode, mode
+        # on demand: the probe on every layer; the branch only on the layers that have a Δ (the others' hook is a
+        # no-op in this mode); attached for the duration of the context (an enclosing context's stay)
+        attached = {}
+        if not self.persistent_hooks and not self._removed:
+            wanted = self.layers if mode == "probe" else [n for n in self.layers if n in self.factors]
+            attached = self._attach([n for n in wanted if n not in self._handles])
+            self._handles.update(attached)
         try:
             yield
         finally:
             self.mode = previous
+            for n, h in attached.items():
+                h.remove()
+                del self._handles[n]
 
     def probing(self):
         """Context: forward passes record the gradient of each layer's effective weight (accumulated)."""
@@ -209,9 +231,10 @@ class LowRankWeightPerturbation:
     def remove(self) -> None:
         """Detach the branches from the layers for good (e.g. before merging LoRA)."""
         self.clear()
-        for h in self._handles:
+        for h in self._handles.values():
             h.remove()
-        self._handles = []
+        self._handles = {}
+        self._removed = True
         self.grads = {}
 
     # -- checkpoints -------------------------------------------------------------------------------------------------

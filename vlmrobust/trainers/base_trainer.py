@@ -328,7 +328,8 @@ class RobustTrainer(AttackLoop, Trainer):
         step = self.state.global_step
         self._micro_batch = (step, self._micro_batch[1] + 1 if self._micro_batch[0] == step else 0)
         self._attack_call = 0
-        model.train()
+        if not all(m.training for m in model.modules()):  # reading the modes is cheaper than setting them all
+            model.train()
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)

@@ -68,7 +68,8 @@ class GRACETrainer(RobustTrainer):
         self.awp = LowRankWeightPerturbation(  # the linear LoRA layers (not open_clip's patch-embedding conv)
             lora_layers(self.model, (nn.Linear,)), rho=a.awp_rho, max_rank=a.awp_max_rank, middle_rank=a.awp_middle_rank,
             top_fraction=a.curvature_top_fraction, bottom_fraction=a.curvature_bottom_fraction,
-            beta=a.curvature_beta, interval=a.curvature_interval, radius=a.awp_radius)
+            beta=a.curvature_beta, interval=a.curvature_interval, radius=a.awp_radius,
+            persistent_hooks=self.compiled)  # attached only for the probing / perturbed passes unless compiled
 
     def init_task(self, model, args: GRACEConfig, classnames: Sequence[str] | None) -> None:
         """Task state built before the Trainer: the frozen class embeddings of the zero-shot head."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..attacks import ATTACKS, Attack, ce_loss
+from ..attacks.base import eval_mode
 from .performance import frozen_parameters
 
 #: config field -> the attack keyword it feeds, passed only to attacks whose constructor takes that keyword
@@ -143,22 +144,16 @@ class AttackLoop:
         a = self.args
         rs = a.attack_random_start if random_start is None else random_start
         sample_seeds = self._sample_seeds(images.shape[0]) if a.attack_seed_scope == "sample" else None
-        was_training = module.training if module is not None else None
-        if module is not None:
-            module.eval()
         # gradients w.r.t. δ only: with the weights frozen, eager autograd records no weight-gradient graph in the
         # attack's forwards, and a compiled encoder's backward computes no weight gradients (not under ZeRO, whose
         # partitioned parameters keep their flags)
         trained = None if getattr(self, "is_deepspeed_enabled", False) else self._attack_frozen_module()
-        try:
-            atk = build_training_attack(a, forward, eps=eps, loss_fn=loss_fn, seed=seed, random_start=rs,
-                                        sample_seeds=sample_seeds)
-            atk.check_inputs = False  # the trainer's own [0, 1] batches: no host sync to re-check them
-            with frozen_parameters(trained):
-                return atk(images, target).detach()
-        finally:
-            if module is not None:
-                module.train(was_training)
+        atk = build_training_attack(a, forward, eps=eps, loss_fn=loss_fn, seed=seed, random_start=rs,
+                                    sample_seeds=sample_seeds)
+        atk.check_inputs = False  # the trainer's own [0, 1] batches: no host sync to re-check them
+        # `module` (when `forward` is a plain function) in eval mode for the attack, each submodule's mode restored
+        with eval_mode(module), frozen_parameters(trained):
+            return atk(images, target).detach()
 
     def _attack_frozen_module(self) -> nn.Module | None:
         """The module whose parameters are frozen while the attack runs (the trained one)."""
