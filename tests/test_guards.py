@@ -539,7 +539,7 @@ def test_eval_suite_bad_images_skip_leaves_the_file_out_and_records_it(tiny_open
     assert clean["accuracy"] == pytest.approx(unpack_mask(clean["correct"], 3).float().sum().item() / 3)
     # the CLI flag does the same for every classification dataset of the suite (and is part of the fingerprints)
     again = run_suite([model], load_suite(_corrupt_suite(root)), tmp_path / "skip", device="cpu", progress=False,
-                      bad_images="skip")
+                      dataset_overrides={"bad_images": "skip"})
     assert again["last_run"] == {"computed_cells": 0, "reused_cells": 2}
 
 
@@ -556,7 +556,9 @@ def test_bad_images_eval_flag_and_suite_field_are_validated(tmp_path, capsys):
     with pytest.raises(SuiteError, match=r"datasets\[0\]\.bad_images: must be 'fail' .* or 'skip' .* got 'ignore'"):
         load_suite(_corrupt_suite(tmp_path, bad_images="ignore"))
     with pytest.raises(ValueError, match="bad_images must be 'fail'"):
-        run_suite(["m"], load_suite(_corrupt_suite(tmp_path)), tmp_path / "o", bad_images="ignore")
+        run_suite(["m"], load_suite(_corrupt_suite(tmp_path)), tmp_path / "o", dataset_overrides={"bad_images": "ignore"})
+    with pytest.raises(ValueError, match=r"No dataset of suite .* has the field\(s\) \['bad_image'\]"):
+        run_suite(["m"], load_suite(_corrupt_suite(tmp_path)), tmp_path / "o", dataset_overrides={"bad_image": "skip"})
 
 
 def test_clip_recipe_with_bad_images_skip_records_the_skipped_file_in_results_json(tiny_open_clip_dir, tmp_path,

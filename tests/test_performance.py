@@ -175,14 +175,14 @@ def test_compiled_step_matches_fp32(method, tiny_open_clip_dir, image_dataset, t
 def test_the_nonfinite_check_is_exact_elementwise():
     """`_all_finite`'s gradient check (one foreach max-|g| per dtype, no per-tensor Python ops) flags exactly the
     gradients with a NaN or ±inf element, in any dtype, and never large finite ones."""
-    from vlmrobust.trainers.base_trainer import _max_abs_finite
+    from vlmrobust.trainers.run_guards import max_abs_finite
 
     a, b = torch.randn(5, 5), torch.randn(3)
-    assert bool(_max_abs_finite([a, b]))
-    assert bool(_max_abs_finite([torch.full((4,), 3e38), b]))  # a norm would overflow; the max does not
+    assert bool(max_abs_finite([a, b]))
+    assert bool(max_abs_finite([torch.full((4,), 3e38), b]))  # a norm would overflow; the max does not
     for bad in (float("nan"), float("inf"), float("-inf")):
-        assert not bool(_max_abs_finite([a, torch.tensor([1.0, bad])]))
-        assert not bool(_max_abs_finite([a.double(), torch.tensor([bad, 0.0]).half(), b.bfloat16()]))
+        assert not bool(max_abs_finite([a, torch.tensor([1.0, bad])]))
+        assert not bool(max_abs_finite([a.double(), torch.tensor([bad, 0.0]).half(), b.bfloat16()]))
 
 
 def test_unwrapped_is_remembered_per_wrapper(tiny_open_clip_dir, tmp_path):

@@ -148,7 +148,7 @@ def _eval(args: argparse.Namespace) -> int:
     res = run_suite(args.model, args.suite, args.output, device=args.device, bf16=args.bf16,
                     n_samples=args.n_samples, batch_size=args.batch_size, datasets=datasets, resume=args.resume,
                     skip_missing=args.skip_missing, num_workers=args.num_workers, progress=not args.no_progress,
-                    bad_images=args.bad_images)
+                    dataset_overrides={"bad_images": args.bad_images} if args.bad_images else None)
     print(console_summary(res.get("summary", {})))
     run = res.get("last_run", {})
     print(f"\n{run.get('computed_cells')} cells computed, {run.get('reused_cells')} reused from an earlier run. "

@@ -19,6 +19,7 @@ trained classification head), `vlmrobust_extra.safetensors`; training checkpoint
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -124,3 +125,18 @@ def save_open_clip(
     meta = {"vlmrobust_version": __version__, "backend": "open_clip", **(extra_config or {})}
     atomic_write_json(out / VLMROBUST_CONFIG_NAME, meta)
     return out
+
+
+def saved_key(native: str, saved: Mapping) -> str | None:
+    """The key a native state-dict entry has in a saved checkpoint: transformers' `save_pretrained` writes some
+    models in their legacy layout (LLaVA's `model.vision_tower.*` as `vision_tower.*`, `model.language_model.*` as
+    `language_model.model.*`, `lm_head.*` as `language_model.lm_head.*`)."""
+    candidates = [native]
+    if native.startswith("model."):
+        rest = native[len("model."):]
+        candidates.append(rest)
+        if rest.startswith("language_model."):
+            candidates.append("language_model.model." + rest[len("language_model."):])
+    if native.startswith("lm_head."):
+        candidates.append("language_model." + native)
+    return next((c for c in candidates if c in saved), None)

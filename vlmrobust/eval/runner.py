@@ -168,7 +168,7 @@ def run_suite(
     progress: bool = True,
     report: bool = True,
     on_cell: CellCallback | None = None,
-    bad_images: str | None = None,
+    dataset_overrides: Mapping[str, Any] | None = None,
 ) -> dict:
     """Evaluate `models` on `suite`, writing `results.json` after every cell (and the report at the end).
 
@@ -189,9 +189,9 @@ def run_suite(
         progress (`bool`, *optional*, defaults to `True`): progress bars with ETA.
         report (`bool`, *optional*, defaults to `True`): write `report.md` and the plots at the end.
         on_cell (`Callable[[str, dict], None]`, *optional*): called after each computed cell is stored.
-        bad_images (`str`, *optional*): override every classification dataset's `bad_images`: "fail" (an unreadable
-            image stops the run, naming its file) or "skip" (left out before any cell, counted in every cell's
-            `skipped_images`, n = the readable rest); part of the cell fingerprints.
+        dataset_overrides (`Mapping[str, Any]`, *optional*): dataset fields set on every dataset of the suite that
+            has them (e.g. `{"bad_images": "skip"}` for the classification datasets: `vlmrobust eval --bad-images`),
+            validated by the dataset's task; part of the cell fingerprints. A field no dataset has is an error.
 
     Returns:
         The results dict (as written to `results.json`, format `vlmrobust.results/v2`), with a `summary` when
@@ -206,12 +206,8 @@ def run_suite(
         suite = load_suite(suite, n_samples=n_samples, batch_size=batch_size)
     elif n_samples is not None or batch_size is not None:
         raise ValueError("n_samples / batch_size overrides need a suite name or path, not a loaded Suite.")
-    if bad_images is not None:
-        if bad_images not in ("fail", "skip"):
-            raise ValueError(f"bad_images must be 'fail' (an unreadable image stops the run, naming its file) or "
-                             f"'skip' (left out, counted in every cell), got {bad_images!r}.")
-        suite = dataclasses.replace(suite, datasets=tuple(
-            dataclasses.replace(d, bad_images=bad_images) if hasattr(d, "bad_images") else d for d in suite.datasets))
+    if dataset_overrides:
+        suite = _override_datasets(suite, dataset_overrides)
     if datasets:
         unknown = [d for d in datasets if d not in {s.name for s in suite.datasets}]
         if unknown:
@@ -249,3 +245,14 @@ def run_suite(
 
 
 __all__ = ["DatasetUnavailable", "RESULTS_NAME", "load_results", "merge_results", "run_suite", "weights_signature"]
+
+
+def _override_datasets(suite: Suite, overrides: Mapping[str, Any]) -> Suite:
+    """`suite` with `overrides` set on every dataset that has those fields (its task's `__post_init__` validates)."""
+    fields = {f.name for d in suite.datasets for f in dataclasses.fields(d)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"No dataset of suite {suite.name!r} has the field(s) {unknown} to override.")
+    return dataclasses.replace(suite, datasets=tuple(
+        dataclasses.replace(d, **{k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(d)}})
+        for d in suite.datasets))

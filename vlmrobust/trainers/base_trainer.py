@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPEN_CLIP_WEIGHTS_NAME
+from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPEN_CLIP_WEIGHTS_NAME, saved_key
 from ..models.base import VisionLanguageModel
 from ..optim import (
     GradientTransform,
@@ -43,6 +43,7 @@ from .run_guards import (
     check_output_dir,
     check_resume_config,
     check_steps_trained,
+    max_abs_finite,
     nonfinite_message,
     resolve_resume,
 )
@@ -303,7 +304,7 @@ class RobustTrainer(AttackLoop, Trainer):
             if grads:
                 # max |g| per tensor (one foreach call, no per-tensor Python ops): finite iff every element is (NaN
                 # propagates through the max, and the max of finite values cannot overflow)
-                ok = ok.to(grads[0].device) & _max_abs_finite(grads)
+                ok = ok.to(grads[0].device) & max_abs_finite(grads)
         bad = (~ok).float().reshape(1).to(self.args.device)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
@@ -439,7 +440,7 @@ class RobustTrainer(AttackLoop, Trainer):
                                     f"{HF_WEIGHTS_NAME}): is this a checkpoint folder written by a vlmrobust trainer?")
         check_safetensors(weights[0])
         full = load_file(weights[0], device="cpu")
-        on_disk = {k: _saved_key(n, full) for k, n in self._native_keys.items()}
+        on_disk = {k: saved_key(n, full) for k, n in self._native_keys.items()}
         sd = {k: full[n] for k, n in on_disk.items() if n is not None}
         missing = [k for k, n in on_disk.items() if n is None]
         if (ckpt / EXTRA_WEIGHTS_NAME).is_file():
@@ -447,29 +448,3 @@ class RobustTrainer(AttackLoop, Trainer):
         if missing:
             raise ValueError(f"Checkpoint {ckpt} lacks {len(missing)} trained tensors, e.g. {missing[:3]}.")
         model.load_state_dict(sd, strict=False)
-
-
-def _max_abs_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Whether every element of `tensors` is finite, as a 0-dim bool tensor on their device (no host sync)."""
-    by_dtype: dict[tuple, list[torch.Tensor]] = defaultdict(list)
-    for t in tensors:
-        by_dtype[(t.device, t.dtype)].append(t)
-    oks = [torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all() for ts in by_dtype.values()]
-    device = tensors[0].device
-    return torch.stack([o.to(device) for o in oks]).all()
-
-
-def _saved_key(native: str, saved: Mapping) -> str | None:
-    """The key a native state-dict entry has in a saved checkpoint: transformers' `save_pretrained` writes some
-    models in their legacy layout (LLaVA's `model.vision_tower.*` as `vision_tower.*`, `model.language_model.*` as
-    `language_model.model.*`, `lm_head.*` as `language_model.lm_head.*`)."""
-    candidates = [native]
-    if native.startswith("model."):
-        rest = native[len("model."):]
-        candidates.append(rest)
-        if rest.startswith("language_model."):
-            candidates.append("language_model.model." + rest[len("language_model."):])
-    if native.startswith("lm_head."):
-        candidates.append("language_model." + native)
-    return next((c for c in candidates if c in saved), None)
-

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import ce_loss
-from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, LAR_AWP_STATE_NAME, OPEN_CLIP_WEIGHTS_NAME
+from ..layout import EXTRA_WEIGHTS_NAME, HF_WEIGHTS_NAME, LAR_AWP_STATE_NAME, OPEN_CLIP_WEIGHTS_NAME, saved_key
 from ..models.lora import add_vision_lora, lora_deltas, lora_layers, merge_lora_state_dict
 from ..optim import LowRankWeightPerturbation, gram_volume
 from ..utils.io import atomic_write_json
-from .base_trainer import RobustTrainer, _saved_key, require_vlm
+from .base_trainer import RobustTrainer, require_vlm
 from .grace_config import GRACEConfig
 from .methods import register_method
 
@@ -248,7 +248,7 @@ class GRACETrainer(RobustTrainer):
         if weights:  # the merged weights must be this run's frozen base + the adapters: same base model
             saved = load_file(weights[0], device="cpu")
             ours, _ = self._native_state_dict(self.unwrapped(model).state_dict())
-            on_disk = {k: _saved_key(k, saved) for k in ours}  # LLaVA is saved in transformers' legacy key layout
+            on_disk = {k: saved_key(k, saved) for k in ours}  # LLaVA is saved in transformers' legacy key layout
             if not any(on_disk.values()):
                 raise ValueError(f"{weights[0]} shares no tensor name with this run's model: not a checkpoint of it.")
             bad = [k for k, v in ours.items() if on_disk[k] is not None

@@ -16,7 +16,10 @@ import json
 import math
 import os
 import re
+from collections import defaultdict
 from pathlib import Path
+
+import torch
 
 from ..layout import (
     HF_WEIGHTS_NAME,
@@ -189,3 +192,13 @@ def nonfinite_message(step: int, output_dir: str | os.PathLike) -> str:
     return (f"Non-finite loss or gradient (NaN / Inf) at optimizer step {step}: training stopped before the "
             f"optimizer step, so no weight took it; {where}. Lower the learning rate or the budget, check the data, "
             "or pass --nonfinite_loss skip to skip such steps.")
+
+
+def max_abs_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every element of `tensors` is finite, as a 0-dim bool tensor on their device (no host sync)."""
+    by_dtype: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    for t in tensors:
+        by_dtype[(t.device, t.dtype)].append(t)
+    oks = [torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all() for ts in by_dtype.values()]
+    device = tensors[0].device
+    return torch.stack([o.to(device) for o in oks]).all()

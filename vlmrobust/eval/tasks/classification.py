@@ -55,6 +55,7 @@ from ..tables import (
 )
 from ..zero_shot import RobustAccuracy, attack_survivors, logit_scale_of, predict
 from .base import DatasetRun, EvalTask, analyses_of, current_cells, register_eval_task
+from .unreadable import check_bad_images, drop_unreadable, parse_bad_images, skipped_record
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class ClassificationDataset(DatasetSpec):
     #: an unreadable image in the evaluated subset: "fail" (stop, naming the file) or "skip" (left out before
     #: any cell: n counts the readable images, each cell records how many were skipped and the first files)
     bad_images: str = "fail"
+
+    def __post_init__(self):
+        check_bad_images(self.bad_images)
 
 
 _ATTACK_KEYS = {"attack", "label", "norm", "eps", "steps", "seed", "options"}
@@ -158,22 +162,6 @@ def robust_accuracy(results: dict, model: str, dataset: str | None = None, attac
         components=tuple(c for c in atk["components"] if c not in skipped), skipped_components=tuple(sorted(skipped)))
 
 
-def _bad_images(ctx: Ctx, value: Any, where: str) -> str:
-    if value not in ("fail", "skip"):
-        raise ctx.fail(where, f"must be 'fail' (an unreadable image stops the evaluation, naming its file) or 'skip' "
-                              f"(unreadable images are left out, counted in every cell, and n is the rest), got "
-                              f"{value!r}.")
-    return value
-
-
-def _skipped_record(run: DatasetRun) -> dict:
-    """`skipped_images` (how many unreadable images were left out) and the first files, under `bad_images: skip`."""
-    if getattr(run.spec, "bad_images", "fail") != "skip":
-        return {}
-    names = list(getattr(run.data, "skipped_images", []))
-    return {"skipped_images": len(names), "skipped_image_files": names[:5]}
-
-
 class ClassificationTask(EvalTask):
     name = "classification"
     default = True
@@ -229,7 +217,7 @@ class ClassificationTask(EvalTask):
                                  f"{where}.templates", "templates"),
             image_column=ctx.string(entry.get("image_column"), f"{where}.image_column", optional=True),
             label_column=ctx.string(entry.get("label_column"), f"{where}.label_column", optional=True),
-            bad_images=_bad_images(ctx, entry.get("bad_images", "fail"), f"{where}.bad_images"))
+            bad_images=parse_bad_images(ctx, entry.get("bad_images", "fail"), f"{where}.bad_images"))
 
     def data_config(self, spec: ClassificationDataset) -> dict:
         return {"source": spec.source, "split": spec.split, "n_samples": spec.n_samples, "seed": spec.seed,
@@ -240,11 +228,8 @@ class ClassificationTask(EvalTask):
     # -- cells --------------------------------------------------------------------------------------------------------
     def load(self, spec, model):
         data = load_suite_dataset(spec, model)
-        if getattr(spec, "bad_images", "fail") == "skip" and hasattr(data, "without_unreadable"):
-            data = data.without_unreadable()
-            if data.skipped_images:
-                logger.warning("%s: %d unreadable image(s) left out (bad_images: skip), n = %d: %s", spec.name,
-                               len(data.skipped_images), len(data), "; ".join(data.skipped_images[:5]))
+        if getattr(spec, "bad_images", "fail") == "skip":
+            data = drop_unreadable(spec.name, data)
         return data
 
     def run(self, run: DatasetRun) -> None:
@@ -274,7 +259,7 @@ class ClassificationTask(EvalTask):
                 "n_classes": len(data.classnames), "logit_scale": logit_scale_of(classifier(run)),
                 "accuracy": correct.float().mean().item(),
                 "correct": pack_mask(correct), "margins": [round(float(m), 5) for m in margins],
-                **_skipped_record(run)}
+                **skipped_record(run)}
 
     def _attack(self, run: DatasetRun, atk: AttackSpec, eps: float, alive: torch.Tensor, n: int,
                 n_classes: int) -> dict:
@@ -299,7 +284,7 @@ class ClassificationTask(EvalTask):
                 "logit_scale": logit_scale_of(classifier(run)), "norm": atk.norm, "eps": eps,
                 "steps": atk.steps, "seed": atk.seed, "n": n, "accuracy": robust.float().mean().item(),
                 "robust": pack_mask(robust), "n_attacked": len(idx), "broken_by": broken_by,
-                "attacked_images_per_s": round(len(idx) / dt, 3) if idx and dt > 0 else None, **_skipped_record(run)}
+                "attacked_images_per_s": round(len(idx) / dt, 3) if idx and dt > 0 else None, **skipped_record(run)}
 
     # -- results ------------------------------------------------------------------------------------------------------
     def in_grid(self, cell: dict, dataset: dict) -> bool:

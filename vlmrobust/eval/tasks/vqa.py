@@ -322,15 +322,11 @@ class VQATask(EvalTask):
             for idx, pixels, questions, refs, _ in batches(run, attacked):
                 score = self._score_fn(run, questions, refs)
                 broken: list[int] = []
-                if atk.ensemble:
-                    _, worst = ensemble_attack(lvlm, pixels, questions, refs, eps=eps, score_fn=score,
-                                               steps=atk.steps, norm=atk.norm, targets=atk.targets,
-                                               max_references=atk.max_references, seed=atk.seed,
-                                               nonfinite_out=broken)
-                else:
-                    _, worst = ensemble_attack(lvlm, pixels, questions, [[majority_answer(r)] for r in refs],
-                                               eps=eps, score_fn=score, steps=atk.steps, norm=atk.norm, seed=atk.seed,
-                                               nonfinite_out=broken)
+                # the ensemble: every reference answer (and the targets); otherwise APGD on the majority answer
+                kw = {"targets": atk.targets, "max_references": atk.max_references} if atk.ensemble else {}
+                answers = refs if atk.ensemble else [[majority_answer(r)] for r in refs]
+                _, worst = ensemble_attack(lvlm, pixels, questions, answers, eps=eps, score_fn=score, steps=atk.steps,
+                                           norm=atk.norm, seed=atk.seed, nonfinite_out=broken, **kw)
                 for i, w in zip(idx, worst.tolist()):
                     scores[i] = min(scores[i], round(float(w), 4))
                 nonfinite += [idx[j] for j in broken]
