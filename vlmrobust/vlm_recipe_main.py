@@ -157,7 +157,8 @@ def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
     if script.tiny_image_size:
         tiny["image_size"] = script.tiny_image_size
     if script.tiny_hidden:
-        tiny.update({"vision_hidden": script.tiny_hidden, "text_hidden": script.tiny_hidden} if backend == "llava"
+        two_towers = backend in ("llava", "paligemma")
+        tiny.update({"vision_hidden": script.tiny_hidden, "text_hidden": script.tiny_hidden} if two_towers
                     else {"hidden": script.tiny_hidden})
     return {"tiny_kwargs": tiny} if tiny else {}
 
