@@ -195,3 +195,19 @@ def test_the_paligemma_3b_config_runs_through_the_recipe_on_the_tiny_paligemma(t
     assert any(".o_proj." in n for n in summary["omega"]) and any(".k_proj." in n for n in summary["omega"])
     reloaded = create_model(f"paligemma:{out}")
     assert reloaded.backend == "paligemma" and not any("lora_" in k for k in reloaded.model.state_dict())
+
+
+def test_grace_vqa_recipe_runs_on_the_tiny_paligemma(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("grace_vqa", Path(__file__).parent.parent / "recipes/grace_vqa.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    res = recipe.main(["--model_name_or_path", "paligemma:tiny", "--dataset_name", "shapes-vqa", "--output_dir",
+                       str(tmp_path), "--train_samples", "16", "--eval_samples", "8", "--max_steps", "2",
+                       "--per_device_train_batch_size", "4", "--attack_steps", "2", "--lora_r", "4",
+                       "--eval_attack_steps", "2", "--eval_epsilons", "8/255", "--eval_batch_size", "8",
+                       "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"])
+    assert set(res["run"]["rows"]) == {"before", "after"} and res["run"]["method"] == "grace_vqa"
+    assert create_model(f"paligemma:{tmp_path}").backend == "paligemma"
