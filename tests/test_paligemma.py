@@ -211,3 +211,14 @@ def test_grace_vqa_recipe_runs_on_the_tiny_paligemma(tmp_path):
                        "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"])
     assert set(res["run"]["rows"]) == {"before", "after"} and res["run"]["method"] == "grace_vqa"
     assert create_model(f"paligemma:{tmp_path}").backend == "paligemma"
+
+
+def test_a_saved_paligemma_is_its_own_hub_kind(saved):
+    from vlmrobust.hub.model_card import KINDS, checkpoint_kind
+    from vlmrobust.utils.hub_access import needs_hub
+
+    assert checkpoint_kind(saved) == "paligemma"
+    assert "PaliGemmaForConditionalGeneration.from_pretrained" in KINDS["paligemma"].loading
+    assert KINDS["paligemma"].eval_id == "paligemma:{repo}"
+    assert needs_hub("paligemma:google/paligemma-3b-pt-224") and not needs_hub("paligemma:tiny")
+    assert not needs_hub(f"paligemma:{saved}")
