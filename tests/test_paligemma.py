@@ -222,3 +222,15 @@ def test_a_saved_paligemma_is_its_own_hub_kind(saved):
     assert KINDS["paligemma"].eval_id == "paligemma:{repo}"
     assert needs_hub("paligemma:google/paligemma-3b-pt-224") and not needs_hub("paligemma:tiny")
     assert not needs_hub(f"paligemma:{saved}")
+
+
+def test_a_foreign_processor_is_refused_and_lora_r_wraps_the_language_model(saved):
+    from vlmrobust.testing.tiny_paligemma import make_tiny_paligemma
+
+    _, other = make_tiny_paligemma(image_size=64)
+    with pytest.raises(ValueError, match="processor belongs to another model"):
+        create_model(f"paligemma:{saved}", processor=other)
+    model = create_model("paligemma:tiny", lora_r=2)
+    trainable = [n for n, p in model.model.named_parameters() if p.requires_grad]
+    assert trainable and all("language_model" in n and ".lora_" in n for n in trainable)
+    assert any("q_proj" in n for n in trainable) and any("v_proj" in n for n in trainable)
