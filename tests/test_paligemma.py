@@ -234,3 +234,15 @@ def test_a_foreign_processor_is_refused_and_lora_r_wraps_the_language_model(save
     trainable = [n for n, p in model.model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in n and ".lora_" in n for n in trainable)
     assert any("q_proj" in n for n in trainable) and any("v_proj" in n for n in trainable)
+
+
+def test_recipe_tiny_geometry_reaches_both_towers():
+    from vlmrobust.vlm_recipe_main import LVLMScriptArguments, tiny_fixture_kwargs
+
+    kw = tiny_fixture_kwargs(LVLMScriptArguments(model_name_or_path="paligemma:tiny", tiny_hidden=64,
+                                                 tiny_image_size=48))
+    assert kw == {"tiny_kwargs": {"image_size": 48, "vision_hidden": 64, "text_hidden": 64}}
+    model = create_model("paligemma:tiny", **kw)
+    cfg = model.hf_model.config
+    assert (cfg.vision_config.hidden_size, cfg.text_config.hidden_size, model.image_size) == (64, 64, 48)
+    assert model.num_image_tokens(48, 48) == 36 == model.processor.image_seq_length

@@ -105,8 +105,9 @@ class LVLMScriptArguments:
     """Model, data and evaluation settings of the LVLM recipes.
 
     Args:
-        model_name_or_path (`str`): a `create_model` id: `llava:<id or path>`, `qwen_vl:<id or path>`, or the
-            offline random fixtures `llava:tiny` / `qwen_vl:tiny`.
+        model_name_or_path (`str`): a `create_model` id: `llava:<id or path>`, `qwen_vl:<id or path>`,
+            `paligemma:<id or path>` (VQA methods only), or the offline random fixtures `llava:tiny` / `qwen_vl:tiny` /
+            `paligemma:tiny`.
         dataset_name (`str`): a VQA data source (`vlmrobust info` lists them): `shapes-vqa` (offline, generated),
             `vqa-json:<questions.json>,<annotations.json>,<image dir>`, or a Hub id / `save_to_disk` folder.
         sft_steps (`int`): supervised fine-tuning steps on the training split before FARE (0 = none; the offline
