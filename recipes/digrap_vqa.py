@@ -13,12 +13,15 @@ colours x two shapes; ID / near OOD (new colours) / far OOD (new colours and sha
         --attack_steps 3 --attack_step_size 0.00784                      # DiGraP on PGD images (L-inf 4/255)
     python recipes/digrap_vqa.py --config recipes/configs/quickstart_digrap_vqa.yaml \
         --model_name_or_path qwen_vl:tiny                                # the tiny Qwen2-VL instead
+    python recipes/digrap_vqa.py --config recipes/configs/quickstart_digrap_vqa.yaml \
+        --model_name_or_path paligemma:tiny                              # the tiny PaliGemma instead
 
 Real checkpoints (the FRAMES-VQA fine-tuning settings; shapes-VQA data until the FRAMES-VQA loaders are wired in),
 on one or several GPUs (DDP, or DeepSpeed ZeRO-2: `--config_file recipes/accelerate_configs/deepspeed_zero2.yaml`):
 
     accelerate launch recipes/digrap_vqa.py --config recipes/configs/digrap_llava15_7b_lora.yaml
     accelerate launch recipes/digrap_vqa.py --config recipes/configs/digrap_qwen25vl_3b_lora.yaml
+    accelerate launch recipes/digrap_vqa.py --config recipes/configs/digrap_paligemma3b_lora.yaml
 
 `--weight_space` picks the method: digrap (default), none (vanilla LoRA), l2sp, ftp, spd; `--lp_steps` adds LP-FT's
 probe of the output head before the LoRA stage (the head is then fine-tuned with the adapters); `--adversarial true`

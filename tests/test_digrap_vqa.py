@@ -233,7 +233,7 @@ def test_merged_checkpoint_reloads_with_plain_transformers(tmp_path):
 
 def test_registered_and_config_checks(tmp_path):
     m = METHODS.get("digrap_vqa")
-    assert m.backends == ("llava", "qwen_vl") and m.recipe == "recipes/digrap_vqa.py"
+    assert m.backends == ("llava", "qwen_vl", "paligemma") and m.recipe == "recipes/digrap_vqa.py"
     assert DiGraPVQATrainer.supported_zero_stages == (0, 2)
     with pytest.raises(ValueError, match="lora_r must be >= 1"):
         vqa_args(tmp_path, lora_r=0)

@@ -279,7 +279,7 @@ def test_merged_checkpoint_reloads_with_plain_transformers(spec, tmp_path):
 
 def test_registered_and_config_checks(tmp_path):
     m = METHODS.get("grace_vqa")
-    assert m.backends == ("llava", "qwen_vl") and m.recipe == "recipes/grace_vqa.py"
+    assert m.backends == ("llava", "qwen_vl", "paligemma") and m.recipe == "recipes/grace_vqa.py"
     with pytest.raises(ValueError, match="lora_vision='none'"):
         vqa_args(tmp_path, lora_vision="none")
     with pytest.raises(ValueError, match="not a 'open_clip' model|not a 'hf-clip' model|not a"):

@@ -11,7 +11,7 @@ from vlmrobust.models import create_model
 EPS = 8 / 255
 
 
-@pytest.fixture(scope="module", params=["llava:tiny", "qwen_vl:tiny"])
+@pytest.fixture(scope="module", params=["llava:tiny", "qwen_vl:tiny", "paligemma:tiny"])
 def setup(request):
     model = create_model(request.param)
     ds = ShapesVQA(4, seed=0, question_types=["colour", "shape"], transform=model.preprocess)

@@ -50,7 +50,7 @@ def test_sequence_ce_is_the_shifted_masked_cross_entropy():
         sequence_ce(logits, labels, "none")
 
 
-@pytest.mark.parametrize("spec", ["llava:tiny", "qwen_vl:tiny"])
+@pytest.mark.parametrize("spec", ["llava:tiny", "qwen_vl:tiny", "paligemma:tiny"])
 def test_answer_loss_matches_the_models_own_loss(spec):
     # the foreign check: for one sample, the mean answer loss is transformers' own causal-LM loss with these labels
     model = create_model(spec)

@@ -41,8 +41,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="run an eval suite on one or more models (resumable)")
     ev.add_argument("--model", action="append", required=True,
-                    help="create_model id (open_clip:…, hf-hub:…, local-dir:…, hf-clip:…; llava:… / qwen_vl:… for "
-                         "VQA suites); repeat for several")
+                    help="create_model id (open_clip:…, hf-hub:…, local-dir:…, hf-clip:…; llava:… / qwen_vl:… / "
+                         "paligemma:… for VQA suites); repeat for several")
     ev.add_argument("--suite", required=True, help="suite name (see `vlmrobust info`) or path of a suite YAML")
     ev.add_argument("--output", required=True, help="folder for results.json, report.md and plots")
     ev.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
@@ -90,7 +90,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("shift", help="Mahalanobis shift of a VQA suite's datasets from the ID training data, and its "
                                       "correlation with accuracy (resumable; the eval's results.json and report)")
-    sh.add_argument("--model", action="append", required=True, help="an LVLM (llava:… / qwen_vl:…); repeat for several")
+    sh.add_argument("--model", action="append", required=True, help="an LVLM (llava:… / qwen_vl:… / paligemma:…); repeat for several")
     sh.add_argument("--suite", required=True, help="a VQA suite (mini_frames, frames_vqa, or a YAML path)")
     sh.add_argument("--output", required=True, help="folder for results.json, report.md and plots (the eval's folder "
                                                     "reuses its accuracy cells)")

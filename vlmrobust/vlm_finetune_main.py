@@ -27,8 +27,8 @@ class VQAFinetuneScriptArguments:
     """Model, data and evaluation of `recipes/digrap_vqa.py`.
 
     Args:
-        model_name_or_path (`str`): `llava:<id or path>`, `qwen_vl:<id or path>`, or the fixtures `llava:tiny` /
-            `qwen_vl:tiny`.
+        model_name_or_path (`str`): `llava:<id or path>`, `qwen_vl:<id or path>`, `paligemma:<id or path>`, or the
+            fixtures `llava:tiny` / `qwen_vl:tiny` / `paligemma:tiny`.
         train_samples (`int`): in-distribution training questions.
         eval_samples (`int`): questions per evaluation split (ID, near, far).
         sft_steps (`int`): whole-model VQA fine-tuning on every colour and shape before LoRA (the offline stand-in

@@ -105,8 +105,9 @@ class LVLMScriptArguments:
     """Model, data and evaluation settings of the LVLM recipes.
 
     Args:
-        model_name_or_path (`str`): a `create_model` id: `llava:<id or path>`, `qwen_vl:<id or path>`, or the
-            offline random fixtures `llava:tiny` / `qwen_vl:tiny`.
+        model_name_or_path (`str`): a `create_model` id: `llava:<id or path>`, `qwen_vl:<id or path>`,
+            `paligemma:<id or path>` (VQA methods only), or the offline random fixtures `llava:tiny` / `qwen_vl:tiny` /
+            `paligemma:tiny`.
         dataset_name (`str`): a VQA data source (`vlmrobust info` lists them): `shapes-vqa` (offline, generated),
             `vqa-json:<questions.json>,<annotations.json>,<image dir>`, or a Hub id / `save_to_disk` folder.
         sft_steps (`int`): supervised fine-tuning steps on the training split before FARE (0 = none; the offline
@@ -157,7 +158,8 @@ def tiny_fixture_kwargs(script: LVLMScriptArguments) -> dict:
     if script.tiny_image_size:
         tiny["image_size"] = script.tiny_image_size
     if script.tiny_hidden:
-        tiny.update({"vision_hidden": script.tiny_hidden, "text_hidden": script.tiny_hidden} if backend == "llava"
+        two_towers = backend in ("llava", "paligemma")
+        tiny.update({"vision_hidden": script.tiny_hidden, "text_hidden": script.tiny_hidden} if two_towers
                     else {"hidden": script.tiny_hidden})
     return {"tiny_kwargs": tiny} if tiny else {}
 

@@ -97,6 +97,11 @@ KINDS: dict[str, Kind] = {
                        'model = Qwen2_5_VLForConditionalGeneration.from_pretrained("{repo}")\n'
                        'processor = AutoProcessor.from_pretrained("{repo}")', "qwen_vl:{repo}",
                        ("qwen2.5-vl", *_LVLM)),
+    "paligemma": Kind("PaliGemma model (full weights, transformers' layout)", "transformers", "image-text-to-text",
+                      'from transformers import AutoProcessor, PaliGemmaForConditionalGeneration\n'
+                      'model = PaliGemmaForConditionalGeneration.from_pretrained("{repo}")\n'
+                      'processor = AutoProcessor.from_pretrained("{repo}")', "paligemma:{repo}",
+                      ("paligemma", *_LVLM)),
     "peft": Kind("PEFT (LoRA) adapter of a vision-language model", "peft", "image-text-to-text",
                  'from peft import PeftModel\n'
                  'from transformers import AutoModelForImageTextToText, AutoProcessor\n'
@@ -112,7 +117,8 @@ KINDS: dict[str, Kind] = {
                          'from transformers import AutoModel\nmodel = AutoModel.from_pretrained("{repo}")'),
 }
 
-_MODEL_TYPES = {"clip": "hf-clip", "llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+_MODEL_TYPES = {"clip": "hf-clip", "llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl",
+                "paligemma": "paligemma"}
 
 
 def checkpoint_kind(folder: str | os.PathLike) -> str | None:
@@ -291,7 +297,8 @@ def hub_base_model(model_id: str | None) -> str | None:
         except Exception:
             hub = ""
         return hub.strip("/") or None
-    if prefix in ("hf-clip", "llava", "qwen_vl") and spec.count("/") == 1 and not Path(spec).expanduser().exists():
+    if prefix in ("hf-clip", "llava", "qwen_vl", "paligemma") and spec.count("/") == 1 \
+            and not Path(spec).expanduser().exists():
         return spec
     return None
 

@@ -290,13 +290,14 @@ def take_hub_push(args) -> HubTarget | None:
 
 
 def hub_model_repo(model_id: str) -> str:
-    """The Hub repo behind a `create_model` id (`hf-hub:org/x`, `hf-clip:org/x`, `llava:org/x`, `qwen_vl:org/x`)."""
+    """The Hub repo behind a `create_model` id (`hf-hub:org/x`, `hf-clip:org/x`, `llava:org/x`, `qwen_vl:org/x`,
+    `paligemma:org/x`)."""
     prefix, _, spec = model_id.partition(":")
-    if prefix in ("hf-hub", "hf-clip", "llava", "qwen_vl") and spec.count("/") == 1 \
+    if prefix in ("hf-hub", "hf-clip", "llava", "qwen_vl", "paligemma") and spec.count("/") == 1 \
             and not Path(spec).expanduser().exists():
         return spec
     raise ValueError(f"--update-card needs a model on the Hub (hf-hub:<org>/<name>, hf-clip:<org>/<name>, "
-                     f"llava:<org>/<name> or qwen_vl:<org>/<name>), not {model_id!r}.")
+                     f"llava:<org>/<name>, qwen_vl:<org>/<name> or paligemma:<org>/<name>), not {model_id!r}.")
 
 
 def check_can_write(repo_id: str, *, token: str | None = None) -> None:

@@ -95,7 +95,7 @@ class ZeroShotClassifier(nn.Module):
 
 
 class VisionLanguageModel(nn.Module):
-    """Base class of every backend (`open_clip`, `hf-clip`; `llava`, `qwen_vl` build on it).
+    """Base class of every backend (`open_clip`, `hf-clip`; `llava`, `qwen_vl`, `paligemma` build on it).
 
     Subclasses set `image_encoder`, `image_size`, `backend`, `name_or_path` and implement `encode_text`,
     `tokenize`, `preprocess` and `save_pretrained`.

@@ -9,7 +9,7 @@ from ..registry import Registry
 from ..utils.hub_access import hub_download, needs_hub
 from .base import VisionLanguageModel
 
-#: prefix -> loader(spec: str, **kwargs) -> VisionLanguageModel. Later backends (`llava:`, `qwen_vl:`) register here.
+#: prefix -> loader(spec: str, **kwargs) -> VisionLanguageModel. Later backends (`llava:`, `qwen_vl:`, `paligemma:`) register here.
 BACKENDS: Registry[Callable[..., VisionLanguageModel]] = Registry("model backend")
 
 
@@ -83,6 +83,13 @@ def _qwen_vl(spec: str, **kw) -> VisionLanguageModel:
     return load_qwen_vl(spec, **kw)
 
 
+@BACKENDS.register("paligemma")
+def _paligemma(spec: str, **kw) -> VisionLanguageModel:
+    from .paligemma_backend import load_paligemma
+
+    return load_paligemma(spec, **kw)
+
+
 def create_model(name: str, **kwargs) -> VisionLanguageModel:
     """Create a model from an id with a backend prefix.
 
@@ -91,8 +98,8 @@ def create_model(name: str, **kwargs) -> VisionLanguageModel:
             gives random weights), `hf-hub:<org>/<repo>` (open_clip layout on the Hub), `local-dir:<path>`
             (open_clip layout on disk), `hf-clip:<id or path>` (transformers CLIP), `vlmrobust:tiny-digits-clip`
             (the offline stand-in, pre-trained on first use and cached), `llava:<id or path>` (LLaVA-1.5 and later),
-            `qwen_vl:<id or path>` (Qwen2-VL / Qwen2.5-VL; `llava:tiny` / `qwen_vl:tiny` build random offline
-            fixtures); further backends register in `BACKENDS`.
+            `qwen_vl:<id or path>` (Qwen2-VL / Qwen2.5-VL), `paligemma:<id or path>` (PaliGemma; `llava:tiny` /
+            `qwen_vl:tiny` / `paligemma:tiny` build random offline fixtures); further backends register in `BACKENDS`.
         kwargs: passed to the backend loader (`device`, `precision`, ...).
     """
     prefix, sep, spec = name.partition(":")

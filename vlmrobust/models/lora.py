@@ -137,8 +137,9 @@ def merge_lora_state_dict(state_dict: Mapping[str, torch.Tensor], deltas: Mappin
 
 
 #: module-name patterns of an LVLM's image side, for `add_lvlm_lora(vision=...)`: the projector into the language
-#: model (LLaVA's `multi_modal_projector`, Qwen-VL's `visual.merger`), and the tower's transformer blocks
-LVLM_PROJECTOR_PATTERN = r"(multi_modal_projector\.linear_\d+|visual\.merger\.mlp\.[02])"
+#: model (LLaVA's and PaliGemma's `multi_modal_projector`, Qwen-VL's `visual.merger`), and the tower's transformer
+#: blocks
+LVLM_PROJECTOR_PATTERN = r"(multi_modal_projector\.linear(_\d+)?|visual\.merger\.mlp\.[02])"
 LVLM_TOWER_PATTERN = (r"(vision_tower\..*\.layers\.\d+\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
                       r"|visual\.blocks\.\d+\..*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj))")
 

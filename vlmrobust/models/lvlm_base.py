@@ -29,7 +29,7 @@ IGNORE_INDEX = -100
 
 
 class LVLM(VisionLanguageModel):
-    """Base of the `llava` and `qwen_vl` backends (large vision-language models that generate text).
+    """Base of the `llava`, `qwen_vl` and `paligemma` backends (large vision-language models that generate text).
 
     Subclasses set `model`, `processor`, `image_encoder`, `image_size`, `image_token`, `eot_token` and implement
     `pixel_inputs`, `num_image_tokens` and `preprocess`.

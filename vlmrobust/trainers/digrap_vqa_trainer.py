@@ -1,4 +1,4 @@
-"""DiGraP and its baselines for LoRA fine-tuning of an LVLM (LLaVA, Qwen-VL) on VQA (arXiv 2502.15895): the
+"""DiGraP and its baselines for LoRA fine-tuning of an LVLM (LLaVA, Qwen-VL, PaliGemma) on VQA (arXiv 2502.15895): the
 teacher-forced answer cross-entropy, on clean or adversarial images, with the weight-space hooks of `RobustTrainer`
 between the full backward and the optimizer step."""
 
@@ -18,7 +18,7 @@ from .base_trainer import RobustTrainer, require_vlm
 from .digrap_trainer import LP_HEAD_NAME
 from .digrap_vqa_config import DiGraPVQAConfig
 from .grace_vqa_trainer import LVLMAnswerModule, _identity
-from .methods import LVLM_BACKENDS, register_method
+from .methods import VQA_BACKENDS, register_method
 
 
 def probe_output_head(module: LVLMAnswerModule, head: nn.Module, dataset, collate_fn, steps: int, lr: float,
@@ -52,7 +52,7 @@ def probe_output_head(module: LVLMAnswerModule, head: nn.Module, dataset, collat
 
 
 class DiGraPVQATrainer(RobustTrainer):
-    """LoRA fine-tuning of a vlmrobust LLaVA / Qwen-VL on VQA answers with DiGraP (arXiv 2502.15895) or a baseline
+    """LoRA fine-tuning of a vlmrobust LVLM on VQA answers with DiGraP (arXiv 2502.15895) or a baseline
     chosen by the config (`weight_space`: none / l2sp / ftp / spd; `lp_steps`: LP-FT). See `DiGraPVQAConfig`.
 
     LoRA adapters (`vlmrobust.models.lora.add_lvlm_lora`) on the language model's `lora_target_modules` (and the
@@ -79,8 +79,8 @@ class DiGraPVQATrainer(RobustTrainer):
 
     def __init__(self, model, args: DiGraPVQAConfig, classnames=None, **kwargs):
         require_vlm(model, type(self).__name__)
-        if getattr(model, "backend", None) not in LVLM_BACKENDS:
-            raise ValueError(f"DiGraPVQATrainer trains {', '.join(LVLM_BACKENDS)} models, not a "
+        if getattr(model, "backend", None) not in VQA_BACKENDS:
+            raise ValueError(f"DiGraPVQATrainer trains {', '.join(VQA_BACKENDS)} models, not a "
                              f"{getattr(model, 'backend', None)!r} model (CLIP: method 'digrap', DiGraPTrainer).")
         if not isinstance(args, DiGraPVQAConfig):
             raise TypeError(f"DiGraPVQATrainer takes a DiGraPVQAConfig, got {type(args).__name__}.")
@@ -202,5 +202,5 @@ class DiGraPVQATrainer(RobustTrainer):
         model.load_state_dict({n: saved[n] for n in wanted}, strict=False)
 
 
-register_method("digrap_vqa", DiGraPVQAConfig, DiGraPVQATrainer, paper="2502.15895", backends=LVLM_BACKENDS,
+register_method("digrap_vqa", DiGraPVQAConfig, DiGraPVQATrainer, paper="2502.15895", backends=VQA_BACKENDS,
                 recipe="recipes/digrap_vqa.py")

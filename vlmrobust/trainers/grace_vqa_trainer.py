@@ -1,6 +1,6 @@
-"""GRACE on an LVLM (LLaVA, Qwen-VL): LoRA on the language model (and the image side), the teacher-forced answer CE
-on adversarial images, the layer-adaptive-rank weight perturbation and the Gram volume of the pooled projected image
-features (arXiv 2603.27139, carried over from CLIP; no public code)."""
+"""GRACE on an LVLM (LLaVA, Qwen-VL, PaliGemma): LoRA on the language model (and the image side), the teacher-forced
+answer CE on adversarial images, the layer-adaptive-rank weight perturbation and the Gram volume of the pooled
+projected image features (arXiv 2603.27139, carried over from CLIP; no public code)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from ..models.lora import add_lvlm_lora
 from ..optim import gram_volume
 from .grace_trainer import GRACETrainer
 from .grace_vqa_config import GRACEVQAConfig
-from .methods import LVLM_BACKENDS, register_method
+from .methods import VQA_BACKENDS, register_method
 
 DEFAULT_LM_TARGETS = ("q_proj", "v_proj")
 
 
 def pooled_image_features(model, pixels: torch.Tensor) -> torch.Tensor:
     """`(B, D)`: the mean over image tokens of the projected image features an LVLM's language model reads (LLaVA's
-    `multi_modal_projector` output, Qwen-VL's merger output), in fp32, from [0, 1] pixels."""
+    `multi_modal_projector` output, Qwen-VL's merger output, PaliGemma's linear projector's), in fp32, from [0, 1]
+    pixels."""
     hf = model.hf_model
     kw = {}
     if model.backend == "llava":
@@ -80,8 +81,8 @@ class GRACEVQATrainer(GRACETrainer):
         super().__init__(model, args, classnames, **kwargs)
 
     def init_task(self, model, args, classnames) -> None:
-        if getattr(model, "backend", None) not in LVLM_BACKENDS:
-            raise ValueError(f"GRACEVQATrainer trains {', '.join(LVLM_BACKENDS)} models, not a "
+        if getattr(model, "backend", None) not in VQA_BACKENDS:
+            raise ValueError(f"GRACEVQATrainer trains {', '.join(VQA_BACKENDS)} models, not a "
                              f"{getattr(model, 'backend', None)!r} model (CLIP: GRACETrainer).")
 
     def trainable_module(self, model, args: GRACEVQAConfig):
@@ -141,5 +142,5 @@ class GRACEVQATrainer(GRACETrainer):
         return loss
 
 
-register_method("grace_vqa", GRACEVQAConfig, GRACEVQATrainer, paper="2603.27139", backends=LVLM_BACKENDS,
+register_method("grace_vqa", GRACEVQAConfig, GRACEVQATrainer, paper="2603.27139", backends=VQA_BACKENDS,
                 recipe="recipes/grace_vqa.py")

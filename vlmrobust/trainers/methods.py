@@ -25,6 +25,9 @@ from .base_config import RobustTrainingArguments
 #: backends (`VisionLanguageModel.backend`) of zero-shot CLIP models, and of LVLMs whose vision tower trains
 CLIP_BACKENDS: tuple[str, ...] = ("open_clip", "hf-clip")
 LVLM_BACKENDS: tuple[str, ...] = ("llava", "qwen_vl")
+#: backends the LVLM VQA fine-tuning methods (`digrap_vqa`, `grace_vqa`: LoRA + teacher-forced answer CE) train;
+#: PaliGemma has no vision-tower methods (FARE's, R-Adapt's anchor) wired in, so it is only here
+VQA_BACKENDS: tuple[str, ...] = LVLM_BACKENDS + ("paligemma",)
 
 
 @dataclass(frozen=True)

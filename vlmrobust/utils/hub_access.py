@@ -137,7 +137,7 @@ def needs_hub(model_id: str) -> bool:
     if prefix == "open_clip":
         pretrained = spec.partition("/")[2]
         return bool(pretrained) and not Path(pretrained).expanduser().is_file()
-    if prefix in ("hf-clip", "llava", "qwen_vl"):
+    if prefix in ("hf-clip", "llava", "qwen_vl", "paligemma"):
         return not spec.startswith("tiny") and not Path(spec).expanduser().exists()
     return False
 
