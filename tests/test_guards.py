@@ -359,6 +359,62 @@ def test_nan_loss_stops_the_run_naming_the_step_and_last_good_checkpoint(tiny_op
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the NaN step never reached a weight
 
 
+class _GradOf(torch.autograd.Function):
+    """0 in the forward; in the backward, a gradient of `value` on every element of `p`."""
+
+    @staticmethod
+    def forward(ctx, p, value):
+        ctx.shape, ctx.value = p.shape, value
+        return p.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, ctx.value, dtype=grad.dtype, device=grad.device), None
+
+
+class NaNGradAtStep(FARETrainer):
+    """FARE whose loss is finite but one weight's gradient is `value` (NaN, Inf, huge) at the steps in `bad_steps`."""
+
+    bad_steps, value = (), float("nan")
+
+    def compute_loss(self, model, inputs, **kw):
+        loss = super().compute_loss(model, inputs, **kw)
+        if self.state.global_step + 1 in self.bad_steps:
+            loss = loss + _GradOf.apply(next(q for q in model.parameters() if q.requires_grad), self.value)
+        return loss
+
+
+@pytest.mark.parametrize("nonfinite_loss", ["stop", "skip"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_gradient_with_a_finite_loss_is_caught(tiny_open_clip_dir, image_dataset, tmp_path, value,
+                                                         nonfinite_loss):
+    # stop mode checks the gradients on the norm the Trainer computes for clipping anyway; skip mode before the
+    # weight-space transforms: either way the bad gradient never reaches a weight
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    trainer = NaNGradAtStep(model, fare_args(tmp_path / "run", max_steps=1, nonfinite_loss=nonfinite_loss),
+                            train_dataset=image_dataset)
+    trainer.bad_steps, trainer.value = (1,), value
+    if nonfinite_loss == "stop":
+        with pytest.raises(FloatingPointError, match="optimizer step 1"):
+            trainer.train()
+    else:
+        trainer.train()
+        assert trainer.skipped_steps == [1]
+    for k, v in model.image_encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_norm_that_overflows_on_finite_gradients_is_not_a_bad_step(tiny_open_clip_dir, image_dataset, tmp_path):
+    # 1e30 everywhere: the gradients are finite but the sum of their squares overflows fp32 to inf; the element-wise
+    # confirmation lets the step through (clipping then scales it to 0, as the Trainer does)
+    model = create_model(f"local-dir:{tiny_open_clip_dir}")
+    trainer = NaNGradAtStep(model, fare_args(tmp_path / "run", max_steps=1), train_dataset=image_dataset)
+    trainer.bad_steps, trainer.value = (1,), 1e30
+    trainer.train()
+    assert trainer.state.global_step == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_nan_loss_skip_mode_skips_the_step(tiny_open_clip_dir, image_dataset, tmp_path):
     model = create_model(f"local-dir:{tiny_open_clip_dir}")
     before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}

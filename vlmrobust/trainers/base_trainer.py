@@ -39,11 +39,11 @@ from .activation_checkpointing import attach_activation_checkpointing
 from .base_config import RobustTrainingArguments
 from .performance import autocast_context, compile_in_place, wants_compile
 from .run_guards import (
+    NonFiniteGuard,
     check_has_batches,
     check_output_dir,
     check_resume_config,
     check_steps_trained,
-    max_abs_finite,
     nonfinite_message,
     resolve_resume,
 )
@@ -82,7 +82,7 @@ def require_vlm(model, trainer_name: str) -> None:
         )
 
 
-class RobustTrainer(AttackLoop, Trainer):
+class RobustTrainer(AttackLoop, NonFiniteGuard, Trainer):
     """Base class of vlmrobust's trainers (FARE, TeCoA, Classic AT / TRADES, ...).
 
     Subclasses implement :meth:`trainable_module` (what the HF `Trainer` / DeepSpeed optimises) and
@@ -286,32 +286,8 @@ class RobustTrainer(AttackLoop, Trainer):
         """Set `param`'s whole gradient (scattered under ZeRO); see `vlmrobust.optim.set_full_grad`."""
         set_full_grad(param, grad)
 
-    def _loss_scale(self) -> float:
-        """The fp16 loss scale the gradients carry before the optimizer step (1 in fp32 / bf16)."""
-        if self.is_deepspeed_enabled:
-            engine = self.model_wrapped
-            return float(engine.optimizer.loss_scale) if engine.fp16_enabled() else 1.0
-        scaler = getattr(self.accelerator, "scaler", None)
-        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-
-    def _all_finite(self, model: nn.Module) -> bool:
-        """Whether every loss of this optimizer step, and every gradient, is finite on every rank (one small
-        all-reduce per step); gradients are not checked under fp16 loss scaling, whose scaler skips those steps."""
-        ok = self._finite if self._finite is not None else torch.tensor(True)
-        self._finite = None
-        if not self.is_deepspeed_enabled and self._loss_scale() == 1.0:
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if grads:
-                # max |g| per tensor (one foreach call, no per-tensor Python ops): finite iff every element is (NaN
-                # propagates through the max, and the max of finite values cannot overflow)
-                ok = ok.to(grads[0].device) & max_abs_finite(grads)
-        bad = (~ok).float().reshape(1).to(self.args.device)
-        if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        return bad.item() == 0
-
     def _before_optimizer_step(self, model: nn.Module) -> None:
-        if not self._all_finite(model):
+        if not self._defers_grad_check() and not self._all_finite(model):
             step = self.state.global_step + 1
             if self.args.nonfinite_loss == "stop":
                 raise FloatingPointError(nonfinite_message(step, self.args.output_dir))

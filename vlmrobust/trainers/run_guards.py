@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..layout import (
     HF_WEIGHTS_NAME,
@@ -202,3 +203,53 @@ def max_abs_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     oks = [torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all() for ts in by_dtype.values()]
     device = tensors[0].device
     return torch.stack([o.to(device) for o in oks]).all()
+
+
+class NonFiniteGuard:
+    """The trainer's check that an optimizer step's losses and gradients are finite (`nonfinite_loss`), a mixin of
+    `RobustTrainer` before `transformers.Trainer` (it reads the Trainer's `args`, `accelerator` and engine)."""
+
+    def _loss_scale(self) -> float:
+        """The fp16 loss scale the gradients carry before the optimizer step (1 in fp32 / bf16)."""
+        if self.is_deepspeed_enabled:
+            engine = self.model_wrapped
+            return float(engine.optimizer.loss_scale) if engine.fp16_enabled() else 1.0
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def _all_finite(self, model: nn.Module) -> bool:
+        """Whether every loss of this optimizer step, and every gradient, is finite on every rank (one small
+        all-reduce per step); gradients are not checked under fp16 loss scaling, whose scaler skips those steps."""
+        ok = self._finite if self._finite is not None else torch.tensor(True)
+        self._finite = None
+        if not self.is_deepspeed_enabled and self._loss_scale() == 1.0:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                # max |g| per tensor (one foreach call, no per-tensor Python ops): finite iff every element is (NaN
+                # propagates through the max, and the max of finite values cannot overflow)
+                ok = ok.to(grads[0].device) & max_abs_finite(grads)
+        bad = (~ok).float().reshape(1).to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return bad.item() == 0
+
+    def _defers_grad_check(self) -> bool:
+        """Whether this step's gradients are checked on the norm the Trainer computes anyway (`_get_grad_norm`)
+        instead of a pass of their own: when a bad step stops the run (`nonfinite_loss='stop'`), outside DeepSpeed
+        and fp16 loss scaling; skipping a step needs the check before the weight-space transforms see the step."""
+        return self.args.nonfinite_loss == "stop" and not self.is_deepspeed_enabled and self._loss_scale() == 1.0
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self._finite is not None and self._defers_grad_check():
+            losses_ok, self._finite = self._finite, None
+            ok = losses_ok & torch.isfinite(torch.as_tensor(grad_norm)).to(losses_ok.device)
+            if self.accelerator.num_processes > 1:
+                ok = self.accelerator.reduce((~ok).float().reshape(1).to(self.args.device), reduction="sum") == 0
+            # a non-finite norm from finite gradients (an overflowing sum of squares) is not a bad step: confirm
+            # element-wise (every rank takes this branch together: `ok` was reduced)
+            self._finite = losses_ok
+            if not bool(ok) and not self._all_finite(model):
+                raise FloatingPointError(nonfinite_message(self.state.global_step + 1, self.args.output_dir))
+            self._finite = None
+        return grad_norm
