@@ -15,7 +15,7 @@ from torch import nn
 
 from .base import ImageEncoder
 from .hf_clip_backend import unnormalized_preprocess
-from .lvlm_base import LVLM, apply_lora, lora_config
+from .lvlm_base import LVLM, apply_lora, load_pretrained_lvlm, lora_config
 
 FEATURE_TARGETS = ("projector_input", "pooled")
 
@@ -187,18 +187,14 @@ def load_llava(name_or_path: str, *, device: str | torch.device = "cpu", torch_d
         tiny_kwargs (`dict`, *optional*): further keyword arguments of `make_tiny_llava` for the `tiny` fixture
             (`image_size`, `vision_hidden`, ...).
     """
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     if name_or_path == "tiny":
         from ..testing.tiny_llava import make_tiny_llava
 
         model, own = make_tiny_llava(seed=seed, **(tiny_kwargs or {}))
     else:
-        try:
-            model = LlavaForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
-            own = AutoProcessor.from_pretrained(name_or_path) if processor is None else None
-        except OSError as e:
-            raise RuntimeError(f"Could not load the LLaVA '{name_or_path}': {e}\nWithout network access, download "
-                               "it beforehand or pass the path of a local folder: 'llava:/path'.") from e
+        model, own = load_pretrained_lvlm(LlavaForConditionalGeneration, name_or_path, "llava", "LLaVA",
+                                          processor=processor, torch_dtype=torch_dtype, **kwargs)
     model = apply_lora(model.to(device).eval(), lora_config(lora, lora_r, lora_alpha))
     return Llava(model, processor or own, name_or_path, fare_target=fare_target)

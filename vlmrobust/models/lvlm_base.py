@@ -269,3 +269,20 @@ def apply_lora(model: nn.Module, config) -> nn.Module:
     from peft import get_peft_model
 
     return get_peft_model(model, config)
+
+
+def load_pretrained_lvlm(model_class, name_or_path: str, backend: str, label: str, *, processor=None,
+                         torch_dtype=None, **kwargs) -> tuple[nn.Module, object]:
+    """`model_class.from_pretrained(name_or_path)` and the folder's own processor (None when `processor` is given);
+    `model_class` may be a function of `name_or_path` returning the class. A folder or id that cannot be read raises
+    naming the offline fix (`<backend>:/path`)."""
+    from transformers import AutoProcessor
+
+    try:
+        cls = model_class if isinstance(model_class, type) else model_class(name_or_path)
+        model = cls.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
+        own = AutoProcessor.from_pretrained(name_or_path) if processor is None else None
+    except OSError as e:
+        raise RuntimeError(f"Could not load the {label} '{name_or_path}': {e}\nWithout network access, download it "
+                           f"beforehand or pass the path of a local folder: '{backend}:/path'.") from e
+    return model, own

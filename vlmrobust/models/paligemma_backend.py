@@ -18,7 +18,7 @@ from torch import nn
 
 from .base import ImageEncoder
 from .hf_clip_backend import unnormalized_preprocess
-from .lvlm_base import IGNORE_INDEX, LVLM, apply_lora, lora_config
+from .lvlm_base import IGNORE_INDEX, LVLM, apply_lora, load_pretrained_lvlm, lora_config
 
 #: PaliGemma's VQA task prefix (big_vision's "answer {lang} {question}"); the question follows it.
 TASK_PREFIX = "answer en "
@@ -171,18 +171,14 @@ def load_paligemma(name_or_path: str, *, device: str | torch.device = "cpu", tor
         tiny_kwargs (`dict`, *optional*): keyword arguments of `make_tiny_paligemma` for the `tiny` fixture.
         task_prefix (`str`, *optional*, defaults to `"answer en "`): text before each question.
     """
-    from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
+    from transformers import PaliGemmaForConditionalGeneration
 
     if name_or_path == "tiny":
         from ..testing.tiny_paligemma import make_tiny_paligemma
 
         model, own = make_tiny_paligemma(seed=seed, **(tiny_kwargs or {}))
     else:
-        try:
-            model = PaliGemmaForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
-            own = AutoProcessor.from_pretrained(name_or_path) if processor is None else None
-        except OSError as e:
-            raise RuntimeError(f"Could not load the PaliGemma '{name_or_path}': {e}\nWithout network access, "
-                               "download it beforehand or pass the path of a local folder: 'paligemma:/path'.") from e
+        model, own = load_pretrained_lvlm(PaliGemmaForConditionalGeneration, name_or_path, "paligemma", "PaliGemma",
+                                          processor=processor, torch_dtype=torch_dtype, **kwargs)
     model = apply_lora(model.to(device).eval(), lora_config(lora, lora_r, lora_alpha))
     return PaliGemma(model, processor or own, name_or_path, task_prefix=task_prefix)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import ImageEncoder
-from .lvlm_base import LVLM, apply_lora, lora_config
+from .lvlm_base import LVLM, apply_lora, load_pretrained_lvlm, lora_config
 
 FEATURE_TARGETS = ("merged", "patch")
 
@@ -205,7 +205,6 @@ def load_qwen_vl(name_or_path: str, *, device: str | torch.device = "cpu", torch
     """
     from transformers import (
         AutoConfig,
-        AutoProcessor,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2VLForConditionalGeneration,
     )
@@ -215,15 +214,14 @@ def load_qwen_vl(name_or_path: str, *, device: str | torch.device = "cpu", torch
 
         model, own = (make_tiny_qwen2_vl if name_or_path == "tiny" else make_tiny_qwen2_5_vl)(seed=seed, **(tiny_kwargs or {}))
     else:
-        try:
-            mtype = AutoConfig.from_pretrained(name_or_path).model_type
+        def qwen_class(path: str):
+            mtype = AutoConfig.from_pretrained(path).model_type
             classes = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
             if mtype not in classes:
-                raise ValueError(f"'{name_or_path}' is a {mtype!r} model; 'qwen_vl:' loads Qwen2-VL and Qwen2.5-VL.")
-            model = classes[mtype].from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
-            own = AutoProcessor.from_pretrained(name_or_path) if processor is None else None
-        except OSError as e:
-            raise RuntimeError(f"Could not load the Qwen-VL '{name_or_path}': {e}\nWithout network access, download "
-                               "it beforehand or pass the path of a local folder: 'qwen_vl:/path'.") from e
+                raise ValueError(f"'{path}' is a {mtype!r} model; 'qwen_vl:' loads Qwen2-VL and Qwen2.5-VL.")
+            return classes[mtype]
+
+        model, own = load_pretrained_lvlm(qwen_class, name_or_path, "qwen_vl", "Qwen-VL", processor=processor,
+                                          torch_dtype=torch_dtype, **kwargs)
     model = apply_lora(model.to(device).eval(), lora_config(lora, lora_r, lora_alpha))
     return QwenVL(model, processor or own, name_or_path, fare_target=fare_target, default_size=default_size)

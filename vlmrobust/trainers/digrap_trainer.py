@@ -147,22 +147,27 @@ class DiGraPTrainer(RobustTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if not self.args.lora_r:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from safetensors.torch import load_file
-
-        model = model if model is not None else self.model
-        path = Path(resume_from_checkpoint) / EXTRA_WEIGHTS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{resume_from_checkpoint} has no {EXTRA_WEIGHTS_NAME}: not a checkpoint of a LoRA "
-                                    "run of this trainer.")
-        sd = load_file(path, device="cpu")
-        trained = [n for n, p in model.named_parameters() if p.requires_grad]
-        missing = [n for n in trained if n not in sd]
-        if missing:
-            raise ValueError(f"Checkpoint {resume_from_checkpoint} lacks {len(missing)} trained tensors, e.g. "
-                             f"{missing[:3]}.")
-        model.load_state_dict(sd, strict=False)
+        load_trained_tensors(model if model is not None else self.model, resume_from_checkpoint,
+                             "not a checkpoint of a LoRA run of this trainer")
 
 
 register_method("digrap", DiGraPConfig, DiGraPTrainer, needs_classnames=True,
                 trains_classifier=lambda args: bool(args.train_head), paper="2502.15895",
                 recipe="recipes/digrap_clip.py")
+
+
+def load_trained_tensors(model: nn.Module, checkpoint: str, not_ours: str, hint: str = "") -> None:
+    """Load a LoRA run's trained tensors (the unmerged adapters, an LP-FT head) from `checkpoint`'s
+    `EXTRA_WEIGHTS_NAME` into `model`: every tensor that requires a gradient must be there (`not_ours` says what a
+    checkpoint without the file is; `hint` what a missing tensor may mean)."""
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint) / EXTRA_WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {EXTRA_WEIGHTS_NAME} with the LoRA adapters: {not_ours}.")
+    saved = load_file(path, device="cpu")
+    wanted = [n for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n in wanted if n not in saved]
+    if missing:
+        raise ValueError(f"Checkpoint {checkpoint} lacks {len(missing)} trained tensors, e.g. {missing[:3]}{hint}.")
+    model.load_state_dict({n: saved[n] for n in wanted}, strict=False)

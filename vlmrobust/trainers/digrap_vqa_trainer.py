@@ -11,13 +11,12 @@ import torch
 from torch import nn
 
 from ..data.vqa import VQACollator
-from ..layout import EXTRA_WEIGHTS_NAME
 from ..models.lora import ADAPTER, add_lvlm_lora, lora_deltas, merge_lora_state_dict
 from ..utils.io import atomic_save_safetensors
 from .base_trainer import RobustTrainer, require_vlm
-from .digrap_trainer import LP_HEAD_NAME
+from .digrap_trainer import LP_HEAD_NAME, load_trained_tensors
 from .digrap_vqa_config import DiGraPVQAConfig
-from .grace_vqa_trainer import LVLMAnswerModule, _identity
+from .grace_vqa_trainer import AnswerLossSteps, LVLMAnswerModule
 from .methods import VQA_BACKENDS, register_method
 
 
@@ -51,7 +50,7 @@ def probe_output_head(module: LVLMAnswerModule, head: nn.Module, dataset, collat
     return head.weight.detach().cpu().clone()
 
 
-class DiGraPVQATrainer(RobustTrainer):
+class DiGraPVQATrainer(AnswerLossSteps, RobustTrainer):
     """LoRA fine-tuning of a vlmrobust LVLM on VQA answers with DiGraP (arXiv 2502.15895) or a baseline
     chosen by the config (`weight_space`: none / l2sp / ftp / spd; `lp_steps`: LP-FT). See `DiGraPVQAConfig`.
 
@@ -99,15 +98,6 @@ class DiGraPVQATrainer(RobustTrainer):
         return LVLMAnswerModule(model)
 
     # -- the loss --------------------------------------------------------------------------------------------------
-    def targets(self, inputs: dict) -> dict:
-        """The text side of the batch: token ids, masks, labels (prompt and image tokens at -100)."""
-        return {k: v for k, v in inputs.items() if k != "pixel_values"}
-
-    def _attack(self, model, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        enc = self.unwrapped(model)
-        dummy = torch.zeros(x.shape[0], device=x.device)
-        return self.adversarial_examples(lambda z: enc(z, batch), x, dummy, _identity, module=enc)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         x, batch = inputs["pixel_values"], self.targets(inputs)
         if self.args.adversarial:
@@ -186,20 +176,9 @@ class DiGraPVQATrainer(RobustTrainer):
         return merge_lora_state_dict(full, lora_deltas(self.vlm.model)), extra
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        from safetensors.torch import load_file
-
-        model = self.unwrapped(model if model is not None else self.model)
-        path = Path(resume_from_checkpoint) / EXTRA_WEIGHTS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{resume_from_checkpoint} has no {EXTRA_WEIGHTS_NAME} with the LoRA adapters: "
-                                    "not a checkpoint written by DiGraPVQATrainer during training.")
-        saved = load_file(path, device="cpu")
-        wanted = [n for n, p in model.named_parameters() if p.requires_grad]
-        missing = [n for n in wanted if n not in saved]
-        if missing:
-            raise ValueError(f"Checkpoint {resume_from_checkpoint} lacks {len(missing)} trained tensors, e.g. "
-                             f"{missing[:3]} (another lora_r / lora_target_modules / lp_steps?).")
-        model.load_state_dict({n: saved[n] for n in wanted}, strict=False)
+        load_trained_tensors(self.unwrapped(model if model is not None else self.model), resume_from_checkpoint,
+                             "not a checkpoint written by DiGraPVQATrainer during training",
+                             " (another lora_r / lora_target_modules / lp_steps?)")
 
 
 register_method("digrap_vqa", DiGraPVQAConfig, DiGraPVQATrainer, paper="2502.15895", backends=VQA_BACKENDS,

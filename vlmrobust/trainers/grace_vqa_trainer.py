@@ -59,7 +59,21 @@ def _identity(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class GRACEVQATrainer(GRACETrainer):
+class AnswerLossSteps:
+    """The text side of a VQA batch and the training attack on the answer CE, for the trainers whose module is an
+    `LVLMAnswerModule` (GRACE's and DiGraP's LVLM trainers; a mixin before `RobustTrainer`)."""
+
+    def targets(self, inputs: dict) -> dict:
+        """The text side of the batch: token ids, masks, labels (prompt and image tokens at -100)."""
+        return {k: v for k, v in inputs.items() if k != "pixel_values"}
+
+    def _attack(self, model, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        enc = self.unwrapped(model)
+        dummy = torch.zeros(x.shape[0], device=x.device)
+        return self.adversarial_examples(lambda z: enc(z, batch), x, dummy, _identity, module=enc)
+
+
+class GRACEVQATrainer(AnswerLossSteps, GRACETrainer):
     """GRACE on a vlmrobust LLaVA / Qwen-VL: `GRACETrainer`'s two-pass step with the LVLM's answer loss.
 
     LoRA adapters on the language model's `lora_target_modules` and the image side (`lora_vision`) are trained on
@@ -94,15 +108,6 @@ class GRACEVQATrainer(GRACETrainer):
         return LVLMAnswerModule(model)
 
     # -- the loss --------------------------------------------------------------------------------------------------
-    def targets(self, inputs: dict) -> dict:
-        """The text side of the batch: token ids, masks, labels (prompt and image tokens at -100)."""
-        return {k: v for k, v in inputs.items() if k != "pixel_values"}
-
-    def _attack(self, model, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        enc = self.unwrapped(model)
-        dummy = torch.zeros(x.shape[0], device=x.device)
-        return self.adversarial_examples(lambda z: enc(z, batch), x, dummy, _identity, module=enc)
-
     def adversarial_loss(self, model, x_adv: torch.Tensor, batch: dict) -> torch.Tensor:
         ce = model(x_adv, batch).mean()
         self.log_metric("adv_loss", ce.detach())
